@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make chat` and `make test`. Each creates .venv and installs what it needs once;
+# the stamp file makes the second run instant unless the build inputs changed.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+MODEL  ?=
+# Pinned: this version resolves to a local CPU build; an unpinned torch pulls gigabytes of CUDA packages.
+TORCH  := torch==2.13.0
+
+.PHONY: chat test bench gpu-check install clean
+
+$(STAMP): setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel pybind11 $(TORCH)
+	$(BIN)/python -m pip install -q --no-build-isolation -e '.[dev]' $(TORCH)
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+chat: $(STAMP)
+	$(BIN)/gpt2tui chat $(if $(MODEL),--model $(MODEL))
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest -q benchmarks --benchmark-only --benchmark-columns=min,median,mean,rounds
+
+# On a GPU machine (no network there): its system Python already has torch, triton, transformers and pytest, so
+# install this checkout into it without dependencies, then run the CUDA tests and the benchmarks.
+gpu-check:
+	$(PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
+	$(PYTHON) -m pytest -q -m gpu tests
+	$(PYTHON) -m pytest -q benchmarks --benchmark-only --benchmark-columns=min,median,mean,rounds
+
+clean:
+	rm -rf build *.egg-info gpt2tui/*.so .pytest_cache .benchmarks

@@ -1,0 +1,98 @@
+"""A preallocated static KV cache with per-row lengths.
+
+One tensor pair for all layers, `(L, B, H, T_max, D)`, allocated once per generation: no concatenation, no
+reallocation, and a fixed shape that CUDA graphs and kernels can rely on. Rows keep their own lengths, so a batch of
+prompts of different lengths never attends to padding: each row writes its next token at its own position.
+
+The model drives it: `begin(n)` before a forward of `n` new tokens per row, `write(layer, k, v)` in each layer,
+`commit()` after. Lengths live on the host as well as the device, so no step needs a device sync to know them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    def __init__(
+        self,
+        n_layers: int,
+        batch_size: int,
+        n_heads: int,
+        max_len: int,
+        head_dim: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        shape = (n_layers, batch_size, n_heads, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, H, T_max, D)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, H, T_max, D)
+        self.max_len = max_len
+        self.lens: list[int] = [0] * batch_size  # valid entries per row, host copy
+        self._step: tuple[int, list[int]] | None = None  # (n, lengths before) while a forward is in flight
+
+    @classmethod
+    def for_model(cls, model, batch_size: int, max_len: int | None = None) -> KVCache:
+        cfg = model.config
+        p = model.transformer.wte.weight
+        max_len = cfg.context_length if max_len is None else min(max_len, cfg.context_length)
+        return cls(cfg.n_layers, batch_size, cfg.n_heads, max_len, cfg.head_dim, p.device, p.dtype)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.lens)
+
+    @property
+    def device(self) -> torch.device:
+        return self.k.device
+
+    def reset(self) -> None:
+        self.lens = [0] * self.batch_size
+
+    def set_lengths(self, lens: list[int]) -> None:
+        """Declare how many entries of each row are valid (for example the real lengths after a padded prefill)."""
+        if len(lens) != self.batch_size or any(not 0 <= n <= self.max_len for n in lens):
+            raise ValueError(f"lengths {lens} do not fit a cache of {self.batch_size} rows × {self.max_len} positions")
+        self.lens = list(lens)
+
+    def select_rows(self, rows: list[int]) -> None:
+        """Keep only these rows, in this order (finished rows leave the batch, so the rest decode faster)."""
+        index = torch.tensor(rows, device=self.device)
+        self.k = self.k.index_select(1, index)
+        self.v = self.v.index_select(1, index)
+        self.lens = [self.lens[r] for r in rows]
+
+    # -- the model's side ------------------------------------------------------------------------------------------
+
+    def begin(self, n: int) -> torch.Tensor:
+        """Start a forward of `n` new tokens per row; returns their positions, `(B, n)`."""
+        if max(self.lens) + n > self.max_len:
+            raise ValueError(
+                f"KV cache is full: {max(self.lens)} cached + {n} new tokens exceed its {self.max_len} positions"
+            )
+        before = list(self.lens)
+        self._step = (n, before)
+        self.uniform = all(x == before[0] for x in before)
+        self.empty = self.uniform and before[0] == 0
+        self.max_after = max(before) + n
+        start = torch.tensor(before, device=self.device)
+        self.lens_after = start + n  # (B,) device copy for the attention ops
+        self._pos = start[:, None] + torch.arange(n, device=self.device)  # (B, n)
+        return self._pos
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store this step's keys and values `(B, H, n, D)` of one layer at each row's next positions."""
+        n, before = self._step
+        if self.uniform:
+            s = before[0]
+            self.k[layer, :, :, s : s + n] = k
+            self.v[layer, :, :, s : s + n] = v
+        else:
+            rows = torch.arange(self.batch_size, device=self.device)[:, None]  # (B, 1)
+            self.k[layer][rows, :, self._pos] = k.transpose(1, 2)  # indexed view is (B, n, H, D)
+            self.v[layer][rows, :, self._pos] = v.transpose(1, 2)
+
+    def commit(self) -> None:
+        n, before = self._step
+        self.lens = [x + n for x in before]
+        self._step = None

@@ -1,0 +1,156 @@
+"""The `gpt2tui` command.
+
+    gpt2tui [chat] [--model M]     talk to a model (a line-by-line prompt loop until the full-screen app lands)
+    gpt2tui generate PROMPT        stream a continuation to stdout (PROMPT "-" reads stdin)
+    gpt2tui info [--model M]       config, parameters, memory, device, attention backend
+    gpt2tui models                 models usable here without a download
+    gpt2tui download NAME          fetch official GPT-2 weights into the Hugging Face cache
+
+User errors print one line on stderr and exit 1; nothing prints a traceback for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+
+from . import __version__
+from .errors import GPT2TUIError
+
+DEFAULT_MODEL = "gpt2"
+
+
+def _console(stderr: bool = True):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _fail(message: str) -> int:
+    _console().print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    return 1
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    from rich.markup import escape
+
+    _console().print(f"[yellow]warning:[/] {escape(str(message))}", soft_wrap=True)
+
+
+# -- argument types: a bad flag is caught by argparse with its own one-line message ---------------------------------
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum {low}")
+        return value
+
+    return parse
+
+
+def _float_in(low: float, high: float, low_open: bool = False):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (low < value if low_open else low <= value) or value > high:
+            raise argparse.ArgumentTypeError(f"{value} is outside {'(' if low_open else '['}{low}, {high}]")
+        return value
+
+    return parse
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", "-m", default=os.environ.get("GPT2TUI_MODEL", DEFAULT_MODEL),
+        help="a model directory, a model saved in the gpt2tui models folder, or an official name "
+             "(gpt2, gpt2-medium, gpt2-large, gpt2-xl); default: $GPT2TUI_MODEL or gpt2",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if present, else cpu)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="weights' precision (default: bfloat16 on a GPU that has it, else float32)")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--max-new-tokens", "-n", type=_int_at_least(0), default=max_new_tokens, metavar="N",
+                   help=f"tokens to generate at most (default {max_new_tokens})")
+    g.add_argument("--temperature", "-t", type=_float_in(0.0, 100.0), default=0.8, metavar="T",
+                   help="sampling temperature; 0 is greedy (default 0.8)")
+    g.add_argument("--top-k", type=_int_at_least(0), default=None, metavar="K", help="sample from the K most likely tokens")
+    g.add_argument("--top-p", type=_float_in(0.0, 1.0, low_open=True), default=None, metavar="P",
+                   help="sample from the smallest set of tokens whose probability reaches P")
+    g.add_argument("--repetition-penalty", type=_float_in(0.0, 100.0, low_open=True), default=1.0, metavar="R",
+                   help="above 1 discourages repeating tokens (default 1.0: off)")
+    g.add_argument("--seed", type=int, default=None, metavar="S", help="random seed, for repeatable sampling")
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="end the reply at this text (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpt2tui",
+        description="GPT-2 from scratch: chat with it, generate text, manage weights.",
+        epilog="Run `gpt2tui COMMAND --help` for a command's options. With no command, gpt2tui starts a chat.",
+    )
+    parser.add_argument("--version", action="version", version=f"gpt2tui {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("chat", help="talk to a model (the default command)",
+                       description="Talk to a model: type a prompt, the reply streams back. Ctrl+C stops a reply, "
+                                   "Ctrl+D (or /quit) leaves.")
+    _add_model_args(p)
+    _add_sampling_args(p, max_new_tokens=200)
+
+    p = sub.add_parser("generate", help="stream a continuation of PROMPT to stdout",
+                       description="Stream the model's continuation of PROMPT to stdout.")
+    p.add_argument("prompt", metavar="PROMPT", help='the text to continue; "-" reads it from stdin')
+    _add_model_args(p)
+    _add_sampling_args(p, max_new_tokens=100)
+    p.add_argument("--echo", action="store_true", help="print the prompt before the continuation")
+
+    p = sub.add_parser("info", help="show a model's config, size, memory, device and attention backend",
+                       description="Show a model's config, parameter count, memory, device and attention backend.")
+    _add_model_args(p)
+
+    sub.add_parser("models", help="list models usable here without a download",
+                   description="List models saved in the gpt2tui models folder and official models already downloaded.")
+
+    p = sub.add_parser("download", help="download official GPT-2 weights",
+                       description="Download official GPT-2 weights (config and safetensors) from the Hugging Face "
+                                   "Hub into its local cache.")
+    p.add_argument("name", choices=["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"], help="which size")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
+        argv = ["chat", *argv]  # `gpt2tui` and `gpt2tui --model M` start a chat
+    args = parser.parse_args(argv)
+    warnings.showwarning = _show_warning
+    from .commands import COMMANDS  # imports torch: only after --help and bad flags have been answered
+    from .kernels import AttentionBackendError
+
+    try:
+        return COMMANDS[args.command](args) or 0
+    except (GPT2TUIError, AttentionBackendError) as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `gpt2tui generate ... | head` closing the pipe early is not an error
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""What each `gpt2tui` subcommand does; `cli.py` parses the flags and handles errors."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+
+import torch
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from .config import GPT2Config
+from .generate import stream
+from .kernels import resolve_backend
+from .weights import OFFICIAL, default_device, download, load_model, local_models, models_dir, read_config, resolve
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _err() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+@contextmanager
+def _status(message: str):
+    console = _err()
+    if console.is_terminal:
+        with console.status(message):
+            yield
+    else:
+        yield
+
+
+def _load(args):
+    with _status(f"Loading {escape(args.model)}…"):
+        return load_model(args.model, device=args.device, dtype=_DTYPES.get(args.dtype))
+
+
+def _gib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.2f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.1f} MiB"
+
+
+def cmd_generate(args) -> int:
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    model, tokenizer = _load(args)
+    out = sys.stdout
+    if args.echo:
+        out.write(prompt)
+    for delta in stream(model, tokenizer, prompt, **_sampling_kwargs(args)):
+        out.write(delta)
+        out.flush()
+    out.write("\n")
+    out.flush()
+    return 0
+
+
+def _sampling_kwargs(args) -> dict:
+    return dict(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty, seed=args.seed, stop=tuple(args.stop),
+    )
+
+
+def cmd_chat(args) -> int:
+    """A prompt loop: each line is continued by the model. The full-screen chat app replaces it."""
+    model, tokenizer = _load(args)
+    err = _err()
+    err.print(
+        f"[bold]{escape(args.model)}[/] on {model.device} · {model.num_params() / 1e6:.0f}M parameters · "
+        f"attention: {resolve_backend(model.config.attn_backend, model.device)}\n"
+        "[dim]Each line you type is continued by the model. Ctrl+C stops a reply; Ctrl+D or /quit leaves.[/]"
+    )
+    interactive = sys.stdin.isatty()
+    while True:
+        try:
+            line = input("> " if interactive else "")
+        except EOFError:
+            break
+        except KeyboardInterrupt:
+            print()
+            continue
+        if line.strip() in ("/quit", "/exit"):
+            break
+        if not line.strip():
+            continue
+        reply = stream(model, tokenizer, line, **_sampling_kwargs(args))
+        try:
+            for delta in reply:
+                sys.stdout.write(delta)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            sys.stdout.write(" [stopped]")
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    return 0
+
+
+def cmd_info(args) -> int:
+    path = resolve(args.model)
+    config, fmt = read_config(path)
+    device = torch.device(args.device) if args.device else default_device()
+    n = config.n_params()
+    kv_per_token = 2 * config.n_layers * config.emb_dim  # keys and values, every layer
+    table = Table(title=f"{args.model}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("path", str(path))
+    table.add_row("format", "Hugging Face GPT-2" if fmt == "hf" else "gpt2tui checkpoint")
+    for key, value in config.to_dict().items():
+        table.add_row(key, str(value))
+    table.add_row("head_dim", str(config.head_dim))
+    table.add_row("parameters", f"{n:,} ({n / 1e6:.1f}M, output head tied to wte)")
+    table.add_row("weights fp32 / bf16", f"{_gib(4 * n)} / {_gib(2 * n)}")
+    table.add_row(
+        "KV cache, full window fp32 / bf16",
+        f"{_gib(4 * kv_per_token * config.context_length)} / {_gib(2 * kv_per_token * config.context_length)} per sequence",
+    )
+    table.add_row("device", str(device))
+    table.add_row("attention backend", f"{resolve_backend(config.attn_backend, device)} (asked: {config.attn_backend})")
+    Console(highlight=False).print(table)
+    return 0
+
+
+def cmd_models(args) -> int:
+    console = Console(highlight=False)
+    found = local_models()
+    if not found:
+        console.print(
+            f"No models yet. Download one with [bold]gpt2tui download gpt2[/], or save one to {escape(str(models_dir()))}."
+        )
+        return 0
+    table = Table(title="Local models", title_justify="left")
+    for col in ("name", "source", "parameters", "layers × width", "context", "path"):
+        table.add_column(col)
+    for m in found:
+        cfg: GPT2Config | None = m.get("config")
+        if cfg is None:
+            table.add_row(m["name"], m["source"], f"[red]unreadable: {escape(m['error'])}[/]", "", "", str(m["path"]))
+            continue
+        table.add_row(
+            m["name"], m["source"], f"{cfg.n_params() / 1e6:.1f}M", f"{cfg.n_layers} × {cfg.emb_dim}",
+            str(cfg.context_length), escape(str(m["path"])),
+        )
+    console.print(table)
+    return 0
+
+
+def cmd_download(args) -> int:
+    _err().print(f"Downloading {args.name} ({OFFICIAL[args.name]}) from the Hugging Face Hub…")
+    path = download(args.name)
+    Console(highlight=False).print(f"{args.name} is ready: {escape(str(path))}")
+    return 0
+
+
+COMMANDS = {
+    "chat": cmd_chat,
+    "generate": cmd_generate,
+    "info": cmd_info,
+    "models": cmd_models,
+    "download": cmd_download,
+}

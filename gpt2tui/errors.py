@@ -1,0 +1,19 @@
+"""Errors a user can cause and fix. The CLI prints their message on one line, never a traceback."""
+
+from __future__ import annotations
+
+
+class GPT2TUIError(Exception):
+    """Base for every user-facing error: the message says what was wrong and what to do."""
+
+
+class ConfigError(GPT2TUIError, ValueError):
+    """A model configuration is invalid or does not match the weights."""
+
+
+class ModelNotFoundError(GPT2TUIError, FileNotFoundError):
+    """A model name, path or file could not be found (or fetched)."""
+
+
+class CheckpointError(GPT2TUIError, ValueError):
+    """Weights on disk are unreadable, corrupt, or do not fit the model."""

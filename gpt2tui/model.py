@@ -1,0 +1,143 @@
+"""GPT-2: pre-LayerNorm transformer blocks, tanh-GELU, learned positions, output head tied to the token embedding.
+
+Module names follow OpenAI's checkpoint (`transformer.h.0.attn.c_attn`, ...), so loading weights is a rename-free copy
+(with Hugging Face's Conv1D weights transposed into `nn.Linear`'s layout). Attention goes through `gpt2tui.kernels`,
+whose dispatch rule picks the backend; the model only says which one its config asks for.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .cache import KVCache
+from .config import GPT2Config
+from gpt2tui.kernels import causal_attention, decode_attention
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.dropout = config.drop_rate
+        self.backend = config.attn_backend
+        self.c_attn = nn.Linear(config.emb_dim, 3 * config.emb_dim, bias=config.qkv_bias)
+        self.c_proj = nn.Linear(config.emb_dim, config.emb_dim)
+        self.resid_dropout = nn.Dropout(config.drop_rate)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        H = self.n_heads
+        q, k, v = self.c_attn(x).split(C, dim=2)  # 3 × (B, T, C)
+        q = q.view(B, T, H, C // H).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, H, C // H).transpose(1, 2)  # (B, H, T, D)
+        v = v.view(B, T, H, C // H).transpose(1, 2)  # (B, H, T, D)
+        if cache is not None:
+            cache.write(layer, k, v)
+        if cache is None or cache.empty:
+            # Training, and a prefill into an empty cache, attend only among the new tokens: the fused causal op.
+            dropout_p = self.dropout if self.training else 0.0
+            y = causal_attention(q, k, v, dropout_p=dropout_p, backend=self.backend)  # (B, H, T, D)
+        else:
+            y = decode_attention(
+                q, cache.k[layer], cache.v[layer], cache.lens_after, backend=self.backend, max_len=cache.max_after
+            )  # (B, H, T, D)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.emb_dim, 4 * config.emb_dim)
+        self.c_proj = nn.Linear(4 * config.emb_dim, config.emb_dim)
+        self.dropout = nn.Dropout(config.drop_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # OpenAI trained with the tanh approximation of GELU; the exact erf form drifts from their weights.
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.emb_dim, eps=1e-5)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.emb_dim, eps=1e-5)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT2(nn.Module):
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.config = config
+        self.chat_template: str | None = None  # carried with the checkpoint; set by training or loading
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.emb_dim),
+                wpe=nn.Embedding(config.context_length, config.emb_dim),
+                drop=nn.Dropout(config.drop_rate),
+                h=nn.ModuleList(Block(config) for _ in range(config.n_layers)),
+                ln_f=nn.LayerNorm(config.emb_dim, eps=1e-5),
+            )
+        )
+        self.apply(self._init_weights)
+        # GPT-2's scaled init: each residual branch's output projection shrinks with depth so the sum stays O(1).
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.wte.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.transformer.wte.weight.dtype
+
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Final-LayerNorm hidden states `(B, T, C)` of token ids `(B, T)`, writing into `cache` if given."""
+        B, T = idx.shape
+        if cache is None:
+            if T > self.config.context_length:
+                raise ValueError(f"sequence of {T} tokens exceeds the context length {self.config.context_length}")
+            pos = torch.arange(T, device=idx.device)  # (T,)
+        else:
+            pos = cache.begin(T)  # (B, T): each row continues from its own length
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, cache, layer)  # (B, T, C)
+        if cache is not None:
+            cache.commit()
+        return self.transformer.ln_f(x)  # (B, T, C)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits `(..., V)` from hidden states: the output head is the token embedding, transposed."""
+        return F.linear(h, self.transformer.wte.weight)
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, targets: torch.Tensor | None = None):
+        """Logits `(B, T, V)`; with `targets` `(B, T)` also the mean cross-entropy (positions marked -100 ignored)."""
+        logits = self.head(self.hidden(idx, cache))  # (B, T, V)
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        return logits, loss

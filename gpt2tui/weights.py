@@ -1,0 +1,404 @@
+"""Loading and saving weights, and turning a model *name* into a directory.
+
+Two directory formats load into `GPT2`:
+
+- Hugging Face GPT-2 (`config.json` with `"model_type": "gpt2"`, plus `model.safetensors`, its sharded form, or
+  `pytorch_model.bin`). HF stores attention and MLP weights in `Conv1D` layout `(in, out)`; we transpose them into
+  `nn.Linear`'s `(out, in)`. The official files also carry causal-mask buffers (`attn.bias`, `attn.masked_bias`),
+  which are not weights, and sometimes a copy of the tied `lm_head.weight`.
+- Our own checkpoint (`config.json` with `GPT2Config` fields and `chat_template`, plus `model.safetensors`).
+
+Nothing arbitrary is unpickled: safetensors, or `torch.load(weights_only=True)`. Every tensor is read and checked
+before the model is built, so a bad file gives one clear error and never a half-loaded model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from .config import GPT2Config
+from .errors import CheckpointError, ConfigError, ModelNotFoundError
+from .model import GPT2
+
+FORMAT = "gpt2tui"
+FORMAT_VERSION = 1
+OFFICIAL = {
+    "gpt2": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+}
+HF_FILES = ["config.json", "model.safetensors", "generation_config.json"]
+_HF_TRANSPOSED = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
+_HF_BUFFER = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
+GET_WEIGHTS_HINT = "get weights with `gpt2tui download gpt2` (online) or pass a model directory with --model PATH"
+
+
+# -- where things live -------------------------------------------------------------------------------------------
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "gpt2tui"
+
+
+def models_dir() -> Path:
+    """Where `gpt2tui finetune` saves chat-ready models and where a bare name is looked up."""
+    return data_dir() / "models"
+
+
+def hf_cache_dir() -> Path:
+    # Read at call time (huggingface_hub reads its variables once at import).
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    return Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "hub"
+
+
+def hf_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _has_weights(d: Path) -> bool:
+    names = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+    return (d / "config.json").is_file() and any((d / n).is_file() for n in names)
+
+
+# -- resolving a name ----------------------------------------------------------------------------------------------
+
+
+def cached_official(name: str) -> Path | None:
+    """The snapshot directory of an official model in the Hugging Face cache, if its weights are there."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = Path(
+            snapshot_download(OFFICIAL[name], cache_dir=hf_cache_dir(), allow_patterns=HF_FILES, local_files_only=True)
+        )
+    except Exception:  # not cached: huggingface_hub's exception types vary across its versions
+        return None
+    return path if _has_weights(path) else None
+
+
+def download(name: str) -> Path:
+    """Fetch an official model's config and safetensors into the Hugging Face cache, with a progress bar."""
+    if name not in OFFICIAL:
+        raise ModelNotFoundError(f"{name!r} is not an official model; choose one of: {', '.join(OFFICIAL)}")
+    if hf_offline():
+        raise ModelNotFoundError(
+            f"cannot download {name}: HF_HUB_OFFLINE is set; unset it when online, or pass a model directory with --model PATH"
+        )
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = Path(snapshot_download(OFFICIAL[name], cache_dir=hf_cache_dir(), allow_patterns=HF_FILES))
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelNotFoundError(
+            f"could not download {name} from the Hugging Face Hub ({reason[:160]}); check the network, "
+            f"or copy a GPT-2 directory here and pass it with --model PATH"
+        ) from None
+    if not _has_weights(path):
+        raise ModelNotFoundError(f"the download of {name} is incomplete (no weights in {path}); run it again")
+    return path
+
+
+def resolve(name: str | os.PathLike, allow_download: bool = True) -> Path:
+    """A model name → a directory: an existing path; a model saved under `models_dir()`; an official name
+    (`gpt2`, `gpt2-medium`, ...) from the Hugging Face cache, downloaded when not there yet."""
+    text = os.fspath(name)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ModelNotFoundError(f"{text} is a file; a model is a directory holding config.json and model.safetensors")
+    saved = models_dir() / text
+    if os.sep not in text and saved.is_dir():
+        return saved
+    official = next((k for k, repo in OFFICIAL.items() if text in (k, repo)), None)
+    if official:
+        cached = cached_official(official)
+        if cached:
+            return cached
+        if allow_download and not hf_offline():
+            return download(official)
+        raise ModelNotFoundError(f"{official} is not downloaded and the Hub is offline; {GET_WEIGHTS_HINT}")
+    if os.sep in text or text.startswith((".", "~")):
+        raise ModelNotFoundError(f"no model directory at {text}; {GET_WEIGHTS_HINT}")
+    raise ModelNotFoundError(
+        f"unknown model {text!r}: not a directory, not saved in {models_dir()}, and not one of "
+        f"{', '.join(OFFICIAL)}; see `gpt2tui models`"
+    )
+
+
+# -- reading files -------------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise ModelNotFoundError(
+            f"{path.parent} has no config.json; a model directory holds config.json and model.safetensors"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); restore or re-download it") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    return data
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path} is truncated or corrupt ({reason[:120]}); download or save the model again"
+        ) from None
+
+
+def _read_bin(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path} cannot be loaded safely as plain tensors ({reason[:120]}); use a model.safetensors file instead"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    return state
+
+
+def read_state_dict(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """All tensors of a model directory, whichever weight file it has, and the file (or index) they came from."""
+    single, index, pickle = (directory / n for n in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"))
+    if single.is_file():
+        return _read_safetensors(single), single
+    if index.is_file():
+        shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
+        if not shards:
+            raise CheckpointError(f"{index} lists no weight files")
+        state: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            if not (directory / shard).is_file():
+                raise ModelNotFoundError(f"{directory / shard} is missing (listed in {index.name}); download it again")
+            state.update(_read_safetensors(directory / shard))
+        return state, index
+    if pickle.is_file():
+        return _read_bin(pickle), pickle
+    raise ModelNotFoundError(
+        f"{directory} has no model.safetensors or pytorch_model.bin; {GET_WEIGHTS_HINT}"
+    )
+
+
+# -- Hugging Face GPT-2 → our names --------------------------------------------------------------------------------
+
+
+def config_from_hf(hf: dict, source: str) -> GPT2Config:
+    """Our config from a Hugging Face `GPT2Config` dict, refusing variants this architecture does not compute."""
+    if hf.get("model_type") != "gpt2":
+        raise ConfigError(f"{source}: model_type is {hf.get('model_type')!r}, but only GPT-2 ('gpt2') models load here")
+    emb = hf.get("n_embd", 768)
+    checks = {
+        "activation_function": (hf.get("activation_function", "gelu_new"), ("gelu_new", "gelu_pytorch_tanh")),
+        "n_inner": (hf.get("n_inner"), (None, 4 * emb)),
+        "scale_attn_weights": (hf.get("scale_attn_weights", True), (True,)),
+        "scale_attn_by_inverse_layer_idx": (hf.get("scale_attn_by_inverse_layer_idx", False), (False,)),
+        "add_cross_attention": (hf.get("add_cross_attention", False), (False,)),
+        "tie_word_embeddings": (hf.get("tie_word_embeddings", True), (True,)),
+    }
+    for key, (value, allowed) in checks.items():
+        if value not in allowed:
+            raise ConfigError(f"{source}: {key}={value!r} is not supported (GPT-2 uses {allowed[0]!r})")
+    if abs(float(hf.get("layer_norm_epsilon", 1e-5)) - 1e-5) > 1e-12:
+        raise ConfigError(f"{source}: layer_norm_epsilon={hf['layer_norm_epsilon']} is not supported (GPT-2 uses 1e-05)")
+    try:
+        return GPT2Config(
+            vocab_size=hf.get("vocab_size", 50257),
+            context_length=hf.get("n_positions", hf.get("n_ctx", 1024)),
+            emb_dim=emb,
+            n_heads=hf.get("n_head", 12),
+            n_layers=hf.get("n_layer", 12),
+            drop_rate=hf.get("resid_pdrop", 0.1),
+            qkv_bias=True,
+        )
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def _rename_hf(state: dict[str, torch.Tensor]) -> dict[str, tuple[str, torch.Tensor]]:
+    """HF names → ours, each with the file's own name (for error messages) and the tensor in our layout."""
+    out = {}
+    for key, tensor in state.items():
+        name = key.removeprefix("transformer.")
+        if _HF_BUFFER.match(name) or name == "lm_head.weight":
+            continue  # mask buffers are recomputed; the output head is tied to wte by construction
+        ours = "transformer." + name
+        if ours.endswith(_HF_TRANSPOSED) and tensor.dim() == 2:
+            tensor = tensor.t()
+        out[ours] = (key, tensor)
+    return out
+
+
+# -- building the model --------------------------------------------------------------------------------------------
+
+
+def _build(
+    config: GPT2Config,
+    named: dict[str, tuple[str, torch.Tensor]],
+    source: Path,
+    transposed: bool = False,
+    dtype: torch.dtype | None = None,
+) -> GPT2:
+    with torch.device("meta"):
+        model = GPT2(config)  # shapes only: nothing is allocated until the checked tensors are assigned
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in named]
+    unexpected = [named[k][0] for k in named if k not in expected]
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise CheckpointError(f"{source} is missing {len(missing)} tensor(s): {shown}; its config.json does not match the weights, or the file is incomplete")
+    if unexpected:
+        shown = ", ".join(unexpected[:3]) + (f" and {len(unexpected) - 3} more" if len(unexpected) > 3 else "")
+        raise CheckpointError(f"{source} has {len(unexpected)} unexpected tensor(s): {shown}; it is not a GPT-2 checkpoint for this config")
+    state = {}
+    for key, ref in expected.items():
+        file_key, tensor = named[key]
+        if tuple(tensor.shape) != tuple(ref.shape):
+            want, got = tuple(ref.shape), tuple(tensor.shape)
+            if transposed and key.endswith(_HF_TRANSPOSED):
+                want, got = want[::-1], got[::-1]  # report in the file's own layout
+            raise CheckpointError(
+                f"{source}: tensor {file_key} has shape {got}, expected {want} for this config; "
+                f"config.json does not match the weights"
+            )
+        if not tensor.is_floating_point():
+            raise CheckpointError(f"{source}: tensor {file_key} has dtype {tensor.dtype}, expected floating point")
+        state[key] = tensor.to(dtype or torch.float32).contiguous()
+    model.load_state_dict(state, assign=True)
+    return model.eval()
+
+
+def load_weights(path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> GPT2:
+    """A `GPT2` from a model directory (Hugging Face GPT-2 or our own checkpoint), in eval mode."""
+    directory = Path(path).expanduser()
+    if not directory.is_dir():
+        raise ModelNotFoundError(f"no model directory at {directory}; {GET_WEIGHTS_HINT}")
+    meta = _read_json(directory / "config.json")
+    if "model_type" in meta:
+        config = config_from_hf(meta, str(directory / "config.json"))
+        state, source = read_state_dict(directory)
+        model = _build(config, _rename_hf(state), source, transposed=True, dtype=dtype)
+        chat_template = None
+    else:
+        meta = dict(meta)
+        fmt = meta.pop("format", FORMAT)
+        if fmt != FORMAT:
+            raise ConfigError(f"{directory / 'config.json'}: unknown format {fmt!r}")
+        meta.pop("format_version", None)
+        chat_template = meta.pop("chat_template", None)
+        config = GPT2Config.from_dict(meta, source=str(directory / "config.json"))
+        state, source = read_state_dict(directory)
+        model = _build(config, {k: (k, t) for k, t in state.items()}, source, dtype=dtype)
+    model.chat_template = chat_template
+    model.name_or_path = str(directory)
+    return model.to(device) if device is not None else model
+
+
+def save_checkpoint(model: GPT2, path: str | os.PathLike, chat_template: str | None = None) -> Path:
+    """Write `config.json` + `model.safetensors` to `path`, atomically: into a temporary sibling, then renamed, so
+    a crash leaves either the old checkpoint or the new one, never half of one."""
+    from safetensors.torch import save_file
+
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        template = chat_template if chat_template is not None else getattr(model, "chat_template", None)
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **model.config.to_dict(), "chat_template": template}
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not path.exists():
+            os.replace(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def read_config(path: str | os.PathLike) -> tuple[GPT2Config, str]:
+    """The config of a model directory without reading its weights, and its format (`hf` or `gpt2tui`)."""
+    directory = Path(path)
+    meta = _read_json(directory / "config.json")
+    if "model_type" in meta:
+        return config_from_hf(meta, str(directory / "config.json")), "hf"
+    fields = {k: v for k, v in meta.items() if k not in ("format", "format_version", "chat_template")}
+    return GPT2Config.from_dict(fields, source=str(directory / "config.json")), FORMAT
+
+
+def local_models() -> list[dict]:
+    """Models usable without a download: saved under `models_dir()`, and official ones in the Hugging Face cache."""
+    found = []
+    root = models_dir()
+    if root.is_dir():
+        for d in sorted(root.iterdir()):
+            if d.is_dir() and _has_weights(d):
+                found.append({"name": d.name, "path": d, "source": "saved"})
+    for name in OFFICIAL:
+        cached = cached_official(name)
+        if cached:
+            found.append({"name": name, "path": cached, "source": "hugging face cache"})
+    for entry in found:
+        try:
+            entry["config"] = read_config(entry["path"])[0]
+        except Exception as e:  # listed anyway, with what is wrong, so the user can fix or delete it
+            entry["error"] = str(e)
+    return found
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_model(
+    name: str | os.PathLike = "gpt2",
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    allow_download: bool = True,
+):
+    """`(model, tokenizer)` for a name, directory or checkpoint (see `resolve`), in eval mode on `device`
+    (default: CUDA if present, else CPU) in `dtype` (default: bfloat16 on a GPU that has it, else float32)."""
+    from .tokenizer import Tokenizer
+
+    path = resolve(name, allow_download=allow_download)
+    device = torch.device(device) if device is not None else default_device()
+    if dtype is None:
+        bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        dtype = torch.bfloat16 if bf16 else torch.float32
+    model = load_weights(path, dtype=dtype, device=device)
+    tokenizer = Tokenizer()
+    if model.config.vocab_size < tokenizer.n_vocab:
+        raise ConfigError(
+            f"{path}: vocab_size {model.config.vocab_size} is smaller than the GPT-2 tokenizer's {tokenizer.n_vocab}; "
+            f"this model was not trained with GPT-2's tokenizer"
+        )
+    return model, tokenizer

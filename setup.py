@@ -1,0 +1,55 @@
+"""The one build: the gpt2tui packages, the pybind11 extension gpt2tui._bpe, and the `gpt2tui` command.
+
+`kernels/` and `training/` install as `gpt2tui.kernels` and `gpt2tui.training` so that nothing generic lands in a
+user's site-packages. The extension needs only a C++17 compiler and pybind11: never torch.
+"""
+
+import re
+from glob import glob
+from pathlib import Path
+
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "gpt2tui" / "__init__.py").read_text(), re.M).group(1)
+
+bpe = Pybind11Extension(
+    "gpt2tui._bpe",
+    sorted(glob("csrc/*.cpp")),
+    cxx_std=17,
+    define_macros=[("GPT2TUI_VERSION", f'"{VERSION}"')],
+)
+
+setup(
+    name="gpt2tui",
+    version=VERSION,
+    description="GPT-2 from scratch in PyTorch: pretrain, fine-tune into a chatbot, and chat in the terminal",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=["gpt2tui", "gpt2tui.kernels", "gpt2tui.training"],
+    package_dir={"gpt2tui": "gpt2tui", "gpt2tui.kernels": "kernels", "gpt2tui.training": "training"},
+    package_data={"gpt2tui": ["assets/gpt2.tiktoken", "assets/LICENSE-gpt2-vocab.txt"]},
+    ext_modules=[bpe],
+    cmdclass={"build_ext": build_ext},
+    install_requires=[
+        "torch>=2.4",
+        "numpy",
+        "tiktoken>=0.7",
+        "safetensors>=0.4",
+        "huggingface_hub>=0.23",
+        "rich>=13",
+    ],
+    extras_require={
+        "dev": [
+            "pytest>=8",
+            "pytest-benchmark>=4",
+            "hypothesis>=6",
+            "transformers>=4.40",
+        ],
+    },
+    entry_points={"console_scripts": ["gpt2tui=gpt2tui.cli:main"]},
+    zip_safe=False,
+)

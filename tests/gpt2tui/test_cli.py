@@ -1,0 +1,111 @@
+"""The `gpt2tui` command, run in-process through `main(argv)`, plus one real subprocess for the no-traceback rule."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gpt2tui import GPT2, GPT2Config, Tokenizer, save_checkpoint
+from gpt2tui.cli import main
+from gpt2tui.weights import models_dir
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_greedy_generate_gives_transformers_tokens(capsys, hf_small_dir):
+    import transformers
+
+    tok = Tokenizer()
+    prompt = "In a hole in the ground"
+    ids = tok.encode(prompt)
+    hf = transformers.GPT2LMHeadModel.from_pretrained(hf_small_dir).eval()
+    want = hf.generate(torch.tensor([ids]), max_new_tokens=25, do_sample=False, pad_token_id=tok.eot_token)[0, len(ids):]
+    want = want.tolist()
+    if tok.eot_token in want:
+        want = want[: want.index(tok.eot_token)]
+    code, out, err = run(capsys, "generate", "--model", str(hf_small_dir), "--temperature", "0", "-n", "25", prompt)
+    assert code == 0, err
+    assert out == tok.decode(want) + "\n"
+
+
+def test_generate_reads_the_prompt_from_stdin(capsys, monkeypatch, hf_small_dir):
+    code, expected, _ = run(capsys, "generate", "-m", str(hf_small_dir), "-t", "0", "-n", "8", "Piped text")
+    monkeypatch.setattr(sys, "stdin", __import__("io").StringIO("Piped text"))
+    code, out, _ = run(capsys, "generate", "-m", str(hf_small_dir), "-t", "0", "-n", "8", "--echo", "-")
+    assert code == 0 and out == "Piped text" + expected
+
+
+def test_sampling_flags_reach_generation(capsys, hf_small_dir):
+    args = ["generate", "-m", str(hf_small_dir), "-n", "12", "--temperature", "1.2", "--top-k", "40", "--top-p", "0.95"]
+    a = run(capsys, *args, "--seed", "1", "Seeded")[1]
+    b = run(capsys, *args, "--seed", "1", "Seeded")[1]
+    c = run(capsys, *args, "--seed", "2", "Seeded")[1]
+    assert a == b != c
+
+
+def test_info_prints_config_params_memory_device_and_backend(capsys):
+    save_checkpoint(GPT2(GPT2Config(context_length=64, emb_dim=64, n_heads=4, n_layers=2)), models_dir() / "tiny")
+    code, out, _ = run(capsys, "info", "--model", "tiny")
+    assert code == 0
+    n = GPT2Config(context_length=64, emb_dim=64, n_heads=4, n_layers=2).n_params()
+    for words in ("emb_dim", "n_layers", f"{n:,}", "fp32 / bf16", "cpu", "sdpa"):
+        assert words in out
+
+
+def test_models_lists_saved_models(capsys):
+    assert "No models yet" in run(capsys, "models")[1]
+    save_checkpoint(GPT2(GPT2Config(context_length=64, emb_dim=64, n_heads=4, n_layers=2)), models_dir() / "bot")
+    code, out, _ = run(capsys, "models")
+    assert code == 0 and "bot" in out and "2 × 64" in out
+
+
+def test_chat_loop_continues_each_line_until_eof(capsys, monkeypatch, hf_small_dir):
+    monkeypatch.setattr(sys, "stdin", __import__("io").StringIO("Hello there\n\n/quit\nnever read\n"))
+    code, out, err = run(capsys, "chat", "-m", str(hf_small_dir), "-n", "5", "-t", "0")
+    assert code == 0 and len(out.strip().splitlines()) == 1 and "Ctrl+C stops a reply" in err
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["generate", "--model", "/no/such/dir", "hi"], "no model directory at /no/such/dir"),
+        (["info", "--model", "gpt2"], "gpt2 is not downloaded and the Hub is offline"),
+        (["download", "gpt2"], "cannot download gpt2: HF_HUB_OFFLINE is set"),
+        (["generate", "--model", "not-a-model", "hi"], "unknown model 'not-a-model'"),
+    ],
+)
+def test_user_errors_are_one_line_with_exit_1(capsys, argv, words):
+    code, out, err = run(capsys, *argv)
+    assert code == 1 and out == ""
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and words in " ".join(err.split())
+    assert "Traceback" not in err
+
+
+def test_bad_flag_is_rejected_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--top-p", "2", "hi"])
+    assert e.value.code == 2 and "--top-p: 2.0 is outside" in capsys.readouterr().err
+
+
+def test_every_command_has_help(capsys):
+    for cmd in ([], ["chat"], ["generate"], ["info"], ["models"], ["download"]):
+        with pytest.raises(SystemExit) as e:
+            main([*cmd, "--help"])
+        assert e.value.code == 0 and "usage: gpt2tui" in capsys.readouterr().out
+
+
+def test_installed_command_prints_no_traceback_for_a_corrupt_model(tmp_path):
+    save_checkpoint(GPT2(GPT2Config(context_length=16, emb_dim=32, n_heads=4, n_layers=1)), tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"garbage")
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpt2tui.cli", "generate", "--model", str(tmp_path / "m"), "hi"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "truncated or corrupt" in proc.stderr and len(proc.stderr.strip().splitlines()) <= 2
