@@ -93,6 +93,19 @@ class GPT2(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
+        self.conv1d_layout_()
+
+    def conv1d_layout_(self) -> GPT2:
+        """Store every Linear weight transposed in memory, `(in, out)` row-major (OpenAI's Conv1D layout), keeping
+        nn.Linear's logical `(out, in)` shape. A one-token decode step multiplies a single row by each weight; on
+        the CPU that reads this layout ~13% faster (benchmarks/RESULTS.md). Hugging Face files arrive in this layout,
+        so loading them copies nothing. The loader calls this again after assigning weights."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                w = module.weight
+                if w.stride() != (1, w.shape[0]):
+                    w.data = w.data.t().contiguous().t()
+        return self
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

@@ -282,9 +282,9 @@ def _build(
             )
         if not tensor.is_floating_point():
             raise CheckpointError(f"{source}: tensor {file_key} has dtype {tensor.dtype}, expected floating point")
-        state[key] = tensor.to(dtype or torch.float32).contiguous()
+        state[key] = tensor.to(dtype or torch.float32)
     model.load_state_dict(state, assign=True)
-    return model.eval()
+    return model.conv1d_layout_().eval()
 
 
 def load_weights(path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> GPT2:
