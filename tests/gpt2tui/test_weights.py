@@ -239,3 +239,29 @@ def test_official_name_found_in_the_hugging_face_cache(isolated_home):
     model, _ = load_model("gpt2")
     assert model.config.emb_dim == 64
     assert [(m["name"], m["source"]) for m in local_models()] == [("gpt2", "hugging face cache")]
+
+
+def test_official_name_not_cached_is_downloaded_when_online(monkeypatch, isolated_home):
+    """The download path, with the Hub replaced by a function that writes what the Hub would."""
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    calls = []
+
+    def fake_snapshot_download(repo_id, *, cache_dir, allow_patterns, local_files_only=False, **kw):
+        calls.append((repo_id, local_files_only))
+        target = cache_dir / "fake" / repo_id
+        if local_files_only:
+            if not target.exists():
+                raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
+            return str(target)
+        assert "model.safetensors" in allow_patterns and "config.json" in allow_patterns
+        hf_gpt2(seed=2).save_pretrained(target)
+        return str(target)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    model, _ = load_model("gpt2-medium")
+    assert model.config.emb_dim == 64
+    assert calls == [("openai-community/gpt2-medium", True), ("openai-community/gpt2-medium", False)]
+    load_model("gpt2-medium")  # now cached: no second download
+    assert calls[-1] == ("openai-community/gpt2-medium", True)
