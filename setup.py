@@ -17,8 +17,10 @@ VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "gpt2tui" / "__init__.p
 bpe = Pybind11Extension(
     "gpt2tui._bpe",
     sorted(glob("csrc/*.cpp")),
+    depends=sorted(glob("csrc/*.h")),
     cxx_std=17,
     define_macros=[("GPT2TUI_VERSION", f'"{VERSION}"')],
+    extra_compile_args=["-O3"],
 )
 
 setup(
@@ -38,6 +40,7 @@ setup(
         "torch>=2.4",
         "numpy",
         "tiktoken>=0.7",
+        "regex",
         "safetensors>=0.4",
         "huggingface_hub>=0.23",
         "rich>=13",

@@ -1,14 +1,115 @@
-// gpt2tui._bpe: the native core of the tokenizer.
-//
-// The byte-level BPE merge loop lands here (its own issue); until then the module carries only what is real:
-// the version it was built from, so Python can tell a stale build from a current one.
+// gpt2tui._bpe: the pybind11 face of the BPE core. It converts between Python and C++ and releases the GIL around
+// the work; every rule about special tokens, surrogates and errors is gpt2tui/tokenizer.py's.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <atomic>
+#include <thread>
+
+#include "bpe.h"
+#include "unicode_tables.h"
 
 #ifndef GPT2TUI_VERSION
 #define GPT2TUI_VERSION "unknown"
 #endif
 
+namespace py = pybind11;
+using gpt2tui::Encoder;
+using gpt2tui::Rank;
+
+namespace {
+
+// The UTF-8 bytes of a str, cached inside the str object by CPython (valid while the str lives). A str holding a
+// lone surrogate has no UTF-8 form: that raises UnicodeEncodeError, which the Python layer repairs.
+std::string_view utf8_of(const py::handle& text) {
+    if (!PyUnicode_Check(text.ptr())) throw py::type_error("expected str");
+    Py_ssize_t size = 0;
+    const char* data = PyUnicode_AsUTF8AndSize(text.ptr(), &size);
+    if (data == nullptr) throw py::error_already_set();
+    return {data, size_t(size)};
+}
+
+py::list to_list(const std::vector<Rank>& ids) {
+    PyObject* list = PyList_New(Py_ssize_t(ids.size()));
+    if (list == nullptr) throw py::error_already_set();
+    for (size_t k = 0; k < ids.size(); ++k) {
+        PyObject* v = PyLong_FromUnsignedLong(ids[k]);
+        if (v == nullptr) {
+            Py_DECREF(list);
+            throw py::error_already_set();
+        }
+        PyList_SET_ITEM(list, Py_ssize_t(k), v);
+    }
+    return py::reinterpret_steal<py::list>(list);
+}
+
+py::list encode_ordinary(const Encoder& enc, const py::str& text) {
+    const std::string_view bytes = utf8_of(text);
+    std::vector<Rank> ids;
+    {
+        py::gil_scoped_release release;
+        enc.encode_ordinary(bytes, ids);
+    }
+    return to_list(ids);
+}
+
+py::list encode_ordinary_batch(const Encoder& enc, const py::list& texts, int num_threads) {
+    const size_t n = texts.size();
+    std::vector<std::string_view> inputs;
+    inputs.reserve(n);
+    for (const auto& t : texts) inputs.push_back(utf8_of(t));
+    std::vector<std::vector<Rank>> results(n);
+    {
+        py::gil_scoped_release release;
+        const size_t workers = std::max<size_t>(1, std::min<size_t>(size_t(std::max(num_threads, 1)), n));
+        std::atomic<size_t> next{0};
+        auto work = [&] {
+            for (size_t k = next++; k < n; k = next++) enc.encode_ordinary(inputs[k], results[k]);
+        };
+        std::vector<std::thread> pool;
+        for (size_t w = 1; w < workers; ++w) pool.emplace_back(work);
+        work();
+        for (auto& t : pool) t.join();
+    }
+    py::list out(n);
+    for (size_t k = 0; k < n; ++k) out[k] = to_list(results[k]);
+    return out;
+}
+
+py::bytes decode_bytes(const Encoder& enc, const std::vector<int64_t>& ids) {
+    std::vector<Rank> ranks(ids.size());
+    for (size_t k = 0; k < ids.size(); ++k) {
+        if (ids[k] < 0 || ids[k] >= int64_t(enc.n_vocab())) {
+            throw py::value_error("token id " + std::to_string(ids[k]) + " is out of range for this vocabulary (0 to " +
+                                  std::to_string(enc.n_vocab() - 1) + ")");
+        }
+        ranks[k] = Rank(ids[k]);
+    }
+    std::string out;
+    int64_t bad = -1;
+    enc.decode(ranks.data(), ranks.size(), out, bad);
+    return py::bytes(out);
+}
+
+}  // namespace
+
 PYBIND11_MODULE(_bpe, m) {
-    m.doc() = "gpt2tui native tokenizer core";
+    m.doc() = "gpt2tui native tokenizer core: GPT-2 byte-level BPE (pre-tokenisation and merges only)";
     m.attr("__version__") = GPT2TUI_VERSION;
+    m.attr("UNICODE_VERSION") = gpt2tui::kUnicodeVersion;
+
+    py::class_<Encoder>(m, "Encoder")
+        .def(py::init([](const std::vector<py::bytes>& tokens, const std::vector<py::bytes>& extra) {
+                 std::vector<std::string> t(tokens.begin(), tokens.end()), e(extra.begin(), extra.end());
+                 py::gil_scoped_release release;
+                 return new Encoder(std::move(t), std::move(e));
+             }),
+             py::arg("tokens"), py::arg("extra") = std::vector<py::bytes>{},
+             "tokens[r]: bytes of the mergeable token of rank r; extra: bytes of the ids after them (special tokens)")
+        .def("encode_ordinary", &encode_ordinary, py::arg("text"), "ids of a str, with no special-token handling")
+        .def("encode_ordinary_batch", &encode_ordinary_batch, py::arg("texts"), py::arg("num_threads") = 8,
+             "encode_ordinary over a list of str, in native threads")
+        .def("decode_bytes", &decode_bytes, py::arg("ids"), "the bytes of a sequence of ids")
+        .def_property_readonly("n_vocab", &Encoder::n_vocab);
 }

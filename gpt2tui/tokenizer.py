@@ -1,9 +1,14 @@
 """Tokenizer: GPT-2's byte-level BPE behind one policy layer.
 
 The policy lives here and nowhere else: special tokens (`allowed_special` / `disallowed_special`, exactly as
-tiktoken), out-of-range ids, batching, and streaming decode that never splits a UTF-8 character. The merge loop is a
-backend's job. This build's backend is tiktoken, built from the package's own copy of the GPT-2 ranks
-(`assets/gpt2.tiktoken`), so nothing is downloaded at run time.
+tiktoken), the lone-surrogate fix-up, out-of-range ids, batching, and streaming decode that never splits a UTF-8
+character. A backend only pre-tokenises and merges ("encode ordinary text") and maps ids back to bytes:
+
+- ``"cpp"``: the C++ extension `gpt2tui._bpe` (csrc/), the default when it is built;
+- ``"tiktoken"``: OpenAI's encoder, the fallback when the extension is not built;
+- ``"python"``: `gpt2tui/bpe_python.py`, a short pure-Python BPE that explains the algorithm (slow; an oracle).
+
+All three read the package's own copy of the GPT-2 ranks (`assets/gpt2.tiktoken`): nothing is downloaded at run time.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import base64
 import codecs
 import functools
+import re
+import warnings
 from collections.abc import Collection, Iterable, Sequence
 from importlib import resources
 from typing import AbstractSet, Literal
@@ -19,7 +26,11 @@ from typing import AbstractSet, Literal
 # word leaves its last space to the word).
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 ENDOFTEXT = "<|endoftext|>"
-BACKENDS = ("auto", "tiktoken")
+BACKENDS = ("auto", "cpp", "tiktoken", "python")
+
+
+class TokenizerFallbackWarning(RuntimeWarning):
+    """The C++ encoder is not built, so tokenization falls back to tiktoken."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -34,6 +45,10 @@ def gpt2_ranks() -> dict[bytes, int]:
     return ranks
 
 
+def _special_tokens() -> dict[str, int]:
+    return {ENDOFTEXT: len(gpt2_ranks())}
+
+
 @functools.lru_cache(maxsize=1)
 def _tiktoken_encoding():
     import tiktoken
@@ -43,27 +58,150 @@ def _tiktoken_encoding():
         name="gpt2",
         pat_str=GPT2_PATTERN,
         mergeable_ranks=ranks,
-        special_tokens={ENDOFTEXT: len(ranks)},
+        special_tokens=_special_tokens(),
         explicit_n_vocab=len(ranks) + 1,
     )
 
 
-class Tokenizer:
-    """GPT-2's encoding. `Tokenizer()` picks the best backend this installation has; `backend=` asks for one."""
+def native_available() -> bool:
+    try:
+        from . import _bpe
+    except ImportError:
+        return False
+    return hasattr(_bpe, "Encoder")
 
-    def __init__(self, backend: Literal["auto", "tiktoken"] = "auto"):
+
+# -- backends: encode ordinary text, and ids → bytes ------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _native_core():
+    from . import _bpe
+
+    ranks = gpt2_ranks()
+    tokens = sorted(ranks, key=ranks.__getitem__)
+    return _bpe.Encoder(tokens, [s.encode() for s in _special_tokens()])
+
+
+class _TiktokenCore:
+    def __init__(self):
+        self.enc = _tiktoken_encoding()
+        self.n_vocab = self.enc.n_vocab
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        return self.enc.encode_ordinary(text)
+
+    def encode_ordinary_batch(self, texts: list[str], num_threads: int) -> list[list[int]]:
+        if num_threads <= 1 or len(texts) <= 1:
+            return [self.encode_ordinary(t) for t in texts]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(num_threads) as pool:
+            return list(pool.map(self.encode_ordinary, texts))
+
+    def decode_bytes(self, ids: list[int]) -> bytes:
+        _check_range(ids, self.n_vocab)
+        return self.enc.decode_bytes(ids)
+
+
+class _PythonCore:
+    def __init__(self):
+        from .bpe_python import PythonBPE
+
+        self.bpe = PythonBPE(gpt2_ranks(), [s.encode() for s in _special_tokens()])
+        self.n_vocab = self.bpe.n_vocab
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        return self.bpe.encode_ordinary(text)
+
+    def encode_ordinary_batch(self, texts: list[str], num_threads: int) -> list[list[int]]:
+        return [self.bpe.encode_ordinary(t) for t in texts]
+
+    def decode_bytes(self, ids: list[int]) -> bytes:
+        _check_range(ids, self.n_vocab)
+        return self.bpe.decode_bytes(ids)
+
+
+def _check_range(ids: list[int], n_vocab: int) -> None:
+    bad = next((i for i in ids if not 0 <= i < n_vocab), None)
+    if bad is not None:
+        raise ValueError(f"token id {bad} is out of range for this vocabulary (0 to {n_vocab - 1})")
+
+
+def _fix_surrogates(text: str) -> str:
+    # A Python str may hold UTF-16 surrogates, which have no UTF-8 form. As tiktoken does: join the pairs into the
+    # characters they spell and replace lone ones with U+FFFD.
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+@functools.lru_cache(maxsize=16)
+def _special_regex(tokens: frozenset[str]) -> re.Pattern:
+    return re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)))
+
+
+class Tokenizer:
+    """GPT-2's encoding. `Tokenizer()` uses the C++ encoder when it is built, else tiktoken (with a notice);
+    `backend=` asks for one by name."""
+
+    def __init__(self, backend: Literal["auto", "cpp", "tiktoken", "python"] = "auto"):
         if backend not in BACKENDS:
             raise ValueError(f"unknown tokenizer backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
-        self.backend = "tiktoken"
-        self._enc = _tiktoken_encoding()
-        self.special_tokens = {ENDOFTEXT: self._enc.eot_token}
-        self.eot_token = self._enc.eot_token
-        self.n_vocab = self._enc.n_vocab
+        if backend == "auto":
+            backend = "cpp" if native_available() else "tiktoken"
+            if backend == "tiktoken":
+                warnings.warn(
+                    "the C++ tokenizer (gpt2tui._bpe) is not built, using tiktoken; run `make install` to build it",
+                    TokenizerFallbackWarning,
+                    stacklevel=2,
+                )
+        elif backend == "cpp" and not native_available():
+            raise ImportError("the C++ tokenizer (gpt2tui._bpe) is not built; run `make install` to build it")
+        self.backend = backend
+        self._core = {"cpp": _native_core, "tiktoken": _TiktokenCore, "python": _PythonCore}[backend]()
+        self.special_tokens = _special_tokens()
+        self.special_tokens_set = frozenset(self.special_tokens)
+        self.eot_token = self.special_tokens[ENDOFTEXT]
+        self.n_vocab = self._core.n_vocab
 
     def __repr__(self) -> str:
         return f"Tokenizer(backend={self.backend!r}, n_vocab={self.n_vocab})"
 
     # -- encoding --------------------------------------------------------------------------------------------------
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Token ids of `text`, treating special-token text as plain text."""
+        try:
+            return self._core.encode_ordinary(text)
+        except UnicodeEncodeError:
+            return self._core.encode_ordinary(_fix_surrogates(text))
+
+    def _policy(self, allowed_special, disallowed_special) -> tuple[frozenset[str], frozenset[str]]:
+        """The special tokens to encode as such, and those whose text must not appear."""
+        allowed = self.special_tokens_set if allowed_special == "all" else frozenset(allowed_special)
+        if disallowed_special == "all":
+            return allowed & self.special_tokens_set, self.special_tokens_set - allowed
+        return allowed & self.special_tokens_set, frozenset(disallowed_special)
+
+    @staticmethod
+    def _check(text: str, disallowed: frozenset[str]) -> None:
+        # tiktoken's rule: text from a user must not smuggle in `<|endoftext|>` unless the caller says so.
+        if disallowed and (match := _special_regex(disallowed).search(text)):
+            token = match.group()
+            raise ValueError(
+                f"text contains the special token {token!r}; pass allowed_special={{{token!r}}} to encode it as that "
+                f"token, or disallowed_special=() to encode it as plain text"
+            )
+
+    def _split(self, text: str, allowed: frozenset[str]) -> list[str | int]:
+        """Ordinary text segments and special-token ids, in order."""
+        parts: list[str | int] = []
+        start = 0
+        for m in _special_regex(allowed).finditer(text):
+            parts.append(text[start : m.start()])
+            parts.append(self.special_tokens[m.group()])
+            start = m.end()
+        parts.append(text[start:])
+        return parts
 
     def encode(
         self,
@@ -72,13 +210,20 @@ class Tokenizer:
         allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
         disallowed_special: Literal["all"] | Collection[str] = "all",
     ) -> list[int]:
-        """Token ids of `text`. Special tokens in the text raise unless allowed, as in tiktoken: text from a user must
-        not be able to smuggle in `<|endoftext|>`; pass `allowed_special={"<|endoftext|>"}` (or "all") to encode it."""
-        return self._enc.encode(text, allowed_special=allowed_special, disallowed_special=disallowed_special)
-
-    def encode_ordinary(self, text: str) -> list[int]:
-        """Token ids of `text`, treating special-token text as plain text."""
-        return self._enc.encode_ordinary(text)
+        """Token ids of `text`. Special tokens in the text raise unless allowed, as in tiktoken; pass
+        `allowed_special={"<|endoftext|>"}` (or "all") to encode them as themselves, `disallowed_special=()` to
+        encode them as plain text."""
+        allowed, disallowed = self._policy(allowed_special, disallowed_special)
+        self._check(text, disallowed)
+        if not allowed:
+            return self.encode_ordinary(text)
+        ids: list[int] = []
+        for part in self._split(text, allowed):
+            if isinstance(part, int):
+                ids.append(part)
+            elif part:
+                ids.extend(self.encode_ordinary(part))
+        return ids
 
     def encode_batch(
         self,
@@ -88,22 +233,33 @@ class Tokenizer:
         allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
         disallowed_special: Literal["all"] | Collection[str] = "all",
     ) -> list[list[int]]:
-        """`encode` over many texts, in parallel threads."""
-        return self._enc.encode_batch(
-            list(texts), num_threads=num_threads, allowed_special=allowed_special, disallowed_special=disallowed_special
-        )
+        """`encode` over many texts; the C++ backend runs them in parallel native threads."""
+        texts = list(texts)
+        allowed, disallowed = self._policy(allowed_special, disallowed_special)
+        for t in texts:
+            self._check(t, disallowed)
+        if not allowed:
+            return self._encode_ordinary_batch(texts, num_threads)
+        # Special tokens split each text into ordinary segments; encode every segment in one parallel batch.
+        split = [self._split(t, allowed) for t in texts]
+        segments = [p for parts in split for p in parts if isinstance(p, str)]
+        encoded = iter(self._encode_ordinary_batch(segments, num_threads))
+        return [[i for p in parts for i in ([p] if isinstance(p, int) else next(encoded))] for parts in split]
+
+    def encode_ordinary_batch(self, texts: Sequence[str], *, num_threads: int = 8) -> list[list[int]]:
+        """`encode_ordinary` over many texts, in parallel."""
+        return self._encode_ordinary_batch(list(texts), num_threads)
+
+    def _encode_ordinary_batch(self, texts: list[str], num_threads: int) -> list[list[int]]:
+        try:
+            return self._core.encode_ordinary_batch(texts, num_threads)
+        except UnicodeEncodeError:
+            return self._core.encode_ordinary_batch([_fix_surrogates(t) for t in texts], num_threads)
 
     # -- decoding --------------------------------------------------------------------------------------------------
 
-    def _check_ids(self, ids: Iterable[int]) -> list[int]:
-        ids = [int(i) for i in ids]
-        bad = next((i for i in ids if not 0 <= i < self.n_vocab), None)
-        if bad is not None:
-            raise ValueError(f"token id {bad} is out of range for this vocabulary (0 to {self.n_vocab - 1})")
-        return ids
-
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
-        return self._enc.decode_bytes(self._check_ids(ids))
+        return self._core.decode_bytes([int(i) for i in ids])
 
     def decode(self, ids: Iterable[int], errors: str = "replace") -> str:
         """Text of `ids`. A token sequence can end inside a UTF-8 character; `errors="replace"` shows that as U+FFFD,

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
@@ -24,6 +23,7 @@ def isolated_home(tmp_path, monkeypatch):
 def hf_gpt2(seed: int = 0, **config):
     """A random-weight `transformers` GPT-2. A wide init (0.1 rather than 0.02) spreads the logits, so greedy
     decoding has no near-ties that float rounding could flip."""
+    import torch
     import transformers
 
     torch.manual_seed(seed)
@@ -34,6 +34,8 @@ def hf_gpt2(seed: int = 0, **config):
 
 def write_hf_dir(path: Path, seed: int = 0, safe: bool = True, **config) -> Path:
     """A Hugging Face GPT-2 directory written by `transformers` itself (`save_pretrained`)."""
+    import torch
+
     model = hf_gpt2(seed, **config)
     if safe:
         model.save_pretrained(path)

@@ -21,7 +21,7 @@ def test_pinned_ids(tok):
 def test_vocabulary_is_the_packaged_gpt2_ranks(tok):
     ranks = gpt2_ranks()
     assert len(ranks) == 50256 and ranks[b"!"] == 0 and ranks[b" the"] == 262
-    assert tok.n_vocab == 50257 and tok.eot_token == 50256 and tok.backend == "tiktoken"
+    assert tok.n_vocab == 50257 and tok.eot_token == 50256 and tok.backend == "cpp"
 
 
 def test_endoftext_in_text_is_refused_unless_allowed(tok):
@@ -63,6 +63,23 @@ def test_stream_decoder_matches_decode(tok):
     d = tok.stream_decoder()
     parts = [d.push([t]) for t in tok.encode(text)] + [d.flush()]
     assert "".join(parts) == text and "\ufffd" not in "".join(parts)
+
+
+def test_without_the_extension_auto_falls_back_to_tiktoken_with_a_notice(monkeypatch):
+    import gpt2tui.tokenizer as module
+
+    monkeypatch.setattr(module, "native_available", lambda: False)
+    with pytest.warns(module.TokenizerFallbackWarning, match="not built, using tiktoken"):
+        tok = Tokenizer()
+    assert tok.backend == "tiktoken" and tok.encode("Hello world") == [15496, 995]
+    with pytest.raises(ImportError, match="not built"):
+        Tokenizer(backend="cpp")
+
+
+@pytest.mark.parametrize("backend", ["cpp", "tiktoken", "python"])
+def test_every_backend_gives_the_same_ids(backend):
+    text = "It's 3.14 o'clock — naïve 🤖\n\n  end "
+    assert Tokenizer(backend).encode(text) == Tokenizer("tiktoken").encode(text)
 
 
 def test_unknown_backend(tok):

@@ -1,0 +1,350 @@
+// GPT-2 byte-level BPE core. See bpe.h for what lives here and what does not.
+#include "bpe.h"
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+
+#include "unicode_tables.h"
+
+namespace gpt2tui {
+
+// -- hashing ---------------------------------------------------------------------------------------------------
+
+static inline uint64_t load_u64(const uint8_t* p, size_t n) {
+    uint64_t v = 0;
+    std::memcpy(&v, p, n < 8 ? n : 8);
+    return v;
+}
+
+// A short multiply-xorshift hash, eight bytes at a time: pieces are short, so speed beats avalanche quality.
+static inline uint64_t hash_bytes(const uint8_t* p, size_t n) {
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (n * 0xC2B2AE3D27D4EB4FULL);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        h = (h ^ load_u64(p + i, 8)) * 0xff51afd7ed558ccdULL;
+        h ^= h >> 32;
+    }
+    if (i < n) {
+        h = (h ^ load_u64(p + i, n - i)) * 0xc4ceb9fe1a85ec53ULL;
+        h ^= h >> 29;
+    }
+    return h ? h : 1;
+}
+
+static uint64_t table_size_for(size_t n) {
+    uint64_t size = 16;
+    while (size < n * 2) size <<= 1;
+    return size;
+}
+
+void BytesMap::build(const std::vector<std::string>& keys) {
+    const uint64_t size = table_size_for(keys.size());
+    slots_.assign(size, Slot{});
+    mask_ = size - 1;
+    arena_.clear();
+    for (size_t r = 0; r < keys.size(); ++r) {
+        const auto* p = reinterpret_cast<const uint8_t*>(keys[r].data());
+        const uint64_t h = hash_bytes(p, keys[r].size());
+        uint64_t i = h & mask_;
+        while (slots_[i].hash != 0) i = (i + 1) & mask_;
+        slots_[i] = Slot{h, uint32_t(arena_.size()), uint32_t(keys[r].size()), Rank(r)};
+        arena_ += keys[r];
+    }
+}
+
+Rank BytesMap::find(const uint8_t* p, size_t n) const {
+    const uint64_t h = hash_bytes(p, n);
+    for (uint64_t i = h & mask_;; i = (i + 1) & mask_) {
+        const Slot& s = slots_[i];
+        if (s.hash == 0) return kNoRank;
+        if (s.hash == h && s.len == n && std::memcmp(arena_.data() + s.offset, p, n) == 0) return s.rank;
+    }
+}
+
+void PairMap::reserve(size_t n) {
+    const uint64_t size = table_size_for(n);
+    entries_.assign(size, Entry{});
+    mask_ = size - 1;
+}
+
+void PairMap::insert(Rank a, Rank b, Rank merged) {
+    const uint64_t key = (uint64_t(a) << 32) | b;
+    uint64_t i = mix(key) & mask_;
+    while (entries_[i].key != kEmpty && entries_[i].key != key) i = (i + 1) & mask_;
+    // Several splits of one token can name the same pair only if two tokens had equal bytes: keep the lowest rank,
+    // which is what a lookup by bytes would find.
+    if (entries_[i].key == key && entries_[i].rank <= merged) return;
+    entries_[i] = Entry{key, merged};
+}
+
+// -- construction ----------------------------------------------------------------------------------------------
+
+Encoder::Encoder(std::vector<std::string> tokens, std::vector<std::string> extra) {
+    vocab_.build(tokens);
+    for (int b = 0; b < 256; ++b) {
+        const uint8_t byte = uint8_t(b);
+        byte_rank_[b] = vocab_.find(&byte, 1);
+        if (byte_rank_[b] == kNoRank) throw std::invalid_argument("the vocabulary lacks a single-byte token");
+    }
+    // Merging two adjacent parts yields the token spelled by their bytes; its rank is the merge's priority. Every
+    // part is itself a token, so the lookup can be keyed by the two parts' ids instead of by their bytes.
+    size_t n_pairs = 0;
+    for (const auto& t : tokens) n_pairs += t.size() > 1 ? t.size() - 1 : 0;
+    pairs_.reserve(n_pairs);
+    for (size_t r = 0; r < tokens.size(); ++r) {
+        const auto* p = reinterpret_cast<const uint8_t*>(tokens[r].data());
+        for (size_t k = 1; k < tokens[r].size(); ++k) {
+            const Rank left = vocab_.find(p, k);
+            const Rank right = vocab_.find(p + k, tokens[r].size() - k);
+            if (left != kNoRank && right != kNoRank) pairs_.insert(left, right, Rank(r));
+        }
+    }
+    decode_ = std::move(tokens);
+    for (auto& e : extra) decode_.push_back(std::move(e));
+}
+
+// -- pre-tokenisation --------------------------------------------------------------------------------------------
+//
+// GPT-2's pattern, tried left to right at each position (the first alternative that matches wins):
+//   '(?:[sdmt]|ll|ve|re) | ?\p{L}+ | ?\p{N}+ | ?[^\s\p{L}\p{N}]+ | \s+(?!\S) | \s+
+// Only U+0020 may lead a word; a run of white space before a word leaves its last character to the word (or, when
+// that character is not U+0020, to a piece of its own).
+
+// Decode one codepoint at s[i]; invalid or truncated sequences count as one byte of class "other".
+static inline size_t decode_utf8(const uint8_t* s, size_t n, size_t i, uint32_t& cp) {
+    const uint8_t b0 = s[i];
+    if (b0 < 0x80) {
+        cp = b0;
+        return 1;
+    }
+    size_t len;
+    uint32_t min;
+    if ((b0 & 0xE0) == 0xC0) {
+        len = 2, cp = b0 & 0x1F, min = 0x80;
+    } else if ((b0 & 0xF0) == 0xE0) {
+        len = 3, cp = b0 & 0x0F, min = 0x800;
+    } else if ((b0 & 0xF8) == 0xF0) {
+        len = 4, cp = b0 & 0x07, min = 0x10000;
+    } else {
+        cp = 0xFFFFFFFF;
+        return 1;
+    }
+    if (i + len > n) {
+        cp = 0xFFFFFFFF;
+        return 1;
+    }
+    for (size_t k = 1; k < len; ++k) {
+        const uint8_t b = s[i + k];
+        if ((b & 0xC0) != 0x80) {
+            cp = 0xFFFFFFFF;
+            return 1;
+        }
+        cp = (cp << 6) | (b & 0x3F);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
+        cp = 0xFFFFFFFF;
+        return 1;
+    }
+    return len;
+}
+
+struct AsciiClasses {
+    uint8_t c[128];
+    constexpr AsciiClasses() : c{} {
+        for (int i = 0; i < 128; ++i) {
+            const bool letter = (i >= 'a' && i <= 'z') || (i >= 'A' && i <= 'Z');
+            const bool digit = i >= '0' && i <= '9';
+            const bool space = i == ' ' || (i >= 0x09 && i <= 0x0D);
+            c[i] = letter ? kLetter : digit ? kNumber : space ? kSpace : kOther;
+        }
+    }
+};
+static constexpr AsciiClasses kAscii;
+
+// Class of the character at s[i], and its byte length.
+static inline CharClass class_at(const uint8_t* s, size_t n, size_t i, size_t& len) {
+    if (s[i] < 0x80) {
+        len = 1;
+        return CharClass(kAscii.c[s[i]]);
+    }
+    uint32_t cp;
+    len = decode_utf8(s, n, i, cp);
+    return cp == 0xFFFFFFFF ? kOther : char_class(cp);
+}
+
+// End of the run of characters of class `cls` that starts at i.
+static inline size_t run_end(const uint8_t* s, size_t n, size_t i, CharClass cls) {
+    while (i < n) {
+        if (s[i] < 0x80) {  // ASCII inner loop: most text spends its time here
+            if (kAscii.c[s[i]] != cls) return i;
+            ++i;
+            continue;
+        }
+        size_t len;
+        if (class_at(s, n, i, len) != cls) return i;
+        i += len;
+    }
+    return n;
+}
+
+size_t next_pretoken(const uint8_t* s, size_t n, size_t i) {
+    // '(?:[sdmt]|ll|ve|re)
+    if (s[i] == '\'' && i + 1 < n) {
+        const uint8_t a = s[i + 1];
+        if (a == 's' || a == 'd' || a == 'm' || a == 't') return i + 2;
+        if (i + 2 < n) {
+            const uint8_t b = s[i + 2];
+            if ((a == 'l' && b == 'l') || (a == 'v' && b == 'e') || (a == 'r' && b == 'e')) return i + 3;
+        }
+    }
+    size_t len;
+    CharClass cls = class_at(s, n, i, len);
+    // ` ?\p{L}+`, ` ?\p{N}+`, ` ?[^\s\p{L}\p{N}]+`: a single U+0020 may lead a run of one class.
+    if (s[i] == ' ' && i + 1 < n) {
+        size_t len1;
+        const CharClass next = class_at(s, n, i + 1, len1);
+        if (next != kSpace) return run_end(s, n, i + 1 + len1, next);
+    }
+    if (cls != kSpace) return run_end(s, n, i + len, cls);
+    // White space: `\s+(?!\S)` takes the run but leaves its last character when a non-space follows;
+    // a lone white-space character before a non-space falls through to `\s+`.
+    size_t j = i, last = i;
+    while (j < n) {
+        size_t l;
+        if (class_at(s, n, j, l) != kSpace) break;
+        last = j;
+        j += l;
+    }
+    if (j == n) return n;
+    return last > i ? last : j;
+}
+
+// -- the merge loop ------------------------------------------------------------------------------------------------
+
+namespace {
+
+// Per-thread scratch space, reused across pieces so that the loop allocates nothing in the steady state.
+struct Scratch {
+    std::vector<Rank> ids;
+    std::vector<int32_t> prev, next;
+    std::vector<Rank> pair_rank;  // rank of (ids[i], ids[next[i]]), kNoRank if none
+    std::vector<uint64_t> heap;   // (rank << 32 | position): the lowest rank first, the leftmost on ties
+};
+thread_local Scratch scratch;
+
+// A direct-mapped cache of short pieces already merged: words repeat, and a hit costs one hash and one compare.
+struct PieceCache {
+    static constexpr size_t kSlots = 4096, kMaxBytes = 24, kMaxIds = 12;
+    struct Slot {
+        uint64_t hash = 0;
+        uint8_t n_bytes = 0, n_ids = 0;
+        uint8_t bytes[kMaxBytes];
+        Rank ids[kMaxIds];
+    };
+    std::vector<Slot> slots = std::vector<Slot>(kSlots);
+};
+thread_local PieceCache cache;
+
+}  // namespace
+
+void Encoder::merge(const uint8_t* p, size_t n, std::vector<Rank>& out) const {
+    Scratch& w = scratch;
+    w.ids.resize(n);
+    w.prev.resize(n);
+    w.next.resize(n);
+    w.pair_rank.resize(n);
+    w.heap.clear();
+    for (size_t i = 0; i < n; ++i) {
+        w.ids[i] = byte_rank_[p[i]];
+        w.prev[i] = int32_t(i) - 1;
+        w.next[i] = i + 1 < n ? int32_t(i + 1) : -1;
+    }
+    auto greater = std::greater<uint64_t>();
+    auto update = [&](int32_t i) {
+        const int32_t j = w.next[i];
+        const Rank r = j < 0 ? kNoRank : pairs_.find(w.ids[i], w.ids[j]);
+        w.pair_rank[i] = r;
+        if (r != kNoRank) {
+            w.heap.push_back((uint64_t(r) << 32) | uint32_t(i));
+            std::push_heap(w.heap.begin(), w.heap.end(), greater);
+        }
+    };
+    for (size_t i = 0; i < n; ++i) update(int32_t(i));
+    while (!w.heap.empty()) {
+        std::pop_heap(w.heap.begin(), w.heap.end(), greater);
+        const uint64_t top = w.heap.back();
+        w.heap.pop_back();
+        const Rank r = Rank(top >> 32);
+        const int32_t i = int32_t(top & 0xFFFFFFFFu);
+        if (w.pair_rank[i] != r) continue;  // stale: this pair changed since it was queued
+        // Merge i with its right neighbour j; j leaves the list, and the two pairs that now touch i are queued.
+        const int32_t j = w.next[i];
+        w.ids[i] = r;
+        w.pair_rank[j] = kNoRank;
+        w.next[i] = w.next[j];
+        if (w.next[j] >= 0) w.prev[w.next[j]] = i;
+        update(i);
+        if (w.prev[i] >= 0) update(w.prev[i]);
+    }
+    for (int32_t i = 0; i >= 0; i = w.next[i]) out.push_back(w.ids[i]);
+}
+
+void Encoder::encode_piece(const uint8_t* p, size_t n, std::vector<Rank>& out) const {
+    if (n == 1) {
+        out.push_back(byte_rank_[p[0]]);
+        return;
+    }
+    const Rank whole = vocab_.find(p, n);
+    if (whole != kNoRank) {
+        out.push_back(whole);
+        return;
+    }
+    if (n > PieceCache::kMaxBytes) {
+        merge(p, n, out);
+        return;
+    }
+    const uint64_t h = hash_bytes(p, n);
+    PieceCache::Slot& slot = cache.slots[h & (PieceCache::kSlots - 1)];
+    if (slot.hash == h && slot.n_bytes == n && std::memcmp(slot.bytes, p, n) == 0) {
+        out.insert(out.end(), slot.ids, slot.ids + slot.n_ids);
+        return;
+    }
+    const size_t start = out.size();
+    merge(p, n, out);
+    const size_t count = out.size() - start;
+    if (count <= PieceCache::kMaxIds) {
+        slot.hash = h;
+        slot.n_bytes = uint8_t(n);
+        slot.n_ids = uint8_t(count);
+        std::memcpy(slot.bytes, p, n);
+        std::copy(out.begin() + start, out.end(), slot.ids);
+    }
+}
+
+void Encoder::encode_ordinary(std::string_view text, std::vector<Rank>& out) const {
+    const auto* s = reinterpret_cast<const uint8_t*>(text.data());
+    const size_t n = text.size();
+    out.reserve(out.size() + n / 4);
+    for (size_t i = 0; i < n;) {
+        const size_t end = next_pretoken(s, n, i);
+        encode_piece(s + i, end - i, out);
+        i = end;
+    }
+}
+
+bool Encoder::decode(const Rank* ids, size_t n, std::string& out, int64_t& bad) const {
+    size_t total = 0;
+    for (size_t k = 0; k < n; ++k) {
+        if (ids[k] >= decode_.size()) {
+            bad = int64_t(ids[k]);
+            return false;
+        }
+        total += decode_[ids[k]].size();
+    }
+    out.reserve(out.size() + total);
+    for (size_t k = 0; k < n; ++k) out += decode_[ids[k]];
+    return true;
+}
+
+}  // namespace gpt2tui

@@ -1,0 +1,93 @@
+// GPT-2 byte-level BPE: pre-tokenisation and the merge loop, and nothing else.
+//
+// Policy (special tokens, what counts as an error, lone surrogates, batching rules) lives in
+// gpt2tui/tokenizer.py. This core takes valid-or-not UTF-8 bytes and returns token ids; it never touches a
+// Python object, so the binding can release the GIL around it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace gpt2tui {
+
+using Rank = uint32_t;
+inline constexpr Rank kNoRank = 0xFFFFFFFFu;
+
+// Open-addressing hash map from byte strings to ranks; the strings live in one arena.
+class BytesMap {
+  public:
+    void build(const std::vector<std::string>& keys);  // value of keys[i] is i
+    Rank find(const uint8_t* p, size_t n) const;
+
+  private:
+    struct Slot {
+        uint64_t hash = 0;
+        uint32_t offset = 0;
+        uint32_t len = 0;
+        Rank rank = kNoRank;
+    };
+    std::vector<Slot> slots_;
+    std::string arena_;
+    uint64_t mask_ = 0;
+};
+
+// Open-addressing hash map from a pair of token ids to the rank of the token their bytes concatenate to.
+class PairMap {
+  public:
+    void reserve(size_t n);
+    void insert(Rank a, Rank b, Rank merged);
+    Rank find(Rank a, Rank b) const {
+        const uint64_t key = (uint64_t(a) << 32) | b;
+        for (uint64_t i = mix(key) & mask_;; i = (i + 1) & mask_) {
+            const Entry& e = entries_[i];
+            if (e.key == key) return e.rank;
+            if (e.key == kEmpty) return kNoRank;
+        }
+    }
+
+  private:
+    static constexpr uint64_t kEmpty = ~uint64_t(0);
+    struct Entry {
+        uint64_t key = kEmpty;
+        Rank rank = kNoRank;
+    };
+    static uint64_t mix(uint64_t k) {
+        k ^= k >> 33;
+        k *= 0xff51afd7ed558ccdULL;
+        k ^= k >> 33;
+        return k;
+    }
+    std::vector<Entry> entries_;
+    uint64_t mask_ = 0;
+};
+
+class Encoder {
+  public:
+    // tokens[r] is the byte string of the mergeable token of rank r; every single byte must be one.
+    // extra[i] is the byte string of id tokens.size() + i (special tokens, for decoding only).
+    Encoder(std::vector<std::string> tokens, std::vector<std::string> extra);
+
+    // Append the ids of `text` (UTF-8; invalid bytes are treated as symbols) to `out`.
+    void encode_ordinary(std::string_view text, std::vector<Rank>& out) const;
+    // The bytes of `ids`; returns false, with `bad` set, on an id outside the vocabulary.
+    bool decode(const Rank* ids, size_t n, std::string& out, int64_t& bad) const;
+
+    size_t n_vocab() const { return decode_.size(); }
+
+  private:
+    void encode_piece(const uint8_t* p, size_t n, std::vector<Rank>& out) const;
+    void merge(const uint8_t* p, size_t n, std::vector<Rank>& out) const;
+
+    std::vector<std::string> decode_;  // id -> bytes, mergeable tokens then extras
+    BytesMap vocab_;
+    PairMap pairs_;
+    Rank byte_rank_[256];
+};
+
+// Byte length of the pre-token that starts at `i` (GPT-2's pattern, matched by hand).
+size_t next_pretoken(const uint8_t* s, size_t n, size_t i);
+
+}  // namespace gpt2tui
