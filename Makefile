@@ -9,7 +9,7 @@ MODEL  ?=
 # Pinned: this version resolves to a local CPU build; an unpinned torch pulls gigabytes of CUDA packages.
 TORCH  := torch==2.13.0
 
-.PHONY: chat test bench gpu-check install clean
+.PHONY: chat test test-asan bench gpu-check install clean
 
 $(STAMP): setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,16 @@ chat: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# The tokenizer tests against the C++ encoder built with AddressSanitizer and UBSan; any report fails the run.
+# The normal build is restored afterwards, whatever the outcome.
+SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g
+test-asan: $(STAMP)
+	CFLAGS="$(SAN_FLAGS)" LDFLAGS="$(SAN_FLAGS)" $(BIN)/python setup.py -q build_ext --inplace --force --build-temp build/asan
+	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONMALLOC=malloc \
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/csrc tests/gpt2tui/test_tokenizer.py; \
+	status=$$?; $(BIN)/python setup.py -q build_ext --inplace --force; exit $$status
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest -q benchmarks --benchmark-only --benchmark-columns=min,median,mean,rounds

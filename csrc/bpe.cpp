@@ -2,6 +2,7 @@
 #include "bpe.h"
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <stdexcept>
 
@@ -64,18 +65,18 @@ Rank BytesMap::find(const uint8_t* p, size_t n) const {
 
 void PairMap::reserve(size_t n) {
     const uint64_t size = table_size_for(n);
-    entries_.assign(size, Entry{});
+    entries_.assign(size, kEmpty);
     mask_ = size - 1;
 }
 
 void PairMap::insert(Rank a, Rank b, Rank merged) {
-    const uint64_t key = (uint64_t(a) << 32) | b;
+    const uint64_t key = pack_key(a, b);
     uint64_t i = mix(key) & mask_;
-    while (entries_[i].key != kEmpty && entries_[i].key != key) i = (i + 1) & mask_;
-    // Several splits of one token can name the same pair only if two tokens had equal bytes: keep the lowest rank,
+    while (entries_[i] != kEmpty && (entries_[i] >> kRankBits) != key) i = (i + 1) & mask_;
+    // Several splits of one token name the same pair only if two tokens had equal bytes: keep the lowest rank,
     // which is what a lookup by bytes would find.
-    if (entries_[i].key == key && entries_[i].rank <= merged) return;
-    entries_[i] = Entry{key, merged};
+    if (entries_[i] != kEmpty && Rank(entries_[i] & kRankMask) <= merged) return;
+    entries_[i] = (key << kRankBits) | merged;
 }
 
 // -- construction ----------------------------------------------------------------------------------------------
@@ -89,17 +90,18 @@ Encoder::Encoder(std::vector<std::string> tokens, std::vector<std::string> extra
     }
     // Merging two adjacent parts yields the token spelled by their bytes; its rank is the merge's priority. Every
     // part is itself a token, so the lookup can be keyed by the two parts' ids instead of by their bytes.
-    size_t n_pairs = 0;
-    for (const auto& t : tokens) n_pairs += t.size() > 1 ? t.size() - 1 : 0;
-    pairs_.reserve(n_pairs);
+    if (tokens.size() >= (size_t(1) << PairMap::kIdBits)) throw std::invalid_argument("vocabulary too large");
+    std::vector<std::array<Rank, 3>> found;
     for (size_t r = 0; r < tokens.size(); ++r) {
         const auto* p = reinterpret_cast<const uint8_t*>(tokens[r].data());
         for (size_t k = 1; k < tokens[r].size(); ++k) {
             const Rank left = vocab_.find(p, k);
             const Rank right = vocab_.find(p + k, tokens[r].size() - k);
-            if (left != kNoRank && right != kNoRank) pairs_.insert(left, right, Rank(r));
+            if (left != kNoRank && right != kNoRank) found.push_back({left, right, Rank(r)});
         }
     }
+    pairs_.reserve(found.size());
+    for (const auto& [left, right, merged] : found) pairs_.insert(left, right, merged);
     decode_ = std::move(tokens);
     for (auto& e : extra) decode_.push_back(std::move(e));
 }
@@ -225,11 +227,14 @@ size_t next_pretoken(const uint8_t* s, size_t n, size_t i) {
 namespace {
 
 // Per-thread scratch space, reused across pieces so that the loop allocates nothing in the steady state.
+struct Part {
+    Rank id;
+    Rank pair_rank;      // rank of the token (this part, next part) would make; kNoRank if none or merged away
+    int32_t prev, next;  // neighbours in the list of parts still standing, -1 at the ends
+};
 struct Scratch {
-    std::vector<Rank> ids;
-    std::vector<int32_t> prev, next;
-    std::vector<Rank> pair_rank;  // rank of (ids[i], ids[next[i]]), kNoRank if none
-    std::vector<uint64_t> heap;   // (rank << 32 | position): the lowest rank first, the leftmost on ties
+    std::vector<Part> parts;      // indexed by the byte position where the part starts
+    std::vector<uint64_t> tree;   // tournament tree over blocks of positions: the best (rank << 32 | position) below
 };
 thread_local Scratch scratch;
 
@@ -246,48 +251,62 @@ struct PieceCache {
 };
 thread_local PieceCache cache;
 
+constexpr int32_t kBlock = 16;  // positions per tree leaf: 16 ranks are one cache line, scanned linearly
+
 }  // namespace
 
+// BPE as tiktoken defines it: repeatedly merge the adjacent pair of lowest rank, the leftmost on ties. The parts
+// form a linked list; the best pair is found in a tournament tree whose leaves are blocks of 16 positions, so a
+// merge costs at most three leaf rescans and walks towards the root (stopping where nothing changes): O(n log n) for a piece of n bytes, with the memory
+// touched staying near the merge (a binary heap's sift-down strays across the whole piece, and keeps stale entries).
 void Encoder::merge(const uint8_t* p, size_t n, std::vector<Rank>& out) const {
     Scratch& w = scratch;
-    w.ids.resize(n);
-    w.prev.resize(n);
-    w.next.resize(n);
-    w.pair_rank.resize(n);
-    w.heap.clear();
-    for (size_t i = 0; i < n; ++i) {
-        w.ids[i] = byte_rank_[p[i]];
-        w.prev[i] = int32_t(i) - 1;
-        w.next[i] = i + 1 < n ? int32_t(i + 1) : -1;
-    }
-    auto greater = std::greater<uint64_t>();
-    auto update = [&](int32_t i) {
-        const int32_t j = w.next[i];
-        const Rank r = j < 0 ? kNoRank : pairs_.find(w.ids[i], w.ids[j]);
-        w.pair_rank[i] = r;
-        if (r != kNoRank) {
-            w.heap.push_back((uint64_t(r) << 32) | uint32_t(i));
-            std::push_heap(w.heap.begin(), w.heap.end(), greater);
+    w.parts.resize(n);
+    Part* part = w.parts.data();
+    for (size_t i = 0; i < n; ++i) part[i] = Part{byte_rank_[p[i]], kNoRank, int32_t(i) - 1, i + 1 < n ? int32_t(i + 1) : -1};
+    for (size_t i = 0; i + 1 < n; ++i) part[i].pair_rank = pairs_.find(part[i].id, part[i + 1].id);
+
+    // A pair's key orders by rank, then by position (the leftmost wins ties); no pair sorts last.
+    auto key = [part](int32_t i) { return (uint64_t(part[i].pair_rank) << 32) | uint32_t(i); };
+    auto block_best = [&](int32_t blk) {
+        uint64_t best = ~uint64_t(0);
+        const int32_t end = std::min<int32_t>(int32_t(n), (blk + 1) * kBlock);
+        for (int32_t i = blk * kBlock; i < end; ++i) best = std::min(best, key(i));
+        return best;
+    };
+    const int32_t n_blocks = int32_t((n + kBlock - 1) / kBlock);
+    int32_t leaves = 1;
+    while (leaves < n_blocks) leaves <<= 1;
+    w.tree.assign(size_t(2 * leaves), ~uint64_t(0));
+    uint64_t* tree = w.tree.data();
+    for (int32_t b = 0; b < n_blocks; ++b) tree[leaves + b] = block_best(b);
+    for (int32_t t = leaves - 1; t >= 1; --t) tree[t] = std::min(tree[2 * t], tree[2 * t + 1]);
+    auto refresh = [&](int32_t pos) {
+        int32_t t = leaves + pos / kBlock;
+        tree[t] = block_best(pos / kBlock);
+        for (t >>= 1; t >= 1; t >>= 1) {
+            const uint64_t best = std::min(tree[2 * t], tree[2 * t + 1]);
+            if (tree[t] == best) break;  // nothing above can change
+            tree[t] = best;
         }
     };
-    for (size_t i = 0; i < n; ++i) update(int32_t(i));
-    while (!w.heap.empty()) {
-        std::pop_heap(w.heap.begin(), w.heap.end(), greater);
-        const uint64_t top = w.heap.back();
-        w.heap.pop_back();
-        const Rank r = Rank(top >> 32);
-        const int32_t i = int32_t(top & 0xFFFFFFFFu);
-        if (w.pair_rank[i] != r) continue;  // stale: this pair changed since it was queued
-        // Merge i with its right neighbour j; j leaves the list, and the two pairs that now touch i are queued.
-        const int32_t j = w.next[i];
-        w.ids[i] = r;
-        w.pair_rank[j] = kNoRank;
-        w.next[i] = w.next[j];
-        if (w.next[j] >= 0) w.prev[w.next[j]] = i;
-        update(i);
-        if (w.prev[i] >= 0) update(w.prev[i]);
+
+    while ((tree[1] >> 32) != kNoRank) {
+        // Merge part i with its right neighbour j: j leaves the list, and the pairs that now touch i are re-ranked.
+        const int32_t i = int32_t(tree[1] & 0xFFFFFFFFu);
+        Part& a = part[i];
+        const int32_t j = a.next;
+        a.id = Rank(tree[1] >> 32);
+        a.next = part[j].next;
+        if (a.next >= 0) part[a.next].prev = i;
+        part[j].pair_rank = kNoRank;
+        a.pair_rank = a.next >= 0 ? pairs_.find(a.id, part[a.next].id) : kNoRank;
+        if (a.prev >= 0) part[a.prev].pair_rank = pairs_.find(part[a.prev].id, a.id);
+        refresh(i);
+        if (j / kBlock != i / kBlock) refresh(j);
+        if (a.prev >= 0 && a.prev / kBlock != i / kBlock) refresh(a.prev);
     }
-    for (int32_t i = 0; i >= 0; i = w.next[i]) out.push_back(w.ids[i]);
+    for (int32_t i = 0; i >= 0; i = part[i].next) out.push_back(part[i].id);
 }
 
 void Encoder::encode_piece(const uint8_t* p, size_t n, std::vector<Rank>& out) const {

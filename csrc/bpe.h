@@ -34,33 +34,34 @@ class BytesMap {
     uint64_t mask_ = 0;
 };
 
-// Open-addressing hash map from a pair of token ids to the rank of the token their bytes concatenate to.
+// Open-addressing hash map from a pair of token ids to the rank of the token their bytes concatenate to. Each entry
+// is one 64-bit word (left id, right id, merged rank), so the table stays small enough to sit in cache.
 class PairMap {
   public:
+    static constexpr int kIdBits = 21, kRankBits = 64 - 2 * kIdBits;
+
     void reserve(size_t n);
     void insert(Rank a, Rank b, Rank merged);
     Rank find(Rank a, Rank b) const {
-        const uint64_t key = (uint64_t(a) << 32) | b;
+        const uint64_t key = pack_key(a, b);
         for (uint64_t i = mix(key) & mask_;; i = (i + 1) & mask_) {
-            const Entry& e = entries_[i];
-            if (e.key == key) return e.rank;
-            if (e.key == kEmpty) return kNoRank;
+            const uint64_t e = entries_[i];
+            if (e == kEmpty) return kNoRank;
+            if ((e >> kRankBits) == key) return Rank(e & kRankMask);
         }
     }
 
   private:
     static constexpr uint64_t kEmpty = ~uint64_t(0);
-    struct Entry {
-        uint64_t key = kEmpty;
-        Rank rank = kNoRank;
-    };
+    static constexpr uint64_t kRankMask = (uint64_t(1) << kRankBits) - 1;
+    static uint64_t pack_key(Rank a, Rank b) { return (uint64_t(a) << kIdBits) | b; }
     static uint64_t mix(uint64_t k) {
         k ^= k >> 33;
         k *= 0xff51afd7ed558ccdULL;
         k ^= k >> 33;
         return k;
     }
-    std::vector<Entry> entries_;
+    std::vector<uint64_t> entries_;
     uint64_t mask_ = 0;
 };
 
