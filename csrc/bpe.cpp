@@ -81,7 +81,8 @@ void PairMap::insert(Rank a, Rank b, Rank merged) {
 
 // -- construction ----------------------------------------------------------------------------------------------
 
-Encoder::Encoder(std::vector<std::string> tokens, std::vector<std::string> extra) {
+Encoder::Encoder(std::vector<std::string> tokens, std::vector<std::string> extra, size_t backtrack_min_len)
+    : n_mergeable_(tokens.size()), backtrack_min_len_(backtrack_min_len) {
     vocab_.build(tokens);
     for (int b = 0; b < 256; ++b) {
         const uint8_t byte = uint8_t(b);
@@ -104,6 +105,81 @@ Encoder::Encoder(std::vector<std::string> tokens, std::vector<std::string> extra
     for (const auto& [left, right, merged] : found) pairs_.insert(left, right, merged);
     decode_ = std::move(tokens);
     for (auto& e : extra) decode_.push_back(std::move(e));
+
+    // Backtracking tables. A token takes part only if BPE spells its own bytes as itself: no encoding can
+    // contain any other.
+    const size_t V = n_mergeable_;
+    split_left_.assign(V, kNoRank);
+    split_right_.assign(V, kNoRank);
+    next_prefix_.assign(V, kNoRank);
+    std::vector<bool> producible(V, false);
+    token_len_.resize(V);
+    for (size_t r = 0; r < V; ++r) {
+        if (decode_[r].size() > 0xFFFF) throw std::invalid_argument("a token is longer than 65535 bytes");
+        token_len_[r] = uint16_t(decode_[r].size());
+    }
+    std::vector<Rank> ids;
+    for (size_t r = 0; r < V; ++r) {
+        const auto* p = reinterpret_cast<const uint8_t*>(decode_[r].data());
+        const size_t len = decode_[r].size();
+        if (len == 1) {
+            split_left_[r] = split_right_[r] = Rank(r);
+            producible[r] = true;
+            continue;
+        }
+        Rank last[2] = {kNoRank, kNoRank};
+        ids.clear();
+        merge(p, len, ids, last);
+        if (ids.size() == 1 && ids[0] == r) {
+            producible[r] = true;
+            split_left_[r] = last[0];
+            split_right_[r] = last[1];
+        }
+    }
+    // The trie, built as sorted children lists, then laid out breadth first.
+    struct Building {
+        std::vector<std::pair<uint8_t, uint32_t>> children;
+        Rank token = kNoRank;
+    };
+    std::vector<Building> tmp(1);
+    for (size_t r = 0; r < V; ++r) {
+        if (!producible[r]) continue;
+        uint32_t node = 0;
+        for (unsigned char c : decode_[r]) {
+            auto& kids = tmp[node].children;
+            auto it = std::find_if(kids.begin(), kids.end(), [c](const auto& e) { return e.first == c; });
+            if (it == kids.end()) {
+                kids.emplace_back(c, uint32_t(tmp.size()));
+                node = uint32_t(tmp.size());
+                tmp.emplace_back();
+            } else {
+                node = it->second;
+            }
+        }
+        tmp[node].token = Rank(r);
+    }
+    std::vector<uint32_t> order{0}, new_id(tmp.size());
+    for (size_t k = 0; k < order.size(); ++k) {
+        auto& kids = tmp[order[k]].children;
+        std::sort(kids.begin(), kids.end());
+        for (const auto& e : kids) order.push_back(e.second);
+    }
+    for (size_t k = 0; k < order.size(); ++k) new_id[order[k]] = uint32_t(k);
+    trie_.resize(order.size());
+    for (size_t k = 0; k < order.size(); ++k) {
+        const Building& b = tmp[order[k]];
+        trie_[k] = TrieNode{uint32_t(edge_byte_.size()), uint32_t(b.children.size()), b.token};
+        for (const auto& e : b.children) {
+            edge_byte_.push_back(e.first);
+            edge_child_.push_back(new_id[e.second]);
+        }
+    }
+    for (size_t r = 0; r < V; ++r) {
+        if (!producible[r]) continue;
+        const std::string& t = decode_[r];
+        next_prefix_[r] = t.size() > 1 ? longest_prefix(reinterpret_cast<const uint8_t*>(t.data()), t.size() - 1)
+                                       : kNoRank;
+    }
 }
 
 // -- pre-tokenisation --------------------------------------------------------------------------------------------
@@ -259,7 +335,7 @@ constexpr int32_t kBlock = 16;  // positions per tree leaf: 16 ranks are one cac
 // form a linked list; the best pair is found in a tournament tree whose leaves are blocks of 16 positions, so a
 // merge costs at most three leaf rescans and walks towards the root (stopping where nothing changes): O(n log n) for a piece of n bytes, with the memory
 // touched staying near the merge (a binary heap's sift-down strays across the whole piece, and keeps stale entries).
-void Encoder::merge(const uint8_t* p, size_t n, std::vector<Rank>& out) const {
+void Encoder::merge(const uint8_t* p, size_t n, std::vector<Rank>& out, Rank* last) const {
     Scratch& w = scratch;
     w.parts.resize(n);
     Part* part = w.parts.data();
@@ -296,6 +372,7 @@ void Encoder::merge(const uint8_t* p, size_t n, std::vector<Rank>& out) const {
         const int32_t i = int32_t(tree[1] & 0xFFFFFFFFu);
         Part& a = part[i];
         const int32_t j = a.next;
+        if (last) last[0] = a.id, last[1] = part[j].id;
         a.id = Rank(tree[1] >> 32);
         a.next = part[j].next;
         if (a.next >= 0) part[a.next].prev = i;
@@ -319,6 +396,7 @@ void Encoder::encode_piece(const uint8_t* p, size_t n, std::vector<Rank>& out) c
         out.push_back(whole);
         return;
     }
+    if (n >= backtrack_min_len_ && backtrack(p, n, out)) return;
     if (n > PieceCache::kMaxBytes) {
         merge(p, n, out);
         return;
@@ -339,6 +417,92 @@ void Encoder::encode_piece(const uint8_t* p, size_t n, std::vector<Rank>& out) c
         std::memcpy(slot.bytes, p, n);
         std::copy(out.begin() + start, out.end(), slot.ids);
     }
+}
+
+// -- backtracking: linear-time BPE for long pieces ------------------------------------------------------------------
+//
+// Rank-order merging must jump to wherever the lowest-ranked pair is, which on a 1 MB piece means a cache miss per
+// merge. Backtracking (the method of GitHub's `bpe` crate) produces the same tokens walking left to right, from one
+// fact about BPE: a sequence of tokens is the encoding of its text exactly when each token is the encoding of its
+// own bytes and every two neighbours are the encoding of their joined bytes. So: take the longest token that
+// starts here; if it does not fit after the previous token, try the next shorter one; if none fits, give the
+// previous token back and remember that this position leads nowhere.
+
+Rank Encoder::longest_prefix(const uint8_t* p, size_t n) const {
+    Rank best = kNoRank;
+    const TrieNode* node = &trie_[0];
+    for (size_t k = 0; k < n; ++k) {
+        const uint8_t* first = edge_byte_.data() + node->first_edge;
+        const uint8_t* last = first + node->n_edges;
+        const uint8_t* hit = node->n_edges > 8 ? std::lower_bound(first, last, p[k]) : std::find(first, last, p[k]);
+        if (hit == last || *hit != p[k]) break;
+        node = &trie_[edge_child_[hit - edge_byte_.data()]];
+        if (node->token != kNoRank) best = node->token;
+    }
+    return best;
+}
+
+// Does BPE encode bytes(left) + bytes(right) as exactly [left, right]? Undo the two tokens' merges, latest first,
+// and at each stage ask whether the pair across the boundary would have merged before the side that was undone
+// had formed (on equal ranks the left one wins, hence the +1 on the right).
+bool Encoder::valid_pair(Rank left, Rank right) const {
+    Rank limit = kNoRank;
+    for (;;) {
+        const Rank across = pairs_.find(left, right);
+        if (across != kNoRank && across < limit) return false;
+        if (left > right) {
+            limit = left;
+            left = split_right_[left];
+            if (left == limit) {  // left is a single byte: undo the right side instead
+                limit = right + 1;
+                right = split_left_[right];
+                if (right + 1 == limit) return true;
+            }
+        } else {
+            limit = right + 1;
+            right = split_left_[right];
+            if (right + 1 == limit) {  // right is a single byte: undo the left side instead
+                limit = left;
+                left = split_right_[left];
+                if (left == limit) return true;
+            }
+        }
+    }
+}
+
+bool Encoder::backtrack(const uint8_t* p, size_t n, std::vector<Rank>& out) const {
+    const size_t start = out.size();
+    std::vector<uint64_t> dead((n + 64) / 64, 0);  // positions known to lead to no valid encoding
+    auto is_dead = [&](size_t pos) { return (dead[pos >> 6] >> (pos & 63)) & 1; };
+    size_t pos = 0;
+    Rank next = longest_prefix(p, n);
+    while (next != kNoRank) {
+        Rank token = next;
+        const Rank last = out.size() > start ? out.back() : kNoRank;
+        for (;;) {
+            const size_t end = pos + token_len_[token];
+            if (!is_dead(end) && (last == kNoRank || valid_pair(last, token))) {
+                out.push_back(token);
+                pos = end;
+                next = pos < n ? longest_prefix(p + pos, n - pos) : kNoRank;
+                break;
+            }
+            if (next_prefix_[token] != kNoRank) {
+                token = next_prefix_[token];
+                continue;
+            }
+            if (last == kNoRank) {  // cannot happen for a BPE vocabulary; let the merge loop answer instead
+                out.resize(start);
+                return false;
+            }
+            dead[pos >> 6] |= uint64_t(1) << (pos & 63);
+            out.pop_back();
+            pos -= token_len_[last];
+            next = last;
+            break;
+        }
+    }
+    return true;
 }
 
 void Encoder::encode_ordinary(std::string_view text, std::vector<Rank>& out) const {

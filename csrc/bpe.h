@@ -69,7 +69,8 @@ class Encoder {
   public:
     // tokens[r] is the byte string of the mergeable token of rank r; every single byte must be one.
     // extra[i] is the byte string of id tokens.size() + i (special tokens, for decoding only).
-    Encoder(std::vector<std::string> tokens, std::vector<std::string> extra);
+    // Pieces of at least `backtrack_min_len` bytes are encoded by backtracking (see below); shorter ones by merging.
+    Encoder(std::vector<std::string> tokens, std::vector<std::string> extra, size_t backtrack_min_len = 64);
 
     // Append the ids of `text` (UTF-8; invalid bytes are treated as symbols) to `out`.
     void encode_ordinary(std::string_view text, std::vector<Rank>& out) const;
@@ -80,12 +81,31 @@ class Encoder {
 
   private:
     void encode_piece(const uint8_t* p, size_t n, std::vector<Rank>& out) const;
-    void merge(const uint8_t* p, size_t n, std::vector<Rank>& out) const;
+    // Rank order merging; if `last` is given, it receives the two parts of the final merge.
+    void merge(const uint8_t* p, size_t n, std::vector<Rank>& out, Rank* last = nullptr) const;
+    bool backtrack(const uint8_t* p, size_t n, std::vector<Rank>& out) const;
+    Rank longest_prefix(const uint8_t* p, size_t n) const;
+    bool valid_pair(Rank left, Rank right) const;
 
+    size_t n_mergeable_ = 0;
+    size_t backtrack_min_len_;
     std::vector<std::string> decode_;  // id -> bytes, mergeable tokens then extras
     BytesMap vocab_;
     PairMap pairs_;
     Rank byte_rank_[256];
+    // For backtracking: each token's last merge (a single byte is its own split), the longest token that is a
+    // proper prefix of it, and a byte trie of the tokens that BPE can produce (edges keyed by (node, byte)).
+    std::vector<Rank> split_left_, split_right_, next_prefix_;
+    std::vector<uint16_t> token_len_;  // bytes per token: the hot loop's lengths, kept apart from the strings
+    struct TrieNode {
+        uint32_t first_edge;  // this node's edges are edge_byte_/edge_child_[first_edge, first_edge + n_edges)
+        uint32_t n_edges;
+        Rank token;  // the token spelled by the path to here, or kNoRank
+    };
+    // Nodes in breadth-first order, so the short prefixes every lookup starts with share a few cache lines.
+    std::vector<TrieNode> trie_;
+    std::vector<uint8_t> edge_byte_;
+    std::vector<uint32_t> edge_child_;
 };
 
 // Byte length of the pre-token that starts at `i` (GPT-2's pattern, matched by hand).

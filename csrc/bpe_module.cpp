@@ -100,13 +100,16 @@ PYBIND11_MODULE(_bpe, m) {
     m.attr("UNICODE_VERSION") = gpt2tui::kUnicodeVersion;
 
     py::class_<Encoder>(m, "Encoder")
-        .def(py::init([](const std::vector<py::bytes>& tokens, const std::vector<py::bytes>& extra) {
+        .def(py::init([](const std::vector<py::bytes>& tokens, const std::vector<py::bytes>& extra,
+                         size_t backtrack_min_len) {
                  std::vector<std::string> t(tokens.begin(), tokens.end()), e(extra.begin(), extra.end());
                  py::gil_scoped_release release;
-                 return new Encoder(std::move(t), std::move(e));
+                 return new Encoder(std::move(t), std::move(e), backtrack_min_len);
              }),
-             py::arg("tokens"), py::arg("extra") = std::vector<py::bytes>{},
-             "tokens[r]: bytes of the mergeable token of rank r; extra: bytes of the ids after them (special tokens)")
+             py::arg("tokens"), py::arg("extra") = std::vector<py::bytes>{}, py::arg("backtrack_min_len") = 64,
+             "tokens[r]: bytes of the mergeable token of rank r; extra: bytes of the ids after them (special "
+             "tokens); pieces of at least backtrack_min_len bytes are encoded by backtracking, shorter ones by "
+             "merging in rank order (both give the same ids; tests set it low to exercise backtracking)")
         .def("encode_ordinary", &encode_ordinary, py::arg("text"), "ids of a str, with no special-token handling")
         .def("encode_ordinary_batch", &encode_ordinary_batch, py::arg("texts"), py::arg("num_threads") = 8,
              "encode_ordinary over a list of str, in native threads")
