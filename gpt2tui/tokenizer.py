@@ -259,7 +259,13 @@ class Tokenizer:
     # -- decoding --------------------------------------------------------------------------------------------------
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
-        return self._core.decode_bytes([int(i) for i in ids])
+        ids = [int(i) for i in ids]
+        try:
+            return self._core.decode_bytes(ids)
+        except (TypeError, OverflowError):
+            # The native core takes 64-bit ids; anything wider is out of range all the same, and says so.
+            _check_range(ids, self.n_vocab)
+            raise
 
     def decode(self, ids: Iterable[int], errors: str = "replace") -> str:
         """Text of `ids`. A token sequence can end inside a UTF-8 character; `errors="replace"` shows that as U+FFFD,

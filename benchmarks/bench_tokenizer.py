@@ -1,0 +1,145 @@
+"""Encoding throughput (MB/s of UTF-8) of our C++ BPE encoder against tiktoken, on the same texts, in one run.
+
+Three groups, each with the fast path beside its baseline:
+
+- ``tokenizer-encode-mixed``: one ~2 MB string (the generated test corpus, tests/csrc/corpus.py, three seeds, plus
+  "The Verdict" when ../shared/data has it), single-threaded `encode`;
+- ``tokenizer-encode-batch``: the same documents as a list, `encode_batch` with `num_threads=os.cpu_count()`;
+- ``tokenizer-pathological-*``: 1 MB worst cases (one letter repeated, random letters, random digits, base64, random
+  Cyrillic). Where one tiktoken call on 1 MB would take more than ~30 s, tiktoken is measured on a shorter input
+  and ``extra_info["n_bytes"]`` says so.
+
+The baseline is tiktoken's `Encoding` built from the package's own vocabulary (`_tiktoken_encoding`), called
+directly, so it pays no policy-layer overhead; `Tokenizer(backend="cpp")` is called through the public API. Both apply
+the same special-token check. `test_cpp_equals_tiktoken_on_benchmark_texts` asserts that the two produce the same ids
+on every text measured here.
+
+    make bench            # or: .venv/bin/python -m pytest benchmarks/bench_tokenizer.py --benchmark-only
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # the corpus generator lives with the tests
+    sys.path.insert(0, str(REPO))
+
+from gpt2tui import Tokenizer  # noqa: E402
+from gpt2tui.tokenizer import _tiktoken_encoding  # noqa: E402
+from tests.csrc.corpus import build_corpus, pathological  # noqa: E402
+
+FAST = "cpp"
+ENGINES = [FAST, "tiktoken"]
+PATHOLOGICAL_BYTES = 1_000_000
+PATHOLOGICAL_NAMES = list(pathological(8))
+TIKTOKEN_BUDGET_S = 30.0  # the longest one tiktoken call on a pathological input may be expected to take
+NUM_THREADS = os.cpu_count() or 1
+VERDICT = [REPO.parent / "shared" / "data" / "the-verdict.txt", Path("/work/shared/data/the-verdict.txt")]
+
+
+def _verdict() -> list[str]:
+    for path in VERDICT:
+        if path.is_file():
+            return [p for p in path.read_text(encoding="utf-8").split("\n\n") if p]
+    return []
+
+
+@pytest.fixture(scope="module")
+def documents() -> list[str]:
+    """~2 MB of varied documents."""
+    docs = []
+    for seed in range(3):
+        docs += build_corpus(seed=seed)
+    return docs + _verdict()
+
+
+@pytest.fixture(scope="module")
+def mixed_text(documents) -> str:
+    return "\n\n".join(documents)
+
+
+@functools.cache
+def _engines():
+    return {FAST: Tokenizer(backend=FAST), "tiktoken": _tiktoken_encoding()}
+
+
+@functools.cache
+def _pathological(n_bytes: int) -> dict[str, str]:
+    return pathological(n_bytes)
+
+
+@functools.cache
+def _tiktoken_size(name: str) -> int:
+    """The largest of 64 KB, 256 KB and 1 MB on which one tiktoken call of `name` is expected to stay within budget.
+
+    Each probe is timed once; the next size is tried only if even quadratic growth from there would fit."""
+    enc = _tiktoken_encoding()
+    size = PATHOLOGICAL_BYTES // 16
+    while size < PATHOLOGICAL_BYTES:
+        start = time.perf_counter()
+        enc.encode(_pathological(size)[name])
+        elapsed = time.perf_counter() - start
+        if elapsed * 16 > TIKTOKEN_BUDGET_S:
+            return size
+        size *= 4
+    return PATHOLOGICAL_BYTES
+
+
+def _report(benchmark, n_bytes: int, **info):
+    benchmark.extra_info["n_bytes"] = n_bytes
+    benchmark.extra_info["MB_per_s"] = round(n_bytes / benchmark.stats.stats.median / 1e6, 2)
+    benchmark.extra_info.update(info)
+
+
+def _utf8_len(texts) -> int:
+    return sum(len(t.encode("utf-8")) for t in texts)
+
+
+@pytest.mark.benchmark(group="tokenizer-encode-mixed")
+@pytest.mark.parametrize("engine", ENGINES)
+def test_encode_mixed(benchmark, engine, mixed_text):
+    enc = _engines()[engine]
+    ids = benchmark.pedantic(enc.encode, args=(mixed_text,), rounds=5, warmup_rounds=1)
+    assert len(ids) > 100_000
+    _report(benchmark, _utf8_len([mixed_text]), n_tokens=len(ids), threads=1)
+
+
+@pytest.mark.benchmark(group="tokenizer-encode-batch")
+@pytest.mark.parametrize("engine", ENGINES)
+def test_encode_batch(benchmark, engine, documents):
+    enc = _engines()[engine]
+    out = benchmark.pedantic(lambda: enc.encode_batch(documents, num_threads=NUM_THREADS), rounds=5, warmup_rounds=1)
+    assert len(out) == len(documents)
+    _report(benchmark, _utf8_len(documents), n_documents=len(documents), threads=NUM_THREADS)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.benchmark(group=f"tokenizer-pathological-{n}"))
+                                  for n in PATHOLOGICAL_NAMES])
+def test_encode_pathological(benchmark, engine, name):
+    size = PATHOLOGICAL_BYTES if engine == FAST else _tiktoken_size(name)
+    text = _pathological(size)[name]
+    enc = _engines()[engine]
+    ids = benchmark.pedantic(enc.encode, args=(text,), rounds=3, warmup_rounds=1)
+    assert ids
+    note = {} if size == PATHOLOGICAL_BYTES else {
+        "note": f"measured on {size} bytes, not {PATHOLOGICAL_BYTES}: one call on the full size would exceed "
+                f"~{TIKTOKEN_BUDGET_S:.0f} s"}
+    _report(benchmark, _utf8_len([text]), n_tokens=len(ids), **note)
+
+
+def test_cpp_equals_tiktoken_on_benchmark_texts(documents, mixed_text):
+    """The figures compare like with like: both engines give the same ids on every text measured above."""
+    fast, tk = _engines()[FAST], _engines()["tiktoken"]
+    assert fast.encode(mixed_text) == tk.encode(mixed_text)
+    assert fast.encode_batch(documents, num_threads=NUM_THREADS) == tk.encode_batch(documents, num_threads=NUM_THREADS)
+    for name in PATHOLOGICAL_NAMES:
+        text = _pathological(_tiktoken_size(name))[name]
+        assert fast.encode(text) == tk.encode(text), name
