@@ -51,6 +51,8 @@ setup(
             "pytest-benchmark>=4",
             "hypothesis>=6",
             "transformers>=4.40",
+            # The attention kernels' tests run in Triton's interpreter on the CPU; CUDA builds of torch bring their own.
+            'triton>=3.2; sys_platform == "linux"',
         ],
     },
     entry_points={"console_scripts": ["gpt2tui=gpt2tui.cli:main"]},

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from .config import GPT2Config
 from .generate import stream
-from .kernels import resolve_backend
+from .kernels import AttentionBackendError, resolve_backend
 from .weights import OFFICIAL, default_device, download, load_model, local_models, models_dir, read_config, resolve
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -68,7 +68,7 @@ def cmd_chat(args) -> int:
     err = _err()
     err.print(
         f"[bold]{escape(args.model)}[/] on {model.device} · {model.num_params() / 1e6:.0f}M parameters · "
-        f"attention: {resolve_backend(model.config.attn_backend, model.device)}\n"
+        f"attention: {model.attention_backend()}\n"
         "[dim]Each line you type is continued by the model. Ctrl+C stops a reply; Ctrl+D or /quit leaves.[/]"
     )
     interactive = sys.stdin.isatty()
@@ -117,7 +117,11 @@ def cmd_info(args) -> int:
         f"{_gib(4 * kv_per_token * config.context_length)} / {_gib(2 * kv_per_token * config.context_length)} per sequence",
     )
     table.add_row("device", str(device))
-    table.add_row("attention backend", f"{resolve_backend(config.attn_backend, device)} (asked: {config.attn_backend})")
+    try:
+        backend = resolve_backend(config.attn_backend, device, config.head_dim, torch.float32)
+    except AttentionBackendError as e:
+        backend = f"unavailable: {e}"
+    table.add_row("attention backend", f"{backend} (asked: {config.attn_backend})")
     Console(highlight=False).print(table)
     return 0
 

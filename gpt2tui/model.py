@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .cache import KVCache
 from .config import GPT2Config
-from gpt2tui.kernels import causal_attention, decode_attention
+from gpt2tui.kernels import causal_attention, decode_attention, resolve_backend
 
 
 class CausalSelfAttention(nn.Module):
@@ -126,6 +126,10 @@ class GPT2(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.transformer.wte.weight.dtype
+
+    def attention_backend(self) -> str:
+        """The attention backend this model dispatches to on its current device and dtype (the kernels' rule)."""
+        return resolve_backend(self.config.attn_backend, self.device, self.config.head_dim, self.dtype)
 
     def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Final-LayerNorm hidden states `(B, T, C)` of token ids `(B, T)`, writing into `cache` if given."""

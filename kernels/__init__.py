@@ -2,16 +2,26 @@
 
     from gpt2tui.kernels import causal_attention, decode_attention
 
-Backends: ``"sdpa"`` (PyTorch's fused attention) and ``"reference"`` (the seed's explicit masked softmax, in
-``reference.py``). ``"auto"`` picks the fastest available for the tensors' device; this build ships no Triton kernels,
-so ``"auto"`` means ``"sdpa"`` everywhere. The environment variable ``GPT2TUI_ATTENTION`` overrides whatever the caller
-(usually the model config) asked for. Auto falls back silently; an explicit request that cannot run raises.
+Backends:
 
-This package knows nothing of GPT-2.
+- ``"triton"``: the fused kernels in ``attention.py`` (training forward and backward, prefill) and ``decode.py``
+  (queries against a KV cache, split across programs). They run on CUDA, and on the CPU only in Triton's interpreter
+  (``TRITON_INTERPRET=1``), which is how CI tests them.
+- ``"sdpa"``: PyTorch's ``scaled_dot_product_attention`` (``sdpa.py``).
+- ``"reference"``: the seed's explicit masked softmax (``reference.py``), the oracle of the other two.
+
+The rule, decided per call from the tensors: the environment variable ``GPT2TUI_ATTENTION`` overrides whatever the
+caller (usually the model config's ``attn_backend``) asked for. ``"auto"`` takes Triton when the tensors are on CUDA,
+Triton imports and the head dim and dtype are ones the kernels take; otherwise SDPA. Auto falls back silently; an
+explicit ``"triton"`` that cannot run raises ``AttentionBackendError`` saying why.
+
+This package knows nothing of GPT-2. The Triton modules are imported only when chosen, so importing this package never
+pulls in Triton (and the interpreter switch, read when kernels are decorated, can still be set by then).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -29,27 +39,71 @@ __all__ = [
     "resolve_backend",
 ]
 
-BACKENDS = ("auto", "sdpa", "reference")
+BACKENDS = ("auto", "triton", "sdpa", "reference")
 ENV_VAR = "GPT2TUI_ATTENTION"
+TRITON_HEAD_DIMS = (16, 32, 64, 128)
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 class AttentionBackendError(ValueError):
     """An attention backend was asked for by name and cannot run here."""
 
 
-def resolve_backend(backend: str | None = None, device: torch.device | str | None = None) -> str:
+@functools.lru_cache(maxsize=1)
+def _triton_import_error() -> str | None:
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception as e:  # an installed but broken Triton counts as absent
+        return f"Triton does not import ({type(e).__name__}: {e}); pip install triton"
+    return None
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _triton_unavailable(device: torch.device | str | None, head_dim: int | None, dtype: torch.dtype | None) -> str | None:
+    """Why the Triton kernels cannot take these tensors, or None when they can."""
+    kind = torch.device(device).type if device is not None else "cpu"
+    if kind != "cuda" and not (kind == "cpu" and _interpreting()):
+        return f"the tensors are on {kind}; the kernels run on CUDA (or on the CPU under TRITON_INTERPRET=1)"
+    if head_dim is not None and head_dim not in TRITON_HEAD_DIMS:
+        return f"head dim {head_dim} is not one of {TRITON_HEAD_DIMS}"
+    if dtype is not None and dtype not in TRITON_DTYPES:
+        return f"dtype {dtype} is not float32, float16 or bfloat16"
+    return _triton_import_error()
+
+
+def resolve_backend(
+    backend: str | None = None,
+    device: torch.device | str | None = None,
+    head_dim: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> str:
     """The dispatch rule: environment over argument over ``"auto"``; auto picks the fastest that runs on ``device``."""
-    requested = os.environ.get(ENV_VAR) or backend or "auto"
-    if requested == "triton":
-        raise AttentionBackendError(
-            "attention backend 'triton' is not available: this build has no Triton kernels; use auto, sdpa or reference"
-        )
+    from_env = os.environ.get(ENV_VAR)
+    requested = from_env or backend or "auto"
     if requested not in BACKENDS:
-        source = f"${ENV_VAR}" if os.environ.get(ENV_VAR) else "attn_backend"
+        source = f"${ENV_VAR}" if from_env else "attn_backend"
         raise AttentionBackendError(
             f"unknown attention backend {requested!r} (from {source}); choose one of: {', '.join(BACKENDS)}"
         )
-    return "sdpa" if requested == "auto" else requested
+    if requested == "auto":
+        # The interpreter is for tests that ask for Triton by name; auto never picks it on the CPU.
+        on_cuda = device is not None and torch.device(device).type == "cuda"
+        return "triton" if on_cuda and _triton_unavailable(device, head_dim, dtype) is None else "sdpa"
+    if requested == "triton":
+        reason = _triton_unavailable(device, head_dim, dtype)
+        if reason is not None:
+            raise AttentionBackendError(
+                f"attention backend 'triton' cannot run here: {reason}; use auto, sdpa or reference"
+            )
+    return requested
+
+
+def _backend_for(q: torch.Tensor, backend: str | None) -> str:
+    return resolve_backend(backend, q.device, q.shape[-1], q.dtype)
 
 
 def causal_attention(
@@ -64,7 +118,12 @@ def causal_attention(
 
     ``dropout_p`` drops attention probabilities (training only: pass 0.0 in eval).
     """
-    if resolve_backend(backend, q.device) == "reference":
+    chosen = _backend_for(q, backend)
+    if chosen == "triton":
+        from .attention import causal_attention as triton_causal_attention
+
+        return triton_causal_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+    if chosen == "reference":
         return causal_attention_ref(q, k, v, dropout_p=dropout_p, scale=scale)
     return causal_attention_sdpa(q, k, v, dropout_p=dropout_p, scale=scale)
 
@@ -82,8 +141,13 @@ def decode_attention(
 
     The new queries' keys and values are already written to the cache and counted in ``cache_lens``; query ``i`` of
     ``n`` in row ``b`` sits at position ``cache_lens[b] - n + i`` and sees the keys up to it. ``max_len``, if given,
-    must equal ``max(cache_lens)``: it lets a fallback read only the filled part without syncing the device.
+    must equal ``max(cache_lens)``: it lets every path read only the filled part without syncing the device.
     """
-    if resolve_backend(backend, q.device) == "reference":
+    chosen = _backend_for(q, backend)
+    if chosen == "triton":
+        from .decode import decode_attention as triton_decode_attention
+
+        return triton_decode_attention(q, k_cache, v_cache, cache_lens, scale=scale, max_len=max_len)
+    if chosen == "reference":
         return decode_attention_ref(q, k_cache, v_cache, cache_lens, scale=scale)
     return decode_attention_sdpa(q, k_cache, v_cache, cache_lens, scale=scale, max_len=max_len)

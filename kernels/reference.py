@@ -25,8 +25,13 @@ def causal_attention_ref(
     dropout_p: float = 0.0,
     scale: float | None = None,
     upcast: bool = False,
+    dropout_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The seed's explicit masked-softmax causal attention: softmax(q kᵀ · scale + mask) v."""
+    """The seed's explicit masked-softmax causal attention: softmax(q kᵀ · scale + mask) v.
+
+    `dropout_mask` (booleans broadcastable to `(B, H, T, S)`, True = keep) replaces the random draw, so a test can
+    apply exactly the mask a fused kernel used: kept probabilities are scaled by `1 / (1 - dropout_p)`.
+    """
     dtype = q.dtype
     q, k, v = _upcast(upcast, q, k, v)
     T, S = q.shape[-2], k.shape[-2]
@@ -36,7 +41,9 @@ def causal_attention_ref(
     future = torch.ones(T, S, dtype=torch.bool, device=q.device).triu(S - T + 1)
     att = att.masked_fill(future, float("-inf"))
     att = torch.softmax(att, dim=-1)
-    if dropout_p > 0.0:
+    if dropout_mask is not None:
+        att = att * dropout_mask / (1.0 - dropout_p)
+    elif dropout_p > 0.0:
         att = F.dropout(att, p=dropout_p)
     return (att @ v).to(dtype)  # (B, H, T, D)
 

@@ -1,0 +1,437 @@
+"""Fused causal flash attention in Triton: forward, backward and attention dropout.
+
+Layers, as in flash-attention and Liger-Kernel: `@triton.jit` kernels → host launchers (`_forward`, `_backward`) →
+`FlashAttentionFunction(torch.autograd.Function)` → the public `causal_attention`. Its PyTorch twin is
+`reference.causal_attention_ref`.
+
+The algorithm (FlashAttention-2): one program owns a block of queries and streams the keys past it, keeping a running
+max `m` and sum `l` of the softmax (online softmax, in base 2: scores are pre-multiplied by `scale·log2(e)` so the
+exponential is one `exp2`). Keys strictly left of the query block need no mask; only the blocks on the diagonal are
+masked, so the causal loop is split in two. The forward saves `lse = m + log2(l)` per query, which is all the backward
+needs to rebuild the probabilities: `P = exp2(S·scale·log2e - lse)`. The backward runs a pre-pass `Δ = rowsum(dO ∘ O)`,
+then one program per key block accumulates dK and dV over the queries that see it, and one program per query block
+accumulates dQ; neither needs atomics.
+
+Dropout happens inside the kernels: whether probability (b·h, i, j) is kept is a Philox draw from a seed and the
+counter `((b·H + h)·T + i)·T + j`, so the backward regenerates exactly the forward's mask without storing it, and the
+mask does not depend on block sizes. The softmax statistics are those of the undropped probabilities, as in
+`F.dropout(softmax(S))`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+HEAD_DIMS = (16, 32, 64, 128)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+# -- kernels ------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _keep(seed, dropout_p, bh, T, q_idx, k_idx):
+    """The dropout mask of one tile: a pure function of (seed, b·h, i, j). `q_idx`, `k_idx` broadcast to the tile."""
+    counter = (bh.to(tl.int64) * T + q_idx) * T + k_idx
+    return tl.rand(seed, counter) >= dropout_p
+
+
+@triton.jit
+def _fwd_tiles(
+    acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, seed, dropout_p, bh, T, qk_scale,
+    offs_m, lo, hi,
+    BLOCK_N: tl.constexpr, D: tl.constexpr, DIAGONAL: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    offs_d = tl.arange(0, D)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        if DIAGONAL:
+            # Only diagonal tiles can reach past the last key, so only they pay for bounds masks.
+            k = tl.load(k_base + offs_n[None, :] * stride_kt + offs_d[:, None], mask=offs_n[None, :] < T, other=0.0)
+            v = tl.load(v_base + offs_n[:, None] * stride_vt + offs_d[None, :], mask=offs_n[:, None] < T, other=0.0)
+        else:
+            k = tl.load(k_base + offs_n[None, :] * stride_kt + offs_d[:, None])  # (D, BLOCK_N)
+            v = tl.load(v_base + offs_n[:, None] * stride_vt + offs_d[None, :])  # (BLOCK_N, D)
+        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
+        if DIAGONAL:
+            s = tl.where(offs_m[:, None] >= offs_n[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        if DROPOUT:
+            p = tl.where(_keep(seed, dropout_p, bh, T, offs_m[:, None], offs_n[None, :]), p, 0.0)
+        acc += tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    Q, K, V, O, LSE,
+    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
+    stride_vb, stride_vh, stride_vt, stride_ob, stride_oh, stride_ot,
+    H, T, T_bucket, qk_scale, seed, dropout_p,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    start_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    q_base = Q + b * stride_qb + h * stride_qh
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    row_ok = offs_m < T
+    q = tl.load(q_base + offs_m[:, None] * stride_qt + offs_d[None, :], mask=row_ok[:, None], other=0.0)  # (BM, D)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    lo = start_m * BLOCK_M
+    # Keys left of the block: every query sees all of them.
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, seed, dropout_p, bh, T,
+                               qk_scale, offs_m, 0, lo, BLOCK_N, D, False, DROPOUT, PRECISION)
+    # The diagonal: masked. Visited left to right, so each row's first tile holds its own key and `m` turns finite.
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, seed, dropout_p, bh, T,
+                               qk_scale, offs_m, lo, tl.minimum(lo + BLOCK_M, T), BLOCK_N, D, True, DROPOUT, PRECISION)
+
+    acc = acc / l_i[:, None]
+    if DROPOUT:
+        acc = acc * (1.0 / (1.0 - dropout_p))
+    o_base = O + b * stride_ob + h * stride_oh
+    tl.store(o_base + offs_m[:, None] * stride_ot + offs_d[None, :], acc.to(O.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(LSE + bh.to(tl.int64) * T + offs_m, m_i + tl.log2(l_i), mask=row_ok)
+
+
+@triton.jit
+def _attn_bwd_delta_kernel(
+    O, DO, DELTA, stride_ob, stride_oh, stride_ot, stride_db, stride_dh, stride_dt, H, T,
+    BLOCK_M: tl.constexpr, D: tl.constexpr,
+):
+    """Δ_i = Σ_d dO_id · O_id, the row term of the softmax gradient (with dropout too: O already carries the mask)."""
+    start_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    row_ok = offs_m[:, None] < T
+    o = tl.load(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :], mask=row_ok, other=0.0)
+    do = tl.load(DO + b * stride_db + h * stride_dh + offs_m[:, None] * stride_dt + offs_d[None, :], mask=row_ok,
+                 other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + bh.to(tl.int64) * T + offs_m, delta, mask=offs_m < T)
+
+
+@triton.jit
+def _dkdv_tiles(
+    dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot, seed, dropout_p, bh, T, qk_scale,
+    offs_n, lo, hi,
+    BLOCK_M: tl.constexpr, D: tl.constexpr, DIAGONAL: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    offs_d = tl.arange(0, D)
+    for start_m in range(lo, hi, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        row_ok = offs_m < T
+        q = tl.load(q_base + offs_m[:, None] * stride_qt + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        do = tl.load(do_base + offs_m[:, None] * stride_dot + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        # +inf for rows past the end makes their probabilities exactly 0.
+        lse = tl.load(lse_base + offs_m, mask=row_ok, other=float("inf"))
+        delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
+        s_t = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M) = Sᵀ
+        p_t = tl.exp2(s_t - lse[None, :])
+        if DIAGONAL:
+            p_t = tl.where(offs_m[None, :] >= offs_n[:, None], p_t, 0.0)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # (BLOCK_N, BLOCK_M) = (dO Vᵀ)ᵀ
+        if DROPOUT:
+            keep_t = _keep(seed, dropout_p, bh, T, offs_m[None, :], offs_n[:, None])  # (BLOCK_N, BLOCK_M)
+            inv_keep = 1.0 / (1.0 - dropout_p)
+            pd_t = tl.where(keep_t, p_t * inv_keep, 0.0)
+            dp_t = tl.where(keep_t, dp_t * inv_keep, 0.0)
+        else:
+            pd_t = p_t
+        dv += tl.dot(pd_t.to(do.dtype), do, input_precision=PRECISION)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PRECISION)
+    return dk, dv
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, DK, DV,
+    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+    stride_dob, stride_doh, stride_dot, stride_gb, stride_gh, stride_gt,
+    H, T, T_bucket, qk_scale, sm_scale, seed, dropout_p,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """One key block: dV = Σ_i Pdᵀ dO and dK = Σ_i dSᵀ Q · scale over the queries at or after it."""
+    start_n = tl.program_id(0) * BLOCK_N
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    col_ok = offs_n[:, None] < T
+    k = tl.load(K + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kt + offs_d[None, :], mask=col_ok,
+                other=0.0)  # (BLOCK_N, D)
+    v = tl.load(V + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vt + offs_d[None, :], mask=col_ok,
+                other=0.0)  # (BLOCK_N, D)
+    q_base = Q + b * stride_qb + h * stride_qh
+    do_base = DO + b * stride_dob + h * stride_doh
+    lse_base = LSE + bh.to(tl.int64) * T
+    delta_base = DELTA + bh.to(tl.int64) * T
+    dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+    # Queries on the diagonal (masked), then every query below it (unmasked).
+    diag_hi = tl.minimum(start_n + BLOCK_N, T)
+    dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot, seed, dropout_p,
+                         bh, T, qk_scale, offs_n, start_n, diag_hi, BLOCK_M, D, True, DROPOUT, PRECISION)
+    dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot, seed, dropout_p,
+                         bh, T, qk_scale, offs_n, diag_hi, T, BLOCK_M, D, False, DROPOUT, PRECISION)
+    g = b * stride_gb + h * stride_gh + offs_n[:, None] * stride_gt + offs_d[None, :]
+    tl.store(DK + g, (dk * sm_scale).to(DK.dtype.element_ty), mask=col_ok)
+    tl.store(DV + g, dv.to(DV.dtype.element_ty), mask=col_ok)
+
+
+@triton.jit
+def _dq_tiles(
+    dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_vt, seed, dropout_p, bh, T, qk_scale,
+    offs_m, lo, hi,
+    BLOCK_N: tl.constexpr, D: tl.constexpr, DIAGONAL: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    offs_d = tl.arange(0, D)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        if DIAGONAL:
+            k = tl.load(k_base + offs_n[:, None] * stride_kt + offs_d[None, :], mask=offs_n[:, None] < T, other=0.0)
+            v = tl.load(v_base + offs_n[:, None] * stride_vt + offs_d[None, :], mask=offs_n[:, None] < T, other=0.0)
+        else:
+            k = tl.load(k_base + offs_n[:, None] * stride_kt + offs_d[None, :])  # (BLOCK_N, D)
+            v = tl.load(v_base + offs_n[:, None] * stride_vt + offs_d[None, :])  # (BLOCK_N, D)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
+        p = tl.exp2(s - lse[:, None])
+        if DIAGONAL:
+            p = tl.where(offs_m[:, None] >= offs_n[None, :], p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)  # (BLOCK_M, BLOCK_N)
+        if DROPOUT:
+            keep = _keep(seed, dropout_p, bh, T, offs_m[:, None], offs_n[None, :])
+            dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+    return dq
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(
+    Q, K, V, DO, LSE, DELTA, DQ,
+    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
+    stride_dob, stride_doh, stride_dot, stride_gb, stride_gh, stride_gt,
+    H, T, T_bucket, qk_scale, sm_scale, seed, dropout_p,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """One query block: dQ = Σ_j dS K · scale over the keys it sees."""
+    start_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    row_ok = offs_m < T
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :],
+                mask=row_ok[:, None], other=0.0)
+    do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dot + offs_d[None, :],
+                 mask=row_ok[:, None], other=0.0)
+    lse = tl.load(LSE + bh.to(tl.int64) * T + offs_m, mask=row_ok, other=float("inf"))
+    delta = tl.load(DELTA + bh.to(tl.int64) * T + offs_m, mask=row_ok, other=0.0)
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    lo = start_m * BLOCK_M
+    dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_vt, seed, dropout_p, bh, T, qk_scale,
+                   offs_m, 0, lo, BLOCK_N, D, False, DROPOUT, PRECISION)
+    dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_vt, seed, dropout_p, bh, T, qk_scale,
+                   offs_m, lo, tl.minimum(lo + BLOCK_M, T), BLOCK_N, D, True, DROPOUT, PRECISION)
+    g = DQ + b * stride_gb + h * stride_gh + offs_m[:, None] * stride_gt + offs_d[None, :]
+    tl.store(g, (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
+def _dropout_mask_kernel(MASK, H, T, seed, dropout_p, BLOCK: tl.constexpr):
+    """Writes the keep-mask the attention kernels use, for tests and for the reference twin."""
+    start_m = tl.program_id(0)
+    start_n = tl.program_id(1)
+    bh = tl.program_id(2)
+    offs_m = start_m * BLOCK + tl.arange(0, BLOCK)
+    offs_n = start_n * BLOCK + tl.arange(0, BLOCK)
+    keep = _keep(seed, dropout_p, bh, T, offs_m[:, None], offs_n[None, :])
+    ptrs = MASK + (bh.to(tl.int64) * T + offs_m[:, None]) * T + offs_n[None, :]
+    tl.store(ptrs, keep.to(tl.int8), mask=(offs_m[:, None] < T) & (offs_n[None, :] < T))
+
+
+# -- block sizes --------------------------------------------------------------------------------------------------------
+
+
+def _configs(pairs, warps_stages, fixed):
+    """Autotuning candidates; one fixed config under the interpreter or when $GPT2TUI_TRITON_AUTOTUNE is 0."""
+    if _interpreting():
+        # The interpreter runs each tile in NumPy: one modest size, no tuning sweep.
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
+    if os.environ.get("GPT2TUI_TRITON_AUTOTUNE", "1") == "0":
+        # Tests on CUDA try many shapes and dtypes; tuning each would compile hundreds of variants.
+        m, n, w, s = fixed
+        return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)]
+    return [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+        for m, n in pairs
+        for w, s in warps_stages
+    ]
+
+
+# Tuned per (power-of-two bucket of T, head dim, dropout), not per exact T: a chat prefills a different length every
+# turn, and re-tuning on each would cost more than it saves. Every pair keeps the larger block a multiple of the
+# smaller, which the diagonal split relies on.
+_TUNE_KEY = ["T_bucket", "D", "DROPOUT", "PRECISION"]
+_attn_fwd = triton.autotune(
+    _configs([(128, 64), (64, 64), (128, 32), (64, 32)], [(4, 2), (4, 3), (8, 3)], (64, 32, 4, 2)), key=_TUNE_KEY
+)(_attn_fwd_kernel)
+_attn_bwd_dkdv = triton.autotune(
+    _configs([(32, 64), (64, 64), (32, 128), (64, 128)], [(4, 2), (8, 2), (4, 3)], (32, 64, 4, 2)), key=_TUNE_KEY
+)(_attn_bwd_dkdv_kernel)
+_attn_bwd_dq = triton.autotune(
+    _configs([(64, 32), (64, 64), (128, 32), (128, 64)], [(4, 2), (8, 2), (4, 3)], (64, 32, 4, 2)), key=_TUNE_KEY
+)(_attn_bwd_dq_kernel)
+
+
+# -- host launchers -----------------------------------------------------------------------------------------------------
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(
+            f"causal_attention wants q, k, v of one shape (B, H, T, D); got {tuple(q.shape)}, {tuple(k.shape)}, "
+            f"{tuple(v.shape)}"
+        )
+    if q.shape[-1] not in HEAD_DIMS:
+        raise ValueError(f"the Triton attention supports head dims {HEAD_DIMS}; got {q.shape[-1]}")
+    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"the Triton attention takes float32, float16 or bfloat16 q, k, v of one dtype; got "
+                         f"{q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError("q, k and v must be on one device")
+
+
+def _empty(shape, dtype, device) -> torch.Tensor:
+    # Every buffer the kernels fill comes from here, so a test can hand out poisoned memory and prove every element
+    # gets written.
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _unit_last(t: torch.Tensor) -> torch.Tensor:
+    # The kernels take any strides but the head dim's, which must be 1 for vector loads.
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # float32 in must mean float32 products: TF32 would make the kernel 10³× less exact than SDPA in float32.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _forward(q, k, v, sm_scale: float, dropout_p: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    B, H, T, D = q.shape
+    o = _empty((B, H, T, D), q.dtype, q.device)  # (B, H, T, D)
+    lse = _empty((B * H, T), torch.float32, q.device)  # (B·H, T), base 2
+    grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H)  # noqa: E731
+    _attn_fwd[grid](
+        q, k, v, o, lse,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
+        H, T, triton.next_power_of_2(T), sm_scale * LOG2E, seed, dropout_p,
+        D=D, DROPOUT=dropout_p > 0.0, PRECISION=_precision(q.dtype),
+    )
+    return o, lse
+
+
+def _backward(do, q, k, v, o, lse, sm_scale: float, dropout_p: float, seed: int):
+    B, H, T, D = q.shape
+    delta = _empty((B * H, T), torch.float32, q.device)  # (B·H, T)
+    block = 64
+    _attn_bwd_delta_kernel[(triton.cdiv(T, block), B * H)](
+        o, do, delta, *o.stride()[:3], *do.stride()[:3], H, T, BLOCK_M=block, D=D
+    )
+    dq, dk, dv = (_empty((B, H, T, D), q.dtype, q.device) for _ in range(3))  # (B, H, T, D)
+    args = dict(D=D, DROPOUT=dropout_p > 0.0, PRECISION=_precision(q.dtype))
+    common = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
+              H, T, triton.next_power_of_2(T), sm_scale * LOG2E, sm_scale, seed, dropout_p)
+    _attn_bwd_dkdv[lambda meta: (triton.cdiv(T, meta["BLOCK_N"]), B * H)](
+        q, k, v, do, lse, delta, dk, dv, *common, **args
+    )
+    _attn_bwd_dq[lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H)](
+        q, k, v, do, lse, delta, dq, *common, **args
+    )
+    return dq, dk, dv
+
+
+class FlashAttentionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, dropout_p: float, sm_scale: float, seed: int):
+        q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+        o, lse = _forward(q, k, v, sm_scale, dropout_p, seed)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.sm_scale, ctx.dropout_p, ctx.seed = sm_scale, dropout_p, seed
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = _backward(_unit_last(do), q, k, v, o, lse, ctx.sm_scale, ctx.dropout_p, ctx.seed)
+        return dq, dk, dv, None, None, None
+
+
+def _new_seed() -> int:
+    # From torch's default (CPU) generator: `torch.manual_seed` makes a run repeatable, and no device sync is needed.
+    return int(torch.randint(0, 2**31 - 1, (), dtype=torch.int64).item())
+
+
+def causal_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+    seed: int | None = None,
+) -> torch.Tensor:
+    """Causal self-attention of `(B, H, T, D)` tensors with the fused Triton kernels; differentiable.
+
+    D must be 16, 32, 64 or 128; any T. float32, float16 and bfloat16 inputs accumulate in float32 (float32 inputs
+    multiply in full float32, never TF32). `scale` defaults to `1/sqrt(D)`. `dropout_p` drops attention probabilities
+    inside the kernel; the mask comes from `seed` (drawn from torch's default generator when None), and the backward
+    regenerates the same mask. `attention_dropout_mask(seed, ...)` returns that mask for checking.
+    """
+    _check(q, k, v)
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1); got {dropout_p}")
+    sm_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if dropout_p > 0.0 and seed is None:
+        seed = _new_seed()
+    return FlashAttentionFunction.apply(q, k, v, float(dropout_p), sm_scale, int(seed or 0))
+
+
+def attention_dropout_mask(seed: int, B: int, H: int, T: int, dropout_p: float, device="cpu") -> torch.Tensor:
+    """The keep-mask `(B, H, T, T)` (bool) that `causal_attention(..., dropout_p, seed=seed)` applies."""
+    mask = _empty((B, H, T, T), torch.int8, device)
+    block = 32
+    _dropout_mask_kernel[(triton.cdiv(T, block), triton.cdiv(T, block), B * H)](
+        mask, H, T, int(seed), float(dropout_p), BLOCK=block
+    )
+    return mask.bool()
