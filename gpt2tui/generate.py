@@ -19,6 +19,8 @@ An empty prompt starts from `<|endoftext|>`, the token GPT-2 saw between documen
 
 from __future__ import annotations
 
+import threading
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -302,11 +304,18 @@ def _warn_dropped(dropped: int, kept: int, context_length: int) -> None:
 
 class Stream:
     """Iterate for text deltas of one prompt's continuation. Afterwards: `text`, `token_ids`, `finish_reason`
-    (`eos`, `stop`, `max_tokens`, `context_full`, or `cancelled` if the consumer stopped early), `prompt_tokens`."""
+    (`eos`, `stop`, `max_tokens`, `context_full`, or `cancelled` if the consumer stopped early), `prompt_tokens`.
+
+    `cancel()` may be called from any thread: the check runs after every sampled token (also those whose text is
+    held back, half a UTF-8 character or a possible stop string), so no further forward pass starts once it is set.
+    The text generated so far is kept and flushed. `first_token_at` is the `time.perf_counter()` of the first
+    sampled token (prefill done), for time-to-first-token."""
 
     def __init__(self, model: GPT2, tokenizer: Tokenizer, prompt: str | Sequence[int], params: SamplingParams,
-                 prefill_chunk: int | None = None):
+                 prefill_chunk: int | None = None, cancel: threading.Event | None = None):
         self.params = params
+        self._cancel = cancel if cancel is not None else threading.Event()
+        self.first_token_at: float | None = None
         self._decoder = Decoder(
             model, [_encode_prompt(tokenizer, prompt)], params, tokenizer.eot_token, tokenizer.n_vocab, prefill_chunk
         )
@@ -318,16 +327,32 @@ class Stream:
         self.text = ""
         self.finish_reason: str | None = None
 
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
     def __iter__(self) -> Iterator[str]:
         try:
+            if self._cancel.is_set():
+                self._decoder.finish(0, "cancelled")
+                return
             for step in self._decoder:
+                if self.first_token_at is None:
+                    self.first_token_at = time.perf_counter()
                 self.token_ids.append(step[0])
                 delta = self._text.push(step[0])
                 if self._text.stopped:
                     self._decoder.finish(0, "stop")
+                elif self._cancel.is_set():
+                    self._decoder.finish(0, "cancelled")  # the decoder ends before its next forward pass
                 if delta:
                     self.text += delta
                     yield delta
+                    if self._cancel.is_set():  # set while the consumer held the delta: still before the next forward
+                        self._decoder.finish(0, "cancelled")
             if not self._text.stopped:
                 tail = self._text.flush()
                 if tail:
@@ -345,11 +370,13 @@ def stream(model: GPT2, tokenizer: Tokenizer, prompt: str | Sequence[int], **par
         for delta in stream(model, tokenizer, "Hello", max_new_tokens=50, temperature=0.8, top_k=40):
             print(delta, end="", flush=True)
 
-    Keyword arguments are `SamplingParams` fields, plus `prefill_chunk` (tokens per prefill forward).
-    Stop early by leaving the loop: no further token is computed.
+    Keyword arguments are `SamplingParams` fields, plus `prefill_chunk` (tokens per prefill forward) and `cancel` (a
+    `threading.Event`; setting it from another thread stops generation after the current token). Stop early by
+    leaving the loop, or with `Stream.cancel()`: no further token is computed.
     """
     chunk = params.pop("prefill_chunk", None)
-    return Stream(model, tokenizer, prompt, SamplingParams(**params), prefill_chunk=chunk)
+    cancel = params.pop("cancel", None)
+    return Stream(model, tokenizer, prompt, SamplingParams(**params), prefill_chunk=chunk, cancel=cancel)
 
 
 def generate(model: GPT2, tokenizer: Tokenizer, prompt: str | Sequence[str], **params) -> str | list[str]:

@@ -248,3 +248,37 @@ def test_generation_on_a_loaded_hf_directory_matches_transformers_generate(hf_sm
         want = want[: want.index(tok.eot_token)]
     (got,), _ = _cached(model, [ids], SamplingParams(max_new_tokens=20, temperature=0), tok)
     assert got == want
+
+
+def test_cancel_from_another_thread_stops_before_the_next_forward(model, tok):
+    """Cancellation is checked after every sampled token, also those whose text is held back."""
+    import threading
+
+    calls = {"n": 0}
+    real_hidden = model.hidden
+
+    def counting_hidden(*args, **kwargs):
+        calls["n"] += 1
+        return real_hidden(*args, **kwargs)
+
+    model.hidden = counting_hidden
+    try:
+        cancel = threading.Event()
+        s = stream(model, tok, "Hello", max_new_tokens=40, temperature=0, stop_at_eos=False, cancel=cancel)
+        it = iter(s)
+        next(it)
+        before = calls["n"]
+        threading.Thread(target=cancel.set).start()
+        while not cancel.is_set():
+            pass
+        rest = list(it)
+        assert s.finish_reason == "cancelled"
+        assert calls["n"] == before  # no forward pass after the event was seen
+        assert s.text == "".join(rest) or s.text.endswith("".join(rest))
+        assert s.first_token_at is not None and 0 < len(s.token_ids) < 40
+    finally:
+        del model.hidden
+
+    pre = stream(model, tok, "Hello", max_new_tokens=5, temperature=0)
+    pre.cancel()
+    assert list(pre) == [] and pre.finish_reason == "cancelled" and pre.token_ids == []

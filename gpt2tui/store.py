@@ -1,0 +1,430 @@
+"""Conversations kept in SQLite, at `$XDG_DATA_HOME/gpt2tui/chats.db` (default `~/.local/share/gpt2tui/chats.db`).
+
+Every write commits at once, in WAL mode, so a killed process loses nothing that was written: the chat app saves a
+reply as it streams (`append_message` with the first text, then `update_last_message`), and at most the text since
+its last update is lost.
+
+Threads: one connection, opened with `check_same_thread=False` and guarded by a lock, so the app's UI thread and its
+generation worker can share one `ChatStore`; each call holds the lock for its statements.
+
+A database that SQLite cannot read (not a database, corrupt, or locked by someone else for longer than `timeout`) is
+moved aside to `chats.db.corrupt-<timestamp>` (with its `-wal` and `-shm` files, so it can still be opened and
+recovered by hand) with a `DatabaseMovedWarning`, and a new one is made. Nothing else is ever deleted or replaced:
+a database from a newer version of gpt2tui, or one the user cannot write, raises `StoreError`.
+
+The schema version is `PRAGMA user_version`; `MIGRATIONS[v]` takes a database from version v to v + 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .errors import GPT2TUIError
+
+ROLES = ("system", "user", "assistant")
+DEFAULT_TITLE = "New chat"
+
+
+class StoreError(GPT2TUIError, RuntimeError):
+    """The chat database cannot be used; the message says why and what to do."""
+
+
+class ConversationNotFoundError(StoreError, LookupError):
+    """No conversation has this id (it was deleted, or never existed)."""
+
+
+class DatabaseMovedWarning(UserWarning):
+    """An unreadable or locked chat database was moved aside and a new one started."""
+
+
+def data_dir() -> Path:
+    # As weights.data_dir, which imports torch: the store must open before torch has loaded.
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "gpt2tui"
+
+
+def default_path() -> Path:
+    """Where the chats live; XDG_DATA_HOME is read at call time."""
+    return data_dir() / "chats.db"
+
+
+# -- schema --------------------------------------------------------------------------------------------------------
+
+
+def _v0_to_v1(db: sqlite3.Connection) -> None:
+    # Statement by statement: executescript would commit the migration's transaction half-way.
+    for sql in (
+        """CREATE TABLE conversations (
+            id INTEGER PRIMARY KEY,
+            title TEXT NOT NULL,
+            model TEXT NOT NULL DEFAULT '',
+            settings TEXT NOT NULL DEFAULT '{}',
+            created REAL NOT NULL,
+            updated REAL NOT NULL
+        )""",
+        "CREATE INDEX conversations_by_updated ON conversations (updated)",
+        """CREATE TABLE messages (
+            id INTEGER PRIMARY KEY,
+            conversation_id INTEGER NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+            position INTEGER NOT NULL,
+            role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
+            content TEXT NOT NULL,
+            finish_reason TEXT,
+            created REAL NOT NULL,
+            UNIQUE (conversation_id, position)
+        )""",
+    ):
+        db.execute(sql)
+
+
+# MIGRATIONS[v] upgrades version v to v + 1, inside the same transaction as the version bump.
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v0_to_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+# -- records -------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Message:
+    id: int
+    conversation_id: int
+    position: int  # 0, 1, 2, ... within the conversation
+    role: str
+    content: str
+    finish_reason: str | None
+    created: float  # Unix time
+
+    def to_chat(self) -> dict:
+        """As `gpt2tui.chat` messages are: role, content, and a reply's finish reason."""
+        out = {"role": self.role, "content": self.content}
+        if self.finish_reason is not None:
+            out["finish_reason"] = self.finish_reason
+        return out
+
+
+@dataclass
+class Conversation:
+    id: int
+    title: str
+    model: str
+    settings: dict
+    created: float
+    updated: float
+    messages: list[Message] = field(default_factory=list)  # filled by `get`, empty in listings
+
+
+def _conversation(row: sqlite3.Row) -> Conversation:
+    try:
+        settings = json.loads(row["settings"])
+    except json.JSONDecodeError:
+        settings = {}  # a hand-edited row: the conversation still opens, with default settings
+    return Conversation(row["id"], row["title"], row["model"], settings, row["created"], row["updated"])
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+# -- the store -----------------------------------------------------------------------------------------------------
+
+
+class ChatStore:
+    """The conversations database. `ChatStore()` opens (or creates) the default one; use it as a context manager or
+    call `close()`."""
+
+    def __init__(self, path: str | os.PathLike | None = None, timeout: float = 5.0):
+        self.path = Path(path) if path is not None else default_path()
+        self.timeout = timeout
+        self._lock = threading.RLock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = self._open()
+        except sqlite3.DatabaseError as e:
+            if not _unreadable(e):
+                raise StoreError(f"cannot open the chat database {self.path}: {e}") from None
+            moved = self._move_aside()
+            warnings.warn(
+                f"the chat database {self.path} could not be used ({_one_line(e)}); moved it to {moved} "
+                f"and started a new one",
+                DatabaseMovedWarning,
+                stacklevel=2,
+            )
+            self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+        try:
+            db.row_factory = sqlite3.Row
+            if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
+                raise StoreError(f"cannot put the chat database {self.path} in WAL mode (is it on a network drive?)")
+            check = db.execute("PRAGMA quick_check").fetchone()[0]  # integrity_check without the slow index checks
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"database disk image is malformed: {check}")
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a killed process
+            db.execute("PRAGMA foreign_keys=ON")
+            db.create_function("casefold", 1, lambda s: s.casefold() if isinstance(s, str) else s, deterministic=True)
+            self._migrate(db)  # takes the write lock, so a database locked by someone else is found here
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the chat database {self.path} was written by a newer gpt2tui (schema {version}, this one "
+                    f"knows {SCHEMA_VERSION}); upgrade gpt2tui"
+                )
+            for v in range(version, SCHEMA_VERSION):
+                MIGRATIONS[v](db)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _move_aside(self) -> Path:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+        for suffix in ("-wal", "-shm"):  # the journal first: a database never sits beside someone else's journal
+            side = self.path.with_name(self.path.name + suffix)
+            if side.exists():
+                os.replace(side, target.with_name(target.name + suffix))
+        os.replace(self.path, target)
+        return target
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> ChatStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One transaction, committed on leaving: each public write is durable when it returns."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as e:
+                raise StoreError(
+                    f"the chat database {self.path} is busy ({_one_line(e)}); another program holds it, try again"
+                ) from None
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _read(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def _touch(self, db: sqlite3.Connection, conversation_id: int) -> float:
+        # Strictly later than any other conversation, so "most recent first" holds even within one clock tick.
+        latest = db.execute("SELECT MAX(updated) FROM conversations").fetchone()[0] or 0.0
+        now = max(time.time(), latest + 1e-6)
+        cur = db.execute("UPDATE conversations SET updated = ? WHERE id = ?", (now, conversation_id))
+        if cur.rowcount == 0:
+            raise ConversationNotFoundError(f"no conversation {conversation_id}")
+        return now
+
+    # -- conversations -------------------------------------------------------------------------------------------
+
+    def create(self, title: str = DEFAULT_TITLE, model: str = "", settings: Mapping[str, Any] | None = None) -> Conversation:
+        with self._write() as db:
+            now = time.time()
+            cur = db.execute(
+                "INSERT INTO conversations (title, model, settings, created, updated) VALUES (?, ?, ?, ?, ?)",
+                (title, model, json.dumps(dict(settings or {})), now, now),
+            )
+            self._touch(db, cur.lastrowid)
+            row = db.execute("SELECT * FROM conversations WHERE id = ?", (cur.lastrowid,)).fetchone()
+        return _conversation(row)
+
+    def conversations(self, limit: int | None = None) -> list[Conversation]:
+        """All conversations, without their messages, most recently updated first."""
+        sql = "SELECT * FROM conversations ORDER BY updated DESC, id DESC"
+        return [_conversation(r) for r in self._read(sql + (" LIMIT ?" if limit else ""), (limit,) if limit else ())]
+
+    def get(self, conversation_id: int) -> Conversation:
+        """One conversation with its messages in order."""
+        with self._lock:
+            row = self._db.execute("SELECT * FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+            if row is None:
+                raise ConversationNotFoundError(f"no conversation {conversation_id}")
+            rows = self._db.execute(
+                "SELECT * FROM messages WHERE conversation_id = ? ORDER BY position", (conversation_id,)
+            ).fetchall()
+        conversation = _conversation(row)
+        conversation.messages = [Message(**dict(r)) for r in rows]
+        return conversation
+
+    def rename(self, conversation_id: int, title: str) -> None:
+        with self._write() as db:
+            self._touch(db, conversation_id)
+            db.execute("UPDATE conversations SET title = ? WHERE id = ?", (title, conversation_id))
+
+    def delete(self, conversation_id: int) -> None:
+        """Delete a conversation and its messages."""
+        with self._write() as db:
+            if db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,)).rowcount == 0:
+                raise ConversationNotFoundError(f"no conversation {conversation_id}")
+
+    def save_settings(self, conversation_id: int, settings: Mapping[str, Any]) -> None:
+        with self._write() as db:
+            self._touch(db, conversation_id)
+            db.execute("UPDATE conversations SET settings = ? WHERE id = ?", (json.dumps(dict(settings)), conversation_id))
+
+    def set_model(self, conversation_id: int, model: str) -> None:
+        with self._write() as db:
+            self._touch(db, conversation_id)
+            db.execute("UPDATE conversations SET model = ? WHERE id = ?", (model, conversation_id))
+
+    # -- messages ------------------------------------------------------------------------------------------------
+
+    def append_message(
+        self, conversation_id: int, role: str, content: str, finish_reason: str | None = None
+    ) -> Message:
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        with self._write() as db:
+            self._touch(db, conversation_id)
+            position = db.execute(
+                "SELECT COALESCE(MAX(position) + 1, 0) FROM messages WHERE conversation_id = ?", (conversation_id,)
+            ).fetchone()[0]
+            now = time.time()
+            cur = db.execute(
+                "INSERT INTO messages (conversation_id, position, role, content, finish_reason, created) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (conversation_id, position, role, content, finish_reason, now),
+            )
+        return Message(cur.lastrowid, conversation_id, position, role, content, finish_reason, now)
+
+    def update_last_message(self, conversation_id: int, content: str, finish_reason: str | None = None) -> None:
+        """Replace the text (and finish reason) of the conversation's last message: a streaming reply is saved as it
+        grows. Raises `ConversationNotFoundError` when there is no such conversation or it has no message."""
+        with self._write() as db:
+            self._touch(db, conversation_id)
+            cur = db.execute(
+                "UPDATE messages SET content = ?, finish_reason = ? WHERE conversation_id = ? AND position = "
+                "(SELECT MAX(position) FROM messages WHERE conversation_id = ?)",
+                (content, finish_reason, conversation_id, conversation_id),
+            )
+            if cur.rowcount == 0:
+                raise ConversationNotFoundError(f"conversation {conversation_id} has no message to update")
+
+    def delete_last_message(self, conversation_id: int) -> Message | None:
+        """Remove the last message (a reply about to be regenerated) and return it; None if there was none."""
+        with self._write() as db:
+            self._touch(db, conversation_id)
+            row = db.execute(
+                "SELECT * FROM messages WHERE conversation_id = ? ORDER BY position DESC LIMIT 1", (conversation_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute("DELETE FROM messages WHERE id = ?", (row["id"],))
+        return Message(**dict(row))
+
+    # -- finding and exporting -----------------------------------------------------------------------------------
+
+    def search(self, text: str, limit: int = 100) -> list[Conversation]:
+        """Conversations whose title or any message contains `text`, ignoring case (Unicode too), most recently
+        updated first. `%` and `_` are matched literally."""
+        if not text.strip():
+            return self.conversations(limit)
+        pattern = f"%{_escape_like(text.casefold())}%"
+        rows = self._read(
+            "SELECT * FROM conversations c WHERE casefold(c.title) LIKE :p ESCAPE '\\' OR EXISTS ("
+            "SELECT 1 FROM messages m WHERE m.conversation_id = c.id AND casefold(m.content) LIKE :p ESCAPE '\\') "
+            "ORDER BY c.updated DESC, c.id DESC LIMIT :n",
+            {"p": pattern, "n": limit},
+        )
+        return [_conversation(r) for r in rows]
+
+    def export_markdown(self, conversation_id: int) -> str:
+        return to_markdown(self.get(conversation_id))
+
+    def export_markdown_file(self, conversation_id: int, path: str | os.PathLike) -> Path:
+        """Write the conversation as Markdown to `path`, atomically (a temporary file renamed into place)."""
+        return write_atomic(path, self.export_markdown(conversation_id))
+
+
+_NOTES = {"cancelled": "stopped", "max_tokens": "cut off: max new tokens reached",
+          "context_full": "cut off: context window full", "error": "ended by an error"}
+
+
+def to_markdown(conversation: Conversation) -> str:
+    """A conversation as a Markdown document: title, model and dates, the system prompt, then each message."""
+    when = datetime.fromtimestamp(conversation.created).strftime("%Y-%m-%d %H:%M")
+    meta = f"*{conversation.model or 'unknown model'} · started {when}*"
+    parts = [f"# {conversation.title}", meta]
+    system = str(conversation.settings.get("system_prompt") or "").strip()
+    if system:
+        parts.append(f"**System prompt:** {system}")
+    for m in conversation.messages:
+        parts.append(f"## {m.role.capitalize()}")
+        parts.append(m.content if m.content.strip() else "*(empty)*")
+        if m.finish_reason in _NOTES:
+            parts.append(f"*[{_NOTES[m.finish_reason]}]*")
+    return "\n\n".join(parts) + "\n"
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` so that a reader sees the old file or the whole new one, never half of one."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# SQLite result codes (the low byte of an extended code) that mean the file cannot be used as it is.
+_NOTADB, _CORRUPT, _BUSY, _LOCKED = 26, 11, 5, 6
+
+
+def _unreadable(e: sqlite3.DatabaseError) -> bool:
+    """Not a database, corrupt, or locked past the timeout: the cases where moving the file aside is the way on."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_NOTADB, _CORRUPT, _BUSY, _LOCKED)
+    message = str(e).lower()
+    if isinstance(e, sqlite3.OperationalError):
+        return "locked" in message or "busy" in message
+    return not isinstance(e, (sqlite3.IntegrityError, sqlite3.ProgrammingError))
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text[:160] or type(e).__name__

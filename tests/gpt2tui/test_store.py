@@ -1,0 +1,234 @@
+"""The conversations database: CRUD, ordering, search, Markdown export, durability, and recovery from a bad file."""
+
+import sqlite3
+import subprocess
+import sys
+import threading
+import warnings
+from datetime import datetime
+
+import pytest
+
+from gpt2tui import store as store_module
+from gpt2tui.store import (
+    SCHEMA_VERSION,
+    ChatStore,
+    ConversationNotFoundError,
+    DatabaseMovedWarning,
+    StoreError,
+    default_path,
+)
+
+
+@pytest.fixture
+def store():
+    with ChatStore() as s:
+        yield s
+
+
+def _count(path, table):
+    with sqlite3.connect(path) as db:
+        return db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+
+
+def test_the_database_lives_under_xdg_data_home_in_wal_mode(store, isolated_home, monkeypatch):
+    assert store.path == isolated_home / "xdg" / "gpt2tui" / "chats.db" == default_path()
+    with sqlite3.connect(store.path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    monkeypatch.setenv("XDG_DATA_HOME", str(isolated_home / "elsewhere"))  # read at call time
+    assert default_path() == isolated_home / "elsewhere" / "gpt2tui" / "chats.db"
+
+
+def test_create_get_rename_delete(store):
+    c = store.create(model="gpt2", settings={"temperature": 0.5})
+    assert (c.title, c.model, c.settings) == ("New chat", "gpt2", {"temperature": 0.5})
+    store.append_message(c.id, "user", "Hi")
+    m = store.append_message(c.id, "assistant", "Hello", "eos")
+    assert (m.position, m.role, m.finish_reason) == (1, "assistant", "eos")
+    store.rename(c.id, "Greetings")
+    store.save_settings(c.id, {"temperature": 0.9, "system_prompt": "Be kind."})
+    got = store.get(c.id)
+    assert got.title == "Greetings" and got.settings == {"temperature": 0.9, "system_prompt": "Be kind."}
+    assert [(m.position, m.role, m.content, m.finish_reason) for m in got.messages] == [
+        (0, "user", "Hi", None), (1, "assistant", "Hello", "eos"),
+    ]
+    assert [m.to_chat() for m in got.messages] == [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello", "finish_reason": "eos"},
+    ]
+    assert store.delete_last_message(c.id).content == "Hello"
+    assert [m.content for m in store.get(c.id).messages] == ["Hi"]
+    store.delete(c.id)
+    assert _count(store.path, "messages") == 0  # cascaded
+    for call in (store.get, store.delete, lambda i: store.rename(i, "x"), lambda i: store.update_last_message(i, "x")):
+        with pytest.raises(ConversationNotFoundError):
+            call(c.id)
+    with pytest.raises(ValueError, match="role"):
+        store.append_message(store.create().id, "robot", "beep")
+
+
+def test_conversations_are_listed_most_recently_updated_first(store):
+    a, b, c = (store.create(title=t) for t in "abc")
+    assert [x.title for x in store.conversations()] == ["c", "b", "a"]
+    store.append_message(a.id, "user", "bump")
+    assert [x.title for x in store.conversations()] == ["a", "c", "b"]
+    store.rename(b.id, "B")
+    assert [x.title for x in store.conversations()] == ["B", "a", "c"]
+    store.update_last_message(a.id, "bumped")
+    assert [x.title for x in store.conversations(limit=2)] == ["a", "B"]
+
+
+def test_search_is_case_insensitive_and_matches_percent_and_underscore_literally(store):
+    ids = {}
+    for title, text in [
+        ("Discount", "prices are 100% off"), ("Snake", "use snake_case names"), ("Plain", "a 100 x off"),
+        ("Greeting", "HeLLo World"), ("German", "ÄPFEL und Birnen"), ("Path", r"C:\temp\file"),
+        ("Hundred%", "no match in text"),
+    ]:
+        c = store.create(title=title)
+        store.append_message(c.id, "user", text)
+        ids[title] = c.id
+
+    def titles(q):
+        return sorted(x.title for x in store.search(q))
+
+    assert titles("%") == ["Discount", "Hundred%"]
+    assert titles("100%") == ["Discount"]  # not "a 100 x off"
+    assert titles("_") == ["Snake"]
+    assert titles("e_c") == ["Snake"]
+    assert titles("hello") == ["Greeting"]
+    assert titles("äpfel") == ["German"]
+    assert titles("\\temp") == ["Path"]
+    assert titles("snake") == ["Snake"]  # the title matches too
+    assert titles("nowhere") == []
+    assert len(store.search("  ")) == len(ids)
+
+
+def test_export_markdown(store, tmp_path):
+    c = store.create(title="Colours", model="my-bot", settings={"system_prompt": "Be brief."})
+    store.append_message(c.id, "user", "Name a colour.")
+    store.append_message(c.id, "assistant", "Blue.", "eos")
+    store.append_message(c.id, "user", "Another?")
+    store.append_message(c.id, "assistant", "Gre", "cancelled")
+    when = datetime.fromtimestamp(store.get(c.id).created).strftime("%Y-%m-%d %H:%M")
+    text = store.export_markdown(c.id)
+    assert text == (
+        f"# Colours\n\n*my-bot · started {when}*\n\n**System prompt:** Be brief.\n\n"
+        "## User\n\nName a colour.\n\n## Assistant\n\nBlue.\n\n"
+        "## User\n\nAnother?\n\n## Assistant\n\nGre\n\n*[stopped]*\n"
+    )
+    out = store.export_markdown_file(c.id, tmp_path / "out" / "colours.md")
+    assert out.read_text(encoding="utf-8") == text
+    assert [p.name for p in out.parent.iterdir()] == ["colours.md"]  # no temporary file left
+
+
+def test_reopening_keeps_everything(isolated_home):
+    with ChatStore() as s:
+        c = s.create(title="Keep me", settings={"seed": 1})
+        s.append_message(c.id, "user", "Remember this")
+    with ChatStore() as s:
+        (got,) = s.conversations()
+        assert got.title == "Keep me" and got.settings == {"seed": 1}
+        assert [m.content for m in s.get(got.id).messages] == ["Remember this"]
+
+
+def test_a_streamed_reply_survives_a_killed_process(isolated_home):
+    # The process writes a reply in pieces and dies without closing anything: what was written is there.
+    script = (
+        "import os\n"
+        "from gpt2tui.store import ChatStore\n"
+        "s = ChatStore()\n"
+        "c = s.create(title='Killed')\n"
+        "s.append_message(c.id, 'user', 'Tell me a story')\n"
+        "s.append_message(c.id, 'assistant', '')\n"
+        "s.update_last_message(c.id, 'Once upon')\n"
+        "s.update_last_message(c.id, 'Once upon a time')\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    with ChatStore() as s:
+        (c,) = s.conversations()
+        assert [(m.role, m.content, m.finish_reason) for m in s.get(c.id).messages] == [
+            ("user", "Tell me a story", None), ("assistant", "Once upon a time", None),
+        ]
+
+
+def test_a_garbage_file_is_moved_aside_and_a_new_database_made(isolated_home):
+    path = default_path()
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"this is not a database\n" * 100)
+    with pytest.warns(DatabaseMovedWarning) as caught:
+        s = ChatStore()
+    message = str(caught[0].message)
+    assert "\n" not in message
+    moved = [p for p in path.parent.iterdir() if p.name.startswith("chats.db.corrupt-")]
+    assert len(moved) == 1 and f"moved it to {moved[0]}" in message
+    assert moved[0].read_bytes() == b"this is not a database\n" * 100  # kept, not deleted
+    with s:
+        c = s.create(title="Fresh")
+        assert [x.title for x in s.conversations()] == ["Fresh"] and c.id == 1
+
+
+def test_a_database_locked_past_the_timeout_is_moved_aside(isolated_home):
+    with ChatStore() as s:
+        s.create(title="Old")
+    holder = sqlite3.connect(default_path(), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # someone holds the write lock and never lets go
+    try:
+        with pytest.warns(DatabaseMovedWarning, match="moved it to"):
+            s = ChatStore(timeout=0.1)
+        with s:
+            assert s.conversations() == []
+            s.create(title="New")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    (moved,) = [p for p in default_path().parent.iterdir() if p.name.endswith(tuple("0123456789"))]
+    with sqlite3.connect(moved) as db:  # the old conversations are still in the moved file
+        assert db.execute("SELECT title FROM conversations").fetchall() == [("Old",)]
+
+
+def test_a_newer_schema_is_refused_and_left_alone(isolated_home):
+    with ChatStore() as s:
+        s.create(title="From the future")
+    with sqlite3.connect(default_path()) as db:
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(StoreError, match="newer gpt2tui"):
+            ChatStore()
+    assert _count(default_path(), "conversations") == 1
+
+
+def test_migrations_run_in_order_on_open(isolated_home, monkeypatch):
+    with ChatStore() as s:
+        s.create(title="v1")
+
+    def add_pinned(db):
+        db.execute("ALTER TABLE conversations ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0")
+
+    monkeypatch.setattr(store_module, "MIGRATIONS", [*store_module.MIGRATIONS, add_pinned])
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    with ChatStore() as s:
+        assert [c.title for c in s.conversations()] == ["v1"]
+    with sqlite3.connect(default_path()) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION + 1
+        assert db.execute("SELECT pinned FROM conversations").fetchall() == [(0,)]
+
+
+def test_one_store_is_shared_by_threads(store):
+    c = store.create()
+
+    def write(tag):
+        for i in range(25):
+            store.append_message(c.id, "user", f"{tag}{i}")
+            store.update_last_message(c.id, f"{tag}{i}!")
+
+    threads = [threading.Thread(target=write, args=(t,)) for t in "abcd"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    messages = store.get(c.id).messages
+    assert [m.position for m in messages] == list(range(100))
+    assert sum(m.content.endswith("!") for m in messages) >= 25  # the last of each burst was updated
