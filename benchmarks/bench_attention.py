@@ -57,6 +57,16 @@ def _timed(benchmark, fn, flops, rounds=20, iterations=10, cudagraph=False):
     benchmark.extra_info["device"] = torch.cuda.get_device_name()
 
 
+def _record_configs(benchmark):
+    """The block sizes the autotuner chose, for RESULTS.md and for the next round of tuning."""
+    from gpt2tui.kernels import attention
+
+    for name in ("_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq"):
+        best = getattr(getattr(attention, name), "best_config", None)
+        if best is not None:
+            benchmark.extra_info[name] = str(best)
+
+
 @pytest.mark.parametrize("impl", list(CAUSAL))
 @pytest.mark.benchmark(group="attention-forward-B8-H12-T1024-D64-bf16")
 def test_causal_forward(benchmark, impl, qkv):
@@ -68,6 +78,8 @@ def test_causal_forward(benchmark, impl, qkv):
             fn(q, k, v)
 
     _timed(benchmark, forward, FWD_FLOPS)
+    if impl == "triton":
+        _record_configs(benchmark)
 
 
 @pytest.mark.parametrize("impl", list(CAUSAL))
@@ -81,6 +93,8 @@ def test_causal_forward_backward(benchmark, impl, qkv):
         torch.autograd.grad(fn(q, k, v), (q, k, v), do)
 
     _timed(benchmark, step, FWD_FLOPS + BWD_FLOPS, rounds=10)
+    if impl == "triton":
+        _record_configs(benchmark)
 
 
 DECODE = {

@@ -56,12 +56,13 @@ def _fwd_tiles(
         offs_n = start_n + tl.arange(0, BLOCK_N)
         if DIAGONAL:
             # Only diagonal tiles can reach past the last key, so only they pay for bounds masks.
-            k = tl.load(k_base + offs_n[None, :] * stride_kt + offs_d[:, None], mask=offs_n[None, :] < T, other=0.0)
+            k = tl.load(k_base + offs_n[:, None] * stride_kt + offs_d[None, :], mask=offs_n[:, None] < T, other=0.0)
             v = tl.load(v_base + offs_n[:, None] * stride_vt + offs_d[None, :], mask=offs_n[:, None] < T, other=0.0)
         else:
-            k = tl.load(k_base + offs_n[None, :] * stride_kt + offs_d[:, None])  # (D, BLOCK_N)
+            # Rows of K as they lie in memory (D contiguous), transposed in the product: the layout tensor cores take.
+            k = tl.load(k_base + offs_n[:, None] * stride_kt + offs_d[None, :])  # (BLOCK_N, D)
             v = tl.load(v_base + offs_n[:, None] * stride_vt + offs_d[None, :])  # (BLOCK_N, D)
-        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
         if DIAGONAL:
             s = tl.where(offs_m[:, None] >= offs_n[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -84,8 +85,10 @@ def _attn_fwd_kernel(
     H, T, T_bucket, qk_scale, seed, dropout_p,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    start_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    # Heads vary fastest and query blocks run last-first: the blocks at the bottom of the causal triangle carry the
+    # most keys, so launching them first keeps the tail of the grid short.
+    bh = tl.program_id(0)
+    start_m = tl.num_programs(1) - 1 - tl.program_id(1)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     q_base = Q + b * stride_qb + h * stride_qh
@@ -177,8 +180,8 @@ def _attn_bwd_dkdv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """One key block: dV = Σ_i Pdᵀ dO and dK = Σ_i dSᵀ Q · scale over the queries at or after it."""
-    start_n = tl.program_id(0) * BLOCK_N
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)
+    start_n = tl.program_id(1) * BLOCK_N  # the first key blocks see the most queries: they launch first
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -242,8 +245,8 @@ def _attn_bwd_dq_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """One query block: dQ = Σ_j dS K · scale over the keys it sees."""
-    start_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)
+    start_m = tl.num_programs(1) - 1 - tl.program_id(1)  # the last query blocks see the most keys: they launch first
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -304,13 +307,13 @@ def _configs(pairs, warps_stages, fixed):
 # smaller, which the diagonal split relies on.
 _TUNE_KEY = ["T_bucket", "D", "DROPOUT", "PRECISION"]
 _attn_fwd = triton.autotune(
-    _configs([(128, 64), (64, 64), (128, 32), (64, 32)], [(4, 2), (4, 3), (8, 3)], (64, 32, 4, 2)), key=_TUNE_KEY
+    _configs([(128, 64), (128, 128), (64, 64)], [(4, 3), (8, 3), (8, 4)], (64, 32, 4, 2)), key=_TUNE_KEY
 )(_attn_fwd_kernel)
 _attn_bwd_dkdv = triton.autotune(
-    _configs([(32, 64), (64, 64), (32, 128), (64, 128)], [(4, 2), (8, 2), (4, 3)], (32, 64, 4, 2)), key=_TUNE_KEY
+    _configs([(32, 64), (32, 128), (64, 64)], [(4, 2), (4, 3), (4, 5), (8, 3)], (32, 64, 4, 2)), key=_TUNE_KEY
 )(_attn_bwd_dkdv_kernel)
 _attn_bwd_dq = triton.autotune(
-    _configs([(64, 32), (64, 64), (128, 32), (128, 64)], [(4, 2), (8, 2), (4, 3)], (64, 32, 4, 2)), key=_TUNE_KEY
+    _configs([(64, 32), (128, 32), (64, 64)], [(4, 2), (4, 3), (4, 5), (8, 3)], (64, 32, 4, 2)), key=_TUNE_KEY
 )(_attn_bwd_dq_kernel)
 
 
@@ -352,7 +355,7 @@ def _forward(q, k, v, sm_scale: float, dropout_p: float, seed: int) -> tuple[tor
     B, H, T, D = q.shape
     o = _empty((B, H, T, D), q.dtype, q.device)  # (B, H, T, D)
     lse = _empty((B * H, T), torch.float32, q.device)  # (B·H, T), base 2
-    grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H)  # noqa: E731
+    grid = lambda meta: (B * H, triton.cdiv(T, meta["BLOCK_M"]))  # noqa: E731
     _attn_fwd[grid](
         q, k, v, o, lse,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
@@ -373,10 +376,10 @@ def _backward(do, q, k, v, o, lse, sm_scale: float, dropout_p: float, seed: int)
     args = dict(D=D, DROPOUT=dropout_p > 0.0, PRECISION=_precision(q.dtype))
     common = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
               H, T, triton.next_power_of_2(T), sm_scale * LOG2E, sm_scale, seed, dropout_p)
-    _attn_bwd_dkdv[lambda meta: (triton.cdiv(T, meta["BLOCK_N"]), B * H)](
+    _attn_bwd_dkdv[lambda meta: (B * H, triton.cdiv(T, meta["BLOCK_N"]))](
         q, k, v, do, lse, delta, dk, dv, *common, **args
     )
-    _attn_bwd_dq[lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H)](
+    _attn_bwd_dq[lambda meta: (B * H, triton.cdiv(T, meta["BLOCK_M"]))](
         q, k, v, do, lse, delta, dq, *common, **args
     )
     return dq, dk, dv
