@@ -174,6 +174,16 @@ Encoder::Encoder(std::vector<std::string> tokens, std::vector<std::string> extra
             edge_child_.push_back(new_id[e.second]);
         }
     }
+    level1_.assign(256, 0);
+    level2_.assign(65536, 0);
+    const TrieNode& root = trie_[0];
+    for (uint32_t e = root.first_edge; e < root.first_edge + root.n_edges; ++e) {
+        const uint32_t b1 = edge_byte_[e], child = edge_child_[e];
+        level1_[b1] = child;
+        const TrieNode& node = trie_[child];
+        for (uint32_t f = node.first_edge; f < node.first_edge + node.n_edges; ++f)
+            level2_[(b1 << 8) | edge_byte_[f]] = edge_child_[f];
+    }
     for (size_t r = 0; r < V; ++r) {
         if (!producible[r]) continue;
         const std::string& t = decode_[r];
@@ -429,9 +439,16 @@ void Encoder::encode_piece(const uint8_t* p, size_t n, std::vector<Rank>& out) c
 // previous token back and remember that this position leads nowhere.
 
 Rank Encoder::longest_prefix(const uint8_t* p, size_t n) const {
-    Rank best = kNoRank;
-    const TrieNode* node = &trie_[0];
-    for (size_t k = 0; k < n; ++k) {
+    if (n == 0) return kNoRank;
+    const uint32_t first = level1_[p[0]];
+    if (first == 0) return kNoRank;
+    Rank best = trie_[first].token;
+    if (n == 1) return best;
+    const uint32_t second = level2_[(uint32_t(p[0]) << 8) | p[1]];
+    if (second == 0) return best;
+    const TrieNode* node = &trie_[second];
+    if (node->token != kNoRank) best = node->token;
+    for (size_t k = 2; k < n; ++k) {
         const uint8_t* first = edge_byte_.data() + node->first_edge;
         const uint8_t* last = first + node->n_edges;
         const uint8_t* hit = node->n_edges > 8 ? std::lower_bound(first, last, p[k]) : std::find(first, last, p[k]);

@@ -106,6 +106,10 @@ class Encoder {
     std::vector<TrieNode> trie_;
     std::vector<uint8_t> edge_byte_;
     std::vector<uint32_t> edge_child_;
+    // The trie's first two levels as direct tables (0: no such node; the root is no one's child). Every lookup
+    // starts at the root, whose 256-way fan-out a search would otherwise walk once per token.
+    std::vector<uint32_t> level1_;  // first byte -> node
+    std::vector<uint32_t> level2_;  // (first byte << 8) | second byte -> node
 };
 
 // Byte length of the pre-token that starts at `i` (GPT-2's pattern, matched by hand).
