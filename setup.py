@@ -31,9 +31,9 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=["gpt2tui", "gpt2tui.kernels", "gpt2tui.training"],
+    packages=["gpt2tui", "gpt2tui.tui", "gpt2tui.tui.screens", "gpt2tui.tui.widgets", "gpt2tui.kernels", "gpt2tui.training"],
     package_dir={"gpt2tui": "gpt2tui", "gpt2tui.kernels": "kernels", "gpt2tui.training": "training"},
-    package_data={"gpt2tui": ["assets/gpt2.tiktoken", "assets/LICENSE-gpt2-vocab.txt"]},
+    package_data={"gpt2tui": ["assets/gpt2.tiktoken", "assets/LICENSE-gpt2-vocab.txt"], "gpt2tui.tui": ["app.tcss"]},
     ext_modules=[bpe],
     cmdclass={"build_ext": build_ext},
     install_requires=[
@@ -44,11 +44,16 @@ setup(
         "safetensors>=0.4",
         "huggingface_hub>=0.23",
         "rich>=13",
+        "matplotlib>=3.7",  # training plots, drawn with the Agg backend
+        # The chat app. Tested with 8.2; it streams Markdown with Markdown.get_stream, and the SVG snapshots in
+        # tests/tui are drawn by this version.
+        "textual>=8.2",
     ],
     extras_require={
         "dev": [
             "pytest>=8",
             "pytest-benchmark>=4",
+            "pytest-textual-snapshot>=1.1",
             "hypothesis>=6",
             "transformers>=4.40",
             # The attention kernels' tests run in Triton's interpreter on the CPU; CUDA builds of torch bring their own.

@@ -1,6 +1,7 @@
 """The `gpt2tui` command.
 
-    gpt2tui [chat] [--model M]     talk to a model (a line-by-line prompt loop until the full-screen app lands)
+    gpt2tui [chat] [--model M]     talk to a model: the full-screen app in a terminal, a line-by-line prompt
+                                   with --plain or when stdin/stdout is not a terminal
     gpt2tui generate PROMPT        stream a continuation to stdout (PROMPT "-" reads stdin)
     gpt2tui info [--model M]       config, parameters, memory, device, attention backend
     gpt2tui models                 models usable here without a download
@@ -95,6 +96,49 @@ def _add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
                    help="end the reply at this text (repeatable)")
 
 
+# Chat flags set what a *new* conversation starts with; unset ones keep ChatSettings' defaults, and a saved
+# conversation keeps its own settings.
+CHAT_SETTINGS = ("system_prompt", "temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens", "seed")
+
+
+def _add_chat_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plain", action="store_true",
+                   help="a line-by-line prompt instead of the full-screen app (automatic when not in a terminal)")
+    g = p.add_argument_group("settings of new conversations (each conversation keeps its own; the app edits them)")
+    g.add_argument("--system", dest="system_prompt", default=None, metavar="TEXT",
+                   help="system prompt (default: the chat template's own)")
+    g.add_argument("--max-new-tokens", "-n", type=_int_at_least(1), default=None, metavar="N",
+                   help="the longest reply, in tokens (default 256)")
+    g.add_argument("--temperature", "-t", type=_float_in(0.0, 100.0), default=None, metavar="T",
+                   help="sampling temperature; 0 is greedy (default 0.7)")
+    g.add_argument("--top-k", type=_int_at_least(0), default=None, metavar="K", help="0 is off (default 50)")
+    g.add_argument("--top-p", type=_float_in(0.0, 1.0, low_open=True), default=None, metavar="P",
+                   help="1 is off (default 0.95)")
+    g.add_argument("--repetition-penalty", type=_float_in(0.0, 100.0, low_open=True), default=None, metavar="R",
+                   help="1 is off (default 1.1)")
+    g.add_argument("--seed", type=_int_at_least(0), default=None, metavar="S",
+                   help="fixed seed: the same conversation gets the same reply (default: a fresh draw)")
+
+
+def chat_defaults(args: argparse.Namespace) -> dict:
+    """The chat flags that were given, as `ChatSettings` fields."""
+    return {name: getattr(args, name) for name in CHAT_SETTINGS if getattr(args, name, None) is not None}
+
+
+def _run_app(args: argparse.Namespace) -> int:
+    """The full-screen chat. Imported without torch, so it draws at once; the model loads in its worker."""
+    from .tui import ChatApp
+
+    def load():
+        from .commands import chat_session
+
+        return chat_session(args, allow_download=False, leave_a_core=True)
+
+    app = ChatApp(args.model, loader=load, settings=chat_defaults(args))
+    app.run()
+    return app.return_code or 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpt2tui",
@@ -105,10 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("chat", help="talk to a model (the default command)",
-                       description="Talk to a model: type a prompt, the reply streams back. Ctrl+C stops a reply, "
-                                   "Ctrl+D (or /quit) leaves.")
+                       description="Talk to a model. In a terminal this is the full-screen chat app (F1 lists its "
+                                   "keys); with --plain, or when stdin or stdout is not a terminal, a line-by-line "
+                                   "prompt where Ctrl+C stops a reply and Ctrl+D (or /quit) leaves. Conversations "
+                                   "are saved in $XDG_DATA_HOME/gpt2tui/chats.db.")
     _add_model_args(p)
-    _add_sampling_args(p, max_new_tokens=200)
+    _add_chat_args(p)
 
     p = sub.add_parser("generate", help="stream a continuation of PROMPT to stdout",
                        description="Stream the model's continuation of PROMPT to stdout.")
@@ -128,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Download official GPT-2 weights (config and safetensors) from the Hugging Face "
                                    "Hub into its local cache.")
     p.add_argument("name", choices=["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"], help="which size")
+    from gpt2tui.training.cli import add_commands as add_training_commands
+
+    add_training_commands(sub)  # pretrain, finetune, evaluate: each parser's `run` is its handler
     return parser
 
 
@@ -138,11 +187,13 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["chat", *argv]  # `gpt2tui` and `gpt2tui --model M` start a chat
     args = parser.parse_args(argv)
     warnings.showwarning = _show_warning
+    if args.command == "chat" and not args.plain and sys.stdin.isatty() and sys.stdout.isatty():
+        return _run_app(args)
     from .commands import COMMANDS  # imports torch: only after --help and bad flags have been answered
     from .kernels import AttentionBackendError
 
     try:
-        return COMMANDS[args.command](args) or 0
+        return (getattr(args, "run", None) or COMMANDS[args.command])(args) or 0
     except (GPT2TUIError, AttentionBackendError) as e:
         return _fail(str(e))
     except KeyboardInterrupt:

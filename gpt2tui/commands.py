@@ -62,38 +62,28 @@ def _sampling_kwargs(args) -> dict:
     )
 
 
+def chat_session(args, allow_download: bool = True, leave_a_core: bool = False):
+    """The chat session for `gpt2tui chat`'s model flags. `leave_a_core`: for the full-screen app, whose UI thread
+    redraws while the model decodes on the CPU: with every core in torch's thread pool, a pool thread that the OS
+    parks behind the UI stalls each op for a time slice (seen: 9 tokens/s instead of 180 on two cores)."""
+    from .session import ChatSession
+
+    session = ChatSession.load(args.model, device=args.device, dtype=_DTYPES.get(args.dtype), allow_download=allow_download)
+    if leave_a_core and session.model.device.type == "cpu" and torch.get_num_threads() > 1:
+        torch.set_num_threads(torch.get_num_threads() - 1)
+    return session
+
+
 def cmd_chat(args) -> int:
-    """A prompt loop: each line is continued by the model. The full-screen chat app replaces it."""
-    model, tokenizer = _load(args)
-    err = _err()
-    err.print(
-        f"[bold]{escape(args.model)}[/] on {model.device} · {model.num_params() / 1e6:.0f}M parameters · "
-        f"attention: {model.attention_backend()}\n"
-        "[dim]Each line you type is continued by the model. Ctrl+C stops a reply; Ctrl+D or /quit leaves.[/]"
-    )
-    interactive = sys.stdin.isatty()
-    while True:
-        try:
-            line = input("> " if interactive else "")
-        except EOFError:
-            break
-        except KeyboardInterrupt:
-            print()
-            continue
-        if line.strip() in ("/quit", "/exit"):
-            break
-        if not line.strip():
-            continue
-        reply = stream(model, tokenizer, line, **_sampling_kwargs(args))
-        try:
-            for delta in reply:
-                sys.stdout.write(delta)
-                sys.stdout.flush()
-        except KeyboardInterrupt:
-            sys.stdout.write(" [stopped]")
-        sys.stdout.write("\n")
-        sys.stdout.flush()
-    return 0
+    """The line-by-line chat (`--plain`, or stdin/stdout not a terminal); `cli` starts the full-screen app itself."""
+    from . import repl
+    from .cli import chat_defaults
+    from .session import ChatSettings
+
+    defaults = ChatSettings(**chat_defaults(args))  # a bad combination fails here, before the model loads
+    with _status(f"Loading {escape(args.model)}…"):
+        session = chat_session(args)
+    return repl.run(session, defaults)
 
 
 def cmd_info(args) -> int:
@@ -106,7 +96,8 @@ def cmd_info(args) -> int:
     table.add_column(style="bold")
     table.add_column()
     table.add_row("path", str(path))
-    table.add_row("format", "Hugging Face GPT-2" if fmt == "hf" else "gpt2tui checkpoint")
+    formats = {"hf": "Hugging Face GPT-2", "lora": "LoRA adapter (merged into its base model when loaded)"}
+    table.add_row("format", formats.get(fmt, "gpt2tui checkpoint"))
     for key, value in config.to_dict().items():
         table.add_row(key, str(value))
     table.add_row("head_dim", str(config.head_dim))

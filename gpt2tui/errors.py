@@ -17,3 +17,11 @@ class ModelNotFoundError(GPT2TUIError, FileNotFoundError):
 
 class CheckpointError(GPT2TUIError, ValueError):
     """Weights on disk are unreadable, corrupt, or do not fit the model."""
+
+
+class DataError(GPT2TUIError, ValueError):
+    """Training or evaluation data that cannot be used: the message names the file, line and field."""
+
+
+class TrainingError(GPT2TUIError, RuntimeError):
+    """A training run that cannot start or go on as asked (nothing to resume, a run in the way, out of memory)."""

@@ -28,6 +28,7 @@ from .model import GPT2
 
 FORMAT = "gpt2tui"
 FORMAT_VERSION = 1
+ADAPTER_FORMAT = "gpt2tui-lora"  # a LoRA adapter directory written by `gpt2tui finetune --lora`
 OFFICIAL = {
     "gpt2": "openai-community/gpt2",
     "gpt2-medium": "openai-community/gpt2-medium",
@@ -65,7 +66,11 @@ def hf_offline() -> bool:
 
 def _has_weights(d: Path) -> bool:
     names = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-    return (d / "config.json").is_file() and any((d / n).is_file() for n in names)
+    return _is_adapter(d) or (d / "config.json").is_file() and any((d / n).is_file() for n in names)
+
+
+def _is_adapter(d: Path) -> bool:
+    return (d / "adapter_config.json").is_file()
 
 
 # -- resolving a name ----------------------------------------------------------------------------------------------
@@ -287,11 +292,51 @@ def _build(
     return model.conv1d_layout_().eval()
 
 
+def _adapter_meta(directory: Path) -> dict:
+    meta = _read_json(directory / "adapter_config.json")
+    if meta.get("format") != ADAPTER_FORMAT or not isinstance(meta.get("base"), str):
+        raise CheckpointError(f"{directory / 'adapter_config.json'} is not a gpt2tui LoRA adapter")
+    return meta
+
+
+def _load_adapter(directory: Path, dtype: torch.dtype | None) -> GPT2:
+    """The base model an adapter names with `(alpha / rank) · B A` added to each adapted weight: the same model
+    `finetune --lora --merge` would have written, built at load time (the base must still be where it was)."""
+    meta = _adapter_meta(directory)
+    try:
+        scale = float(meta["alpha"]) / int(meta["rank"])
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        raise CheckpointError(f"{directory / 'adapter_config.json'}: rank and alpha are missing or invalid") from None
+    model = load_weights(resolve(meta["base"], allow_download=False), dtype=torch.float32)
+    state = _read_safetensors(directory / "adapter.safetensors")
+    modules = dict(model.named_modules())
+    names = {k.rsplit(".lora_", 1)[0] for k in state}
+    with torch.no_grad():
+        for name in sorted(names):
+            A, B = state.get(f"{name}.lora_A"), state.get(f"{name}.lora_B")  # (r, in), (out, r)
+            linear = modules.get(name)
+            if A is None or B is None or not isinstance(linear, torch.nn.Linear):
+                raise CheckpointError(f"{directory}: adapter tensor {name} does not fit base model {meta['base']}")
+            if B.shape[0] != linear.out_features or A.shape[1] != linear.in_features or A.shape[0] != B.shape[1]:
+                raise CheckpointError(
+                    f"{directory}: adapter {name} has shapes {tuple(B.shape)} @ {tuple(A.shape)}, expected "
+                    f"({linear.out_features}, r) @ (r, {linear.in_features})"
+                )
+            linear.weight += (B.float() @ A.float()) * scale  # in place: keeps the weight's memory layout
+    model.chat_template = meta.get("chat_template")
+    return model.to(dtype) if dtype is not None else model
+
+
 def load_weights(path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> GPT2:
-    """A `GPT2` from a model directory (Hugging Face GPT-2 or our own checkpoint), in eval mode."""
+    """A `GPT2` from a model directory (Hugging Face GPT-2, our own checkpoint, or a LoRA adapter over one), in eval
+    mode."""
     directory = Path(path).expanduser()
     if not directory.is_dir():
         raise ModelNotFoundError(f"no model directory at {directory}; {GET_WEIGHTS_HINT}")
+    if _is_adapter(directory):
+        model = _load_adapter(directory, dtype)
+        model.name_or_path = str(directory)
+        return model.to(device) if device is not None else model
     meta = _read_json(directory / "config.json")
     if "model_type" in meta:
         config = config_from_hf(meta, str(directory / "config.json"))
@@ -348,6 +393,8 @@ def save_checkpoint(model: GPT2, path: str | os.PathLike, chat_template: str | N
 def read_config(path: str | os.PathLike) -> tuple[GPT2Config, str]:
     """The config of a model directory without reading its weights, and its format (`hf` or `gpt2tui`)."""
     directory = Path(path)
+    if _is_adapter(directory):
+        return read_config(resolve(_adapter_meta(directory)["base"], allow_download=False))[0], "lora"
     meta = _read_json(directory / "config.json")
     if "model_type" in meta:
         return config_from_hf(meta, str(directory / "config.json")), "hf"

@@ -1,0 +1,68 @@
+"""Tokens/s of one training step (forward, backward, AdamW) of a small GPT-2, through the project's own loop pieces.
+
+On the CPU: eager float32 against bf16 autocast (torch.compile's first compile takes longer than this whole suite
+should on two cores, so it is left to CUDA). On CUDA: the 124M preset at T=1024 in bf16, Triton attention against
+SDPA, with MFU in `extra_info`.
+
+    .venv/bin/python -m pytest benchmarks/bench_train.py --benchmark-only --benchmark-columns=min,median,mean,rounds
+"""
+
+import pytest
+import torch
+from gpt2tui.training.loop import TrainConfig, flops_per_token, make_optimizer, peak_flops
+
+from gpt2tui import GPT2, GPT2Config
+
+CUDA = torch.cuda.is_available()
+
+
+def setup(config: GPT2Config, B: int, T: int, device: torch.device):
+    torch.manual_seed(0)
+    model = GPT2(config).to(device).train()
+    opt = make_optimizer(model, TrainConfig(max_steps=1), device)
+    x = torch.randint(0, config.vocab_size, (B, T), device=device)
+    return model, opt, x
+
+
+def step(model, opt, x, dtype):
+    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+        _, loss = model(x, targets=x)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    if x.is_cuda:
+        torch.cuda.synchronize()
+
+
+def record(benchmark, model, x):
+    tokens = x.numel()
+    benchmark.extra_info["tokens_per_step"] = tokens
+    mean = benchmark.stats.stats.mean
+    benchmark.extra_info["tokens_per_s"] = round(tokens / mean, 1)
+    peak = peak_flops(x.device)
+    if peak:
+        benchmark.extra_info["mfu"] = round(flops_per_token(model, x.shape[1]) * tokens / mean / peak, 4)
+
+
+@pytest.mark.skipif(CUDA, reason="the CUDA benchmark below measures the real size")
+@pytest.mark.parametrize("precision", ["float32", "bf16-autocast"])
+def test_cpu_train_step(benchmark, precision):
+    config = GPT2Config(n_layers=4, n_heads=4, emb_dim=128, context_length=128, drop_rate=0.0)
+    model, opt, x = setup(config, B=4, T=128, device=torch.device("cpu"))
+    dtype = torch.bfloat16 if precision == "bf16-autocast" else None
+    step(model, opt, x, dtype)  # warm-up: allocator, AdamW state
+    benchmark.pedantic(step, args=(model, opt, x, dtype), rounds=5, iterations=1)
+    record(benchmark, model, x)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["triton", "sdpa"])
+def test_cuda_train_step_124m(benchmark, backend):
+    config = GPT2Config.from_preset("gpt2", drop_rate=0.0, attn_backend=backend)
+    model, opt, x = setup(config, B=16, T=1024, device=torch.device("cuda"))
+    for _ in range(3):
+        step(model, opt, x, torch.bfloat16)
+    benchmark.pedantic(step, args=(model, opt, x, torch.bfloat16), rounds=10, iterations=1)
+    record(benchmark, model, x)

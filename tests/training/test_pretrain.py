@@ -1,0 +1,121 @@
+"""`gpt2tui pretrain` end to end on tiny models: it learns, resumes exactly, survives Ctrl+C, refuses bad input."""
+
+import json
+
+import pytest
+from gpt2tui.training import data as data_module
+from gpt2tui.training.loop import TrainConfig
+
+from gpt2tui import load_model
+from tests.training.helpers import metrics, pretrain_argv, run_cli, tiny_model_dir, write_story
+
+
+@pytest.fixture
+def story(tmp_path):
+    return write_story(tmp_path / "story.txt")
+
+
+def no_temp_dirs(out):
+    return [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_pretraining_overfits_a_small_text(tmp_path, story, capsys):
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, *pretrain_argv(story, out, "--max-steps", "40", "--lr", "1e-2",
+                                                  "--warmup-steps", "4", "--eval-every", "20"))
+    assert code == 0, err
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == list(range(1, 41))
+    assert rows[0]["train_loss"] > 10.0 and rows[-1]["train_loss"] < 2.5
+    assert "val_loss" in rows[19] and "val_loss" in rows[-1] and "val_loss" not in rows[5]
+    ckpt = out / "checkpoint"
+    assert {p.name for p in ckpt.iterdir()} == {"config.json", "model.safetensors", "optimizer.pt",
+                                                "trainer_state.json"}
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["step"] == 40 and state["micro_batches_done"] == 40
+    model, _ = load_model(out, device="cpu")  # OUT itself is a loadable model
+    assert model.config.n_layers == 2 and model.config.context_length == 32
+    assert no_temp_dirs(out) == []
+
+
+def test_interrupted_and_resumed_run_equals_the_uninterrupted_one(tmp_path, story, capsys, monkeypatch):
+    # Dropout on and two micro-batches per step: the RNG state and the accumulation must both be restored.
+    common = ["--max-steps", "8", "--dropout", "0.1", "--grad-accum", "2", "--eval-every", "4", "--save-every", "3"]
+    code, _, err = run_cli(capsys, *pretrain_argv(story, tmp_path / "full", *common))
+    assert code == 0, err
+
+    real = data_module.PretrainData.train_batch
+
+    def interrupt_at_step_5(self, k, rank=0, world=1):
+        if k == 5 * 2 + 1:  # the second micro-batch of step 6
+            raise KeyboardInterrupt
+        return real(self, k, rank, world)
+
+    monkeypatch.setattr(data_module.PretrainData, "train_batch", interrupt_at_step_5)
+    part = tmp_path / "part"
+    code, _, err = run_cli(capsys, *pretrain_argv(story, part, *common))
+    assert code == 130
+    assert "interrupted" in err and "--resume" in err
+    state = json.loads((part / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == 5 and (part / "checkpoint" / "optimizer.pt").is_file()
+    assert no_temp_dirs(part) == []
+    monkeypatch.setattr(data_module.PretrainData, "train_batch", real)
+
+    code, _, err = run_cli(capsys, *pretrain_argv(story, part, *common, "--resume"))
+    assert code == 0, err
+    full, resumed = metrics(tmp_path / "full"), metrics(part)
+    assert [r["step"] for r in resumed] == list(range(1, 9))
+    for a, b in zip(full, resumed, strict=False):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-6), a["step"]
+        assert a.get("val_loss") == pytest.approx(b.get("val_loss"), abs=1e-6)
+
+
+def test_resume_refuses_another_config_and_needs_a_checkpoint(tmp_path, story, capsys):
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, *pretrain_argv(story, out, "--resume", "--max-steps", "2"))
+    assert code == 1 and "nothing to resume" in err
+    assert run_cli(capsys, *pretrain_argv(story, out, "--max-steps", "2"))[0] == 0
+    code, _, err = run_cli(capsys, *pretrain_argv(story, out, "--max-steps", "2"))
+    assert code == 1 and "--resume" in err  # an existing run is never overwritten silently
+    argv = pretrain_argv(story, out, "--resume", "--max-steps", "4")
+    argv[argv.index("--n-layers") + 1] = "3"
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 1 and "n_layers=2" in err and "n_layers=3" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(capsys, *pretrain_argv(story, out, "--resume", "--max-steps", "4", "--batch-size", "2"))
+    assert code == 1 and "batch_size" in err
+    assert json.loads((out / "checkpoint" / "trainer_state.json").read_text())["step"] == 2
+
+
+def test_bad_input_gives_one_line_and_no_checkpoint(tmp_path, story, capsys):
+    base = tiny_model_dir(tmp_path / "base")
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, "pretrain", "--data", story, "--out", out, "--init", base,
+                           "--context-length", "128", "--max-steps", "1")
+    assert code == 1 and "--context-length 128" in err and "64" in err
+    (tmp_path / "blank.txt").write_text("\n \n")
+    code, _, err = run_cli(capsys, *pretrain_argv(tmp_path / "blank.txt", out, "--max-steps", "1"))
+    assert code == 1 and "empty" in err
+    code, _, err = run_cli(capsys, *pretrain_argv(tmp_path / "nothing*.txt", out, "--max-steps", "1"))
+    assert code == 1 and "matches no files" in err
+    for e in (err,):
+        assert "Traceback" not in e and len(e.strip().splitlines()) == 1
+    assert not (out / "checkpoint").exists()
+
+
+def test_a_batch_too_large_for_memory_is_caught_with_advice(tmp_path, story, capsys, monkeypatch):
+    from gpt2tui.model import GPT2
+
+    def oom(self, *a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(GPT2, "forward", oom)
+    code, _, err = run_cli(capsys, *pretrain_argv(story, tmp_path / "run", "--max-steps", "2"))
+    assert code == 1 and "does not fit in memory" in err and "--batch-size" in err
+    assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+def test_schedule_warms_up_then_decays_to_a_tenth():
+    cfg = TrainConfig(max_steps=100, lr=1.0, warmup_steps=10)
+    lrs = [cfg.lr_at(s) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False)) and lrs[-1] == pytest.approx(0.1, abs=1e-3)

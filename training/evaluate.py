@@ -1,0 +1,135 @@
+"""`gpt2tui evaluate`: loss, perplexity and next-token accuracy of a model per data split, with plots.
+
+Instruction data (`.json` / `.jsonl`) is split 85/5/10 with the same seed fine-tuning used, and scored on response
+tokens only (what the model is asked to produce). Text is tokenised and split train/val as pretraining does (text has
+no test split). Written to `--out` (default `outputs/`): `evaluation.json`, `loss-plot.pdf` and `.png`,
+`accuracy-plot.pdf` and `sample_generations.txt`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from gpt2tui.errors import ConfigError
+
+from .loop import evaluate_batches
+
+
+def load_any(name: str, device=None):
+    """`(model, tokenizer, directory)` for a plain model or a LoRA adapter directory."""
+    from gpt2tui.weights import load_model, resolve
+
+    from .lora import is_adapter, load_adapted
+
+    path = resolve(name)
+    if is_adapter(path):
+        model, tokenizer = load_adapted(path, device=device)
+    else:
+        model, tokenizer = load_model(path, device=device, dtype=torch.float32)
+    return model, tokenizer, path
+
+
+def find_history(model_dir: Path, explicit: str | None) -> list[dict] | None:
+    """The training run's `metrics.jsonl`: given, beside the model, or in its parent (a pretraining run's OUT)."""
+    candidates = [Path(explicit).expanduser()] if explicit else [model_dir / "metrics.jsonl",
+                                                                 model_dir.resolve().parent / "metrics.jsonl"]
+    for path in candidates:
+        if path.is_file():
+            rows = []
+            for line in path.read_text().splitlines():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a crash
+            return rows
+    return None
+
+
+def is_instruction_file(paths: list[str]) -> bool:
+    return len(paths) == 1 and Path(paths[0]).suffix.lower() in (".json", ".jsonl")
+
+
+def run(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from gpt2tui.chat import TEMPLATES, encode_conversation
+    from gpt2tui.generate import generate
+
+    from . import plots
+    from .data import (
+        InstructionData,
+        PretrainData,
+        load_examples,
+        split_examples,
+        tokenize_in_memory,
+        truncate,
+    )
+
+    con = Console(stderr=True, highlight=False)
+    model, tokenizer, model_dir = load_any(args.model, args.device)
+    model.eval()
+    ctx = args.context_length or model.config.context_length
+    if ctx > model.config.context_length:
+        raise ConfigError(f"--context-length {ctx} is above the model's context length {model.config.context_length}")
+    results: dict[str, dict] = {}
+    samples: list[str] = []
+    if is_instruction_file(args.data):
+        examples = load_examples(args.data[0], tokenizer)
+        splits = {k: truncate(v, ctx + 1)[0] for k, v in split_examples(examples, args.seed).items()}
+        data = InstructionData({**splits, "train": splits["train"] or splits["val"]}, args.batch_size, args.seed,
+                               tokenizer.eot_token, mask_prompt=True)
+        for split in ("train", "val", "test"):
+            if splits[split]:
+                batches = data.eval_batches(split, args.max_batches, response_only=True)
+                results[split] = evaluate_batches(model, batches, model.device)
+        template = TEMPLATES["alpaca"]
+        for e in (splits["test"] or splits["val"] or splits["train"])[: args.samples]:
+            prompt = encode_conversation(tokenizer, e.messages[:-1], template)[0]
+            reply = generate(model, tokenizer, [prompt], max_new_tokens=args.max_new_tokens, temperature=0.0,
+                             stop=template.stop)[0]
+            samples.append(f"{template.render(e.messages[:-1])}\n\n[expected]\n{e.messages[-1]['content']}\n\n"
+                           f"[model]\n{reply.strip()}\n")
+    else:
+        train, val = tokenize_in_memory(args.data, tokenizer, args.val_fraction)
+        data = PretrainData(train, val, min(ctx, max(1, len(train) - 1)), args.batch_size, args.seed)
+        for split in ("train", "val"):
+            if (len(val) if split == "val" else len(train)) >= 2:
+                results[split] = evaluate_batches(model, data.eval_batches(split, args.max_batches), model.device)
+        stream = val if len(val) >= 16 else train
+        step = max(1, (len(stream) - 16) // max(1, args.samples))
+        for i in range(args.samples):
+            prompt = [int(t) for t in stream[i * step : i * step + 16]]
+            if len(prompt) < 2:
+                break
+            reply = generate(model, tokenizer, [prompt], max_new_tokens=args.max_new_tokens, temperature=0.0)[0]
+            samples.append(f"[prompt]\n{tokenizer.decode(prompt)}\n\n[model]\n{reply}\n")
+
+    out = Path(args.out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    table = Table(title=f"{args.model} on {', '.join(args.data)}")
+    for col in ("split", "tokens", "loss", "perplexity", "accuracy"):
+        table.add_column(col, justify="left" if col == "split" else "right")
+    for split, r in results.items():
+        table.add_row(split, f"{r['tokens']:,}", f"{r['loss']:.4f}", f"{r['ppl']:.2f}", f"{r['acc']:.4f}")
+    Console(highlight=False).print(table)
+    report = {"model": str(model_dir), "data": args.data,
+              "scored_on": "response tokens" if is_instruction_file(args.data) else "all tokens",
+              "splits": {k: {**v, "loss": _finite(v["loss"]), "ppl": _finite(v["ppl"])} for k, v in results.items()}}
+    (out / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
+    history = find_history(model_dir, args.metrics)
+    plots.loss_plot(history, results, out)
+    plots.accuracy_plot(history, results, out)
+    (out / "sample_generations.txt").write_text("\n".join(f"=== sample {i + 1} ===\n{s}" for i, s in enumerate(samples)),
+                                                encoding="utf-8")
+    con.print(f"wrote evaluation.json, loss-plot.pdf/.png, accuracy-plot.pdf and sample_generations.txt to {out}"
+              + ("" if history else " (no metrics.jsonl found: plots show the evaluated splits)"))
+    return 0
+
+
+def _finite(x: float):
+    return x if math.isfinite(x) else None

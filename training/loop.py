@@ -1,0 +1,553 @@
+"""The one training loop, shared by pretraining and fine-tuning.
+
+AdamW (weight decay on matrices only), linear warm-up then cosine decay to `min_lr_ratio · lr`, gradient
+accumulation, clipping at 1.0, bf16 autocast on CUDA (fp16 with a grad scaler where bf16 is missing), optional
+`torch.compile` and activation checkpointing, evaluation and samples at intervals, a Rich progress bar, and
+`metrics.jsonl` (one JSON object per step: `step`, `train_loss`, `lr`, ..., plus `val_loss` where evaluated).
+
+Checkpoints: `OUT/checkpoint/` holds `config.json` + `model.safetensors` (a loadable model), `optimizer.pt` (tensors
+only: `torch.load(weights_only=True)`) and `trainer_state.json` (step, data position, RNG states, run settings). It is
+written to a temporary sibling and renamed, every `save_every` steps, at the end, and on Ctrl+C, so a crash leaves
+the previous checkpoint whole. Data batches are pure functions of the step (see `data.py`), so `resume=True` restores
+weights, optimizer, scaler and RNG states and the loss curve continues exactly as if never interrupted.
+
+Under `torchrun` the model is wrapped in DistributedDataParallel (NCCL on GPUs, gloo on the CPU); each rank reads
+its own slice of every global batch, and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from gpt2tui.errors import CheckpointError, ConfigError, TrainingError
+
+CHECKPOINT = "checkpoint"
+STATE_VERSION = 1
+# Dense bf16 tensor-core peak per GPU, for MFU; unknown devices get no MFU figure.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12,
+              "L4": 121e12, "A10": 125e12, "4090": 165e12, "3090": 71e12}
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int
+    batch_size: int = 8  # per rank, per micro-batch
+    grad_accum: int = 1
+    lr: float = 6e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int | None = None  # default: 10% of the steps, at most 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    eval_batches: int = 20
+    save_every: int = 500
+    sample_every: int = 0  # 0: only at the end
+    seed: int = 1337
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    compile: bool = False
+    grad_checkpoint: bool = False
+
+    @property
+    def warmup(self) -> int:
+        return self.warmup_steps if self.warmup_steps is not None else min(100, self.max_steps // 10)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate for the update that makes step `step + 1`."""
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.max_steps - self.warmup))
+        min_lr = self.lr * self.min_lr_ratio
+        return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (self.lr - min_lr)
+
+
+# -- distributed ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def on(self) -> bool:
+        return self.world > 1
+
+
+def setup_distributed(device: str | None = None) -> Dist:
+    """Join the process group when started by torchrun (RANK / WORLD_SIZE set), else a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    want = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if world <= 1:
+        return Dist(0, 1, want)
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if want.type == "cuda":
+        torch.cuda.set_device(local)
+        want = torch.device("cuda", local)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if want.type == "cuda" else "gloo")
+    return Dist(rank, world, want)
+
+
+def teardown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(d: Dist) -> None:
+    if d.on:
+        dist.barrier()
+
+
+# -- pieces --------------------------------------------------------------------------------------------------------
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with decay on matrices (Linear weights, embeddings) only: biases and LayerNorm gains keep their scale."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-8,
+                             fused=device.type == "cuda")
+
+
+def precision(dtype: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """The autocast dtype (None: plain float32) and whether a grad scaler is needed (fp16 only)."""
+    if dtype == "auto":
+        if device.type != "cuda":
+            return None, False
+        dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    if dtype == "float32":
+        return None, False
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}[dtype], dtype == "float16"
+
+
+def checkpoint_blocks(model: torch.nn.Module) -> None:
+    """Recompute each block's activations in the backward pass instead of storing them (less memory, ~30% more
+    compute). Done per instance, so the state-dict names do not change."""
+    from torch.utils.checkpoint import checkpoint
+
+    for block in model.transformer.h:
+        inner = block.forward
+
+        def forward(x, cache=None, layer=0, _inner=inner):
+            if cache is None and torch.is_grad_enabled():
+                return checkpoint(_inner, x, use_reentrant=False)
+            return _inner(x, cache, layer)
+
+        block.forward = forward
+
+
+def _rng_state() -> dict:
+    state = {
+        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    import numpy as np
+
+    def tensor(b64):
+        return torch.from_numpy(np.frombuffer(base64.b64decode(b64), dtype=np.uint8).copy())
+
+    torch.set_rng_state(tensor(state["torch"]))
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensor(s) for s in state["cuda"]])
+
+
+def is_oom(e: BaseException) -> bool:
+    if isinstance(e, torch.OutOfMemoryError):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def flops_per_token(model: torch.nn.Module, T: int) -> float:
+    """Training FLOPs per token: 6 per parameter (forward + backward) plus attention's 12·L·C·T (PaLM, appendix B)."""
+    c = model.config
+    return 6 * sum(p.numel() for p in model.parameters()) + 12 * c.n_layers * c.emb_dim * T
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+# -- evaluation ----------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate_batches(model, batches, device: torch.device, autocast_dtype=None, d: Dist | None = None) -> dict:
+    """Token-weighted loss, perplexity and next-token accuracy over `(x, y)` batches (-100 targets ignored),
+    summed over ranks when distributed."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, tokens, correct
+    ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+    for x, y in batches:
+        x, y = x.to(device), y.to(device)  # (B, T)
+        with ctx:
+            logits = model(x)  # (B, T, V)
+        keep = y != -100  # (B, T)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100, reduction="sum")
+        sums += torch.stack([loss.double(), keep.sum().double(), ((logits.argmax(-1) == y) & keep).sum().double()])
+    if d is not None and d.on:
+        dist.all_reduce(sums)
+    model.train(was_training)
+    loss_sum, n, correct = sums.tolist()
+    if n == 0:
+        return {"loss": float("nan"), "ppl": float("nan"), "acc": float("nan"), "tokens": 0}
+    loss = loss_sum / n
+    return {"loss": loss, "ppl": math.exp(min(loss, 80.0)), "acc": correct / n, "tokens": int(n)}
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------------------
+
+
+def save_training_checkpoint(model, optimizer, scaler, out_dir: Path, state: dict, chat_template=None) -> Path:
+    """Model, optimizer and trainer state into `out_dir/checkpoint`, atomically."""
+    from gpt2tui.weights import save_checkpoint
+
+    final = out_dir / CHECKPOINT
+    tmp = out_dir / f".{CHECKPOINT}.tmp-{os.getpid()}"
+    old = out_dir / f".{CHECKPOINT}.old-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        save_checkpoint(model, tmp, chat_template=chat_template)  # itself atomic: tmp appears whole or not at all
+        torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None},
+                   tmp / "optimizer.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1) + "\n")
+        for name in ("optimizer.pt", "trainer_state.json"):
+            with open(tmp / name, "rb") as fh:
+                os.fsync(fh.fileno())
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not final.exists():
+            os.replace(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def read_trainer_state(out_dir: Path) -> dict:
+    path = out_dir / CHECKPOINT / "trainer_state.json"
+    if not path.is_file():
+        raise TrainingError(f"nothing to resume: {path} does not exist; start the run without --resume")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is damaged") from None
+
+
+def check_resume(saved: dict, run: dict, source: Path) -> None:
+    """A resumed run must be the same run: same model, data and batch geometry, or its curve would differ."""
+    for key in sorted(set(saved) | set(run)):
+        if saved.get(key) != run.get(key):
+            if key == "model" and isinstance(saved.get(key), dict) and isinstance(run.get(key), dict):
+                diff = [k for k in sorted(run[key]) if saved[key].get(k) != run[key].get(k)]
+                raise ConfigError(
+                    f"{source} was trained with a different model config ("
+                    + ", ".join(f"{k}: checkpoint {saved[key].get(k)!r}, now {run[key].get(k)!r}" for k in diff[:3])
+                    + "); drop the size flags to resume it, or start a new run in another --out"
+                )
+            raise ConfigError(
+                f"{source} was run with {key}={saved.get(key)!r}, this run asks for {run.get(key)!r}; "
+                f"resume with the same settings, or start a new run in another --out"
+            )
+
+
+# -- the loop ------------------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Trains `model` on `data` (see `data.py`'s `train_batch` / `eval_batches` / `splits`) into `out_dir`.
+
+    `run_info` is what must not change across a resume (model config, batch geometry, data); `sampler(model, step)`
+    returns sample text for the log (rank 0 only)."""
+
+    def __init__(self, model, data, cfg: TrainConfig, out_dir: Path, run_info: dict, d: Dist,
+                 sampler=None, console=None, chat_template=None, extra_state: dict | None = None):
+        self.raw, self.data, self.cfg, self.out, self.d = model, data, cfg, Path(out_dir), d
+        self.run_info = {**run_info, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
+                         "seed": cfg.seed, "world_size": d.world}
+        self.sampler, self.chat_template, self.extra_state = sampler, chat_template, extra_state or {}
+        self.console = console
+        self.device = d.device
+        self.autocast_dtype, needs_scaler = precision(cfg.dtype, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type) if needs_scaler else None
+        self.step = 0
+        self._stop = False
+
+    # -- logging -----------------------------------------------------------------------------------------------
+
+    def log(self, message: str) -> None:
+        if self.d.main and self.console is not None:
+            self.console.print(message, highlight=False, soft_wrap=True)
+
+    def _write_metrics(self, record: dict) -> None:
+        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def _trim_metrics(self, step: int) -> None:
+        """After a resume, drop records past the checkpoint (logged by the interrupted run before it stopped)."""
+        path = self.out / "metrics.jsonl"
+        if path.is_file():
+            keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+            path.write_text("".join(ln + "\n" for ln in keep))
+
+    # -- state -------------------------------------------------------------------------------------------------
+
+    def _state(self, rng: list[dict]) -> dict:
+        c = self.cfg
+        return {
+            "version": STATE_VERSION, "step": self.step, "max_steps": c.max_steps,
+            "micro_batches_done": self.step * c.grad_accum,  # the data position: batches are a function of it
+            "tokens_seen": self.tokens_seen, "rng": rng, "run": self.run_info, "train_config": asdict(c),
+            "time": time.time(), **self.extra_state,
+        }
+
+    def _gather_rng(self, rng: dict) -> list[dict]:
+        if not self.d.on:
+            return [rng]
+        out = [None] * self.d.world
+        dist.all_gather_object(out, rng)
+        return out
+
+    def save(self, rng: list[dict]) -> None:
+        if self.d.main:
+            save_training_checkpoint(self.raw, self.optimizer, self.scaler, self.out, self._state(rng),
+                                     self.chat_template)
+        barrier(self.d)
+
+    def _resume(self) -> None:
+        from safetensors.torch import load_file
+
+        state = read_trainer_state(self.out)
+        ckpt = self.out / CHECKPOINT
+        check_resume(state["run"], self.run_info, ckpt)
+        try:
+            weights = load_file(str(ckpt / "model.safetensors"), device=str(self.device))
+            opt = torch.load(ckpt / "optimizer.pt", map_location=self.device, weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"{ckpt} is damaged ({str(e).splitlines()[0][:120]}); start a new run") from None
+        missing, unexpected = self.raw.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(f"{ckpt}: weights do not fit the model ({(missing + unexpected)[:3]})")
+        self.optimizer.load_state_dict(opt["optimizer"])
+        if self.scaler is not None and opt.get("scaler"):
+            self.scaler.load_state_dict(opt["scaler"])
+        self.step = state["step"]
+        self.tokens_seen = state.get("tokens_seen", 0)
+        rngs = state["rng"]
+        if self.d.rank < len(rngs):
+            _set_rng_state(rngs[self.d.rank])
+        else:  # an interrupted distributed run saved only rank 0's state
+            torch.manual_seed(self.cfg.seed + self.d.rank + self.step)
+        if self.d.main:
+            self._trim_metrics(self.step)
+        self.log(f"resumed from {ckpt} at step {self.step}")
+
+    # -- training ----------------------------------------------------------------------------------------------
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self._stop:  # a second Ctrl+C: stop now
+            raise KeyboardInterrupt
+        self._stop = True
+        self.log("[yellow]Ctrl+C: finishing at this step and saving a checkpoint (press again to abort)[/]")
+
+    def _micro(self, model, k: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        x, y = self.data.train_batch(k, self.d.rank, self.d.world)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)  # (B, T)
+        ctx = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
+        with ctx:
+            logits, loss = model(x, targets=y)  # (B, T, V), ()
+        scaled = loss / self.cfg.grad_accum
+        (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        with torch.no_grad():
+            keep = y != -100
+            correct = ((logits.argmax(-1) == y) & keep).sum()
+        return loss.detach(), torch.stack([correct, keep.sum()]).double(), x.numel()
+
+    def evaluate(self, split: str) -> dict:
+        return evaluate_batches(self.raw, self.data.eval_batches(split, self.cfg.eval_batches, self.d.rank,
+                                                                 self.d.world), self.device, self.autocast_dtype,
+                                self.d)
+
+    def fit(self, resume: bool = False) -> dict:
+        cfg, d = self.cfg, self.d
+        self.raw.to(self.device).train()
+        if cfg.grad_checkpoint:
+            checkpoint_blocks(self.raw)
+        self.optimizer = make_optimizer(self.raw, cfg, self.device)
+        self.tokens_seen = 0
+        if resume:
+            self._resume()
+        elif d.main:
+            (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        if not resume:
+            torch.manual_seed(cfg.seed + d.rank)  # dropout streams differ per rank
+        model = self.raw
+        if d.on:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.compile:
+            model = torch.compile(model)
+        fpt, peak = flops_per_token(self.raw, getattr(self.data, "T", 0) or self.raw.config.context_length), \
+            peak_flops(self.device)
+        handler_set = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, self._on_sigint) if handler_set else None
+        progress = self._progress()
+        last: dict = {}
+        rng = self._gather_rng(_rng_state())  # the state at the start of the step in flight
+        try:
+            with progress:
+                task = progress.add_task("train", total=cfg.max_steps, completed=self.step, info="")
+                while self.step < cfg.max_steps:
+                    if self._should_stop():
+                        raise KeyboardInterrupt
+                    t0 = time.perf_counter()
+                    lr = cfg.lr_at(self.step)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+                    losses, counts, tokens = [], torch.zeros(2, dtype=torch.float64, device=self.device), 0
+                    for micro in range(cfg.grad_accum):
+                        k = self.step * cfg.grad_accum + micro
+                        sync = micro == cfg.grad_accum - 1 or not d.on
+                        with (nullcontext() if sync else model.no_sync()):
+                            try:
+                                loss, c, n = self._micro(model, k)
+                            except (RuntimeError, torch.OutOfMemoryError) as e:
+                                if not is_oom(e):
+                                    raise
+                                raise TrainingError(
+                                    f"a batch of {cfg.batch_size} sequences does not fit in memory on {self.device}; "
+                                    f"lower --batch-size (raise --grad-accum to keep the same effective batch), "
+                                    f"lower --context-length, or add --grad-checkpoint"
+                                ) from None
+                        losses.append(loss)
+                        counts += c
+                        tokens += n
+                    if self.scaler:
+                        self.scaler.unscale_(self.optimizer)
+                    norm = torch.nn.utils.clip_grad_norm_([p for p in self.raw.parameters() if p.requires_grad],
+                                                          cfg.grad_clip)
+                    if self.scaler:
+                        self.scaler.step(self.optimizer)
+                        self.scaler.update()
+                    else:
+                        self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.step += 1
+                    rng = self._gather_rng(_rng_state())  # what the next step starts from (eval uses no RNG)
+                    train_loss = torch.stack(losses).mean().double()
+                    stats = torch.cat([train_loss.view(1), counts])
+                    if d.on:
+                        dist.all_reduce(stats)
+                        stats[0] /= d.world
+                    tokens *= d.world
+                    self.tokens_seen += tokens
+                    dt = time.perf_counter() - t0
+                    record = {"step": self.step, "train_loss": stats[0].item(),
+                              "train_acc": (stats[1] / stats[2].clamp(min=1)).item(), "lr": lr,
+                              "grad_norm": float(norm), "tokens": self.tokens_seen,
+                              "tokens_per_s": round(tokens / dt, 1)}
+                    if peak:
+                        record["mfu"] = round(fpt * tokens / d.world / dt / peak, 4)
+                    last_step = self.step == cfg.max_steps
+                    if cfg.eval_every and (self.step % cfg.eval_every == 0 or last_step) and self.data.splits():
+                        ev = self.evaluate("val")
+                        record.update(val_loss=ev["loss"], val_ppl=ev["ppl"], val_acc=ev["acc"])
+                        self.log(f"step {self.step}: train loss {record['train_loss']:.4f}, val loss {ev['loss']:.4f}, "
+                                 f"val perplexity {ev['ppl']:.2f}, val accuracy {ev['acc']:.3f}")
+                    if d.main:
+                        self._write_metrics(record)
+                    last = record
+                    progress.update(task, completed=self.step, info=self._info(record))
+                    if self.sampler and d.main and (last_step or cfg.sample_every and self.step % cfg.sample_every == 0):
+                        self._sample()
+                    if last_step or (cfg.save_every and self.step % cfg.save_every == 0):
+                        self.save(rng)
+        except KeyboardInterrupt:
+            if handler_set:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)  # a Ctrl+C during the save aborts it (atomically)
+            self.optimizer.zero_grad(set_to_none=True)
+            if d.main:
+                save_training_checkpoint(self.raw, self.optimizer, self.scaler, self.out, self._state(rng),
+                                         self.chat_template)
+                self.log(f"[yellow]interrupted:[/] checkpoint of step {self.step} saved in {self.out / CHECKPOINT}; "
+                         f"continue with --resume")
+            raise
+        finally:
+            if handler_set:
+                signal.signal(signal.SIGINT, previous)
+        return last
+
+    def _should_stop(self) -> bool:
+        """Ctrl+C reaches every rank at slightly different moments: agree on it, so all stop at the same step."""
+        if not self.d.on:
+            return self._stop
+        flag = torch.tensor([1.0 if self._stop else 0.0], device=self.device)
+        dist.all_reduce(flag)
+        return flag.item() > 0
+
+    def _sample(self) -> None:
+        was = self.raw.training
+        self.raw.eval()
+        try:
+            text = self.sampler(self.raw, self.step)
+        finally:
+            self.raw.train(was)
+        if text:
+            with open(self.out / "samples.txt", "a", encoding="utf-8") as fh:
+                fh.write(f"--- step {self.step} ---\n{text}\n")
+            from rich.markup import escape
+
+            self.log(f"[dim]sample at step {self.step}:[/] {escape(text.strip()[:300])}")
+
+    def _progress(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        disable = not (self.d.main and self.console is not None and self.console.is_terminal)
+        return Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        TextColumn("{task.fields[info]}"), console=self.console, disable=disable, transient=False)
+
+    @staticmethod
+    def _info(r: dict) -> str:
+        info = f"loss {r['train_loss']:.3f} · lr {r['lr']:.2e} · {r['tokens_per_s']:,.0f} tok/s"
+        if "mfu" in r:
+            info += f" · MFU {100 * r['mfu']:.1f}%"
+        return info
