@@ -64,10 +64,59 @@ def test_models_lists_saved_models(capsys):
     assert code == 0 and "bot" in out and "2 × 64" in out
 
 
-def test_chat_loop_continues_each_line_until_eof(capsys, monkeypatch, hf_small_dir):
+def test_chat_without_a_terminal_replies_to_each_line_and_saves_the_chat(capsys, monkeypatch, hf_small_dir):
+    from gpt2tui.store import ChatStore
+
     monkeypatch.setattr(sys, "stdin", __import__("io").StringIO("Hello there\n\n/quit\nnever read\n"))
     code, out, err = run(capsys, "chat", "-m", str(hf_small_dir), "-n", "5", "-t", "0")
-    assert code == 0 and len(out.strip().splitlines()) == 1 and "Ctrl+C stops a reply" in err
+    assert code == 0 and "Ctrl+C stops a reply" in err
+    with ChatStore() as store:
+        (conversation,) = store.conversations()
+        messages = [m.to_chat() for m in store.get(conversation.id).messages]
+    assert conversation.title == "Hello there" and conversation.settings["max_new_tokens"] == 5
+    assert messages[0] == {"role": "user", "content": "Hello there"} and len(messages) == 2  # the empty line is no message
+    assert out == messages[1]["content"] + "\n" and messages[1]["finish_reason"] in ("max_tokens", "stop", "eos")
+
+
+def test_plain_chat_commands_and_ctrl_c(capsys, tmp_path, monkeypatch, hf_small_dir):
+    from gpt2tui.repl import Repl
+    from gpt2tui.session import ChatSession, ChatSettings
+    from gpt2tui.store import ChatStore
+
+    class StopAfterFirstDelta:
+        text = ""
+
+        def write(self, s):
+            if s.strip() and not self.text:
+                self.text += s
+                raise KeyboardInterrupt  # what Ctrl+C does while a reply prints
+            self.text += s
+
+        def flush(self):
+            pass
+
+    monkeypatch.chdir(tmp_path)
+    lines = iter(["First", "/set temperature=0", "/set max_new_tokens=3", "Second", "/export", "/new", "/list",
+                  "/set nonsense=1"])
+
+    def read(prompt):
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    session = ChatSession.load(str(hf_small_dir))
+    out = StopAfterFirstDelta()
+    with ChatStore() as store:
+        assert Repl(session, store, ChatSettings(max_new_tokens=50), read=read, out=out).run() == 0
+        messages = [m.to_chat() for m in store.get(1).messages]
+        settings = store.get(1).settings
+    err = capsys.readouterr().err
+    assert messages[1]["finish_reason"] == "cancelled" and "[stopped]" in out.text
+    assert settings["temperature"] == 0 and settings["max_new_tokens"] == 3
+    assert messages[3]["finish_reason"] in ("max_tokens", "stop", "eos") and len(messages) == 4
+    assert (tmp_path / "chat-1.md").read_text().startswith("# First")
+    assert "Exported to" in err and "First" in err and "use /set NAME=VALUE" in err
 
 
 @pytest.mark.parametrize(

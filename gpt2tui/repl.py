@@ -1,0 +1,279 @@
+"""`gpt2tui chat --plain`: the chat as a line-by-line prompt, for pipes, scripts and terminals without the full-screen
+app. Same `ChatSession`, same `ChatStore` (conversations started here show up in the app), same streaming.
+
+Replies go to stdout, one per message; everything else (the banner, notices, stats) goes to stderr, so
+`printf 'Hi\\nAnd then?\\n' | gpt2tui chat` prints just the replies. Each input line is one message; in a terminal,
+a line ending in a backslash continues on the next line. Ctrl+C stops a reply (it is kept, marked stopped),
+Ctrl+D or /quit leaves.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+from rich.console import Console
+from rich.markup import escape
+
+from .chat import ChatError
+from .session import ChatSession, ChatSettings, ReplyStream
+from .store import ChatStore, StoreError
+
+TITLE_LENGTH = 48
+
+HELP = """\
+Commands:
+  /new               start a new conversation
+  /list              the saved conversations
+  /open N            continue conversation N
+  /regen             regenerate the last reply
+  /set NAME=VALUE    change a setting of this conversation, e.g. /set temperature=0.5 (/set alone shows them)
+  /system TEXT       set the system prompt (/system alone clears it)
+  /export [PATH]     write this conversation as Markdown (default: a file in the current directory)
+  /help              this list
+  /quit              leave (so does Ctrl+D)
+Ctrl+C stops a reply. A line ending in \\ continues on the next line."""
+
+
+def _title(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= TITLE_LENGTH else line[: TITLE_LENGTH - 1].rstrip() + "…"
+
+
+def _parse_setting(settings: ChatSettings, assignment: str) -> ChatSettings:
+    name, sep, text = assignment.partition("=")
+    name, text = name.strip().replace("-", "_"), text.strip()
+    fields = [f for f in settings.to_dict() if f != "system_prompt"]
+    if not sep or name not in fields:
+        raise ChatError(f"use /set NAME=VALUE with NAME one of {', '.join(fields)}")
+    if text.lower() in ("", "none", "off") and name in ("top_k", "top_p", "seed"):
+        value = None
+    else:
+        kind = int if name in ("top_k", "max_new_tokens", "seed") else float
+        try:
+            value = kind(text)
+        except ValueError:
+            raise ChatError(f"{name}: {text!r} is not {'a whole number' if kind is int else 'a number'}") from None
+    return settings.replace(**{name: value})
+
+
+class Repl:
+    def __init__(
+        self,
+        session: ChatSession,
+        store: ChatStore,
+        defaults: ChatSettings,
+        read: Callable[[str], str] = input,
+        out: TextIO | None = None,
+        interactive: bool = False,
+    ) -> None:
+        self.session = session
+        self.store = store
+        self.defaults = defaults
+        self.read = read
+        self.out = out or sys.stdout
+        self.err = Console(stderr=True, highlight=False)
+        self.interactive = interactive
+        self.conversation_id: int | None = None
+        self.session.settings = defaults
+
+    # -- the loop ---------------------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        info = self.session.info()
+        self.err.print(
+            f"[bold]{escape(info['model'])}[/] on {info['device']} · {info['parameters'] / 1e6:.0f}M parameters · "
+            f"attention: {info['attention']} · template: {info['template']}\n"
+            f"[dim]Chats are saved in {escape(str(self.store.path))}. /help lists commands; Ctrl+C stops a reply, "
+            f"Ctrl+D or /quit leaves.[/]"
+        )
+        while True:
+            try:
+                line = self._read_message()
+            except EOFError:
+                break
+            except KeyboardInterrupt:
+                self.err.print()
+                continue
+            text = line.strip()
+            if not text:
+                continue  # an empty message is not sent
+            if text.startswith("/"):
+                if self._command(text) is False:
+                    break
+                continue
+            self._send(text)
+        return 0
+
+    def _read_message(self) -> str:
+        prompt = "you> " if self.interactive else ""
+        lines = [self.read(prompt)]
+        while self.interactive and lines[-1].endswith("\\"):
+            lines[-1] = lines[-1][:-1]
+            lines.append(self.read("...  "))
+        return "\n".join(lines)
+
+    # -- messages ---------------------------------------------------------------------------------------------------
+
+    def _send(self, text: str) -> None:
+        dangling = (self.session.messages or [{}])[-1].get("role") == "user"
+        try:
+            reply = self.session.reply(text)
+        except ChatError as e:
+            self.err.print(f"[red]{escape(str(e))}[/]")
+            return
+        try:
+            if self.conversation_id is None:
+                settings = self.session.settings.to_dict()
+                self.conversation_id = self.store.create(_title(text), self.session.model_name, settings).id
+            if dangling:
+                self.store.append_message(self.conversation_id, "assistant", "", "cancelled")
+            self.store.append_message(self.conversation_id, "user", text)
+            self.store.append_message(self.conversation_id, "assistant", "")
+        except StoreError as e:
+            reply.close()
+            self.err.print(f"[red]not sent, the chat could not be saved: {escape(str(e))}[/]")
+            return
+        self._stream(reply)
+
+    def _stream(self, reply: ReplyStream) -> None:
+        prompt = reply.prompt
+        if prompt.turns_dropped:
+            self.err.print(f"[yellow]note: the {prompt.turns_dropped} oldest turn(s) no longer fit the "
+                           f"{self.session.context_length}-token window and were left out[/]")
+        if prompt.cut_tokens:
+            self.err.print(f"[yellow]note: your message was too long: its first {prompt.cut_tokens} tokens were cut[/]")
+        if self.interactive:
+            self.out.write("bot> ")
+            self.out.flush()
+        try:
+            for delta in reply:
+                self.out.write(delta)
+                self.out.flush()
+        except KeyboardInterrupt:
+            reply.close()  # records the partial reply as stopped
+        finally:
+            if reply.finish_reason == "cancelled":
+                self.out.write(" [stopped]")
+            self.out.write("\n")
+            self.out.flush()
+            try:
+                self.store.update_last_message(self.conversation_id, reply.text, reply.finish_reason)
+            except StoreError as e:
+                self.err.print(f"[red]the reply could not be saved: {escape(str(e))}[/]")
+        stats = reply.stats
+        if self.interactive and stats is not None:
+            rate = f" · {stats.tokens_per_s:.1f} tok/s" if stats.tokens_per_s else ""
+            self.err.print(f"[dim]{stats.new_tokens} tokens{rate} · context {stats.context_used}/"
+                           f"{stats.context_length} · {stats.finish_reason}[/]")
+
+    # -- commands ---------------------------------------------------------------------------------------------------
+
+    def _command(self, text: str) -> bool | None:
+        name, _, rest = text.partition(" ")
+        rest = rest.strip()
+        if name in ("/quit", "/exit", "/q"):
+            return False
+        if name in ("/help", "/?"):
+            self.err.print(escape(HELP))
+        elif name == "/new":
+            self.conversation_id = None
+            self.session.clear()
+            self.session.settings = self.defaults
+            self.err.print("[dim]New conversation.[/]")
+        elif name == "/list":
+            self._list()
+        elif name == "/open":
+            self._open(rest)
+        elif name in ("/regen", "/retry"):
+            self._regenerate()
+        elif name == "/set":
+            self._set(rest)
+        elif name == "/system":
+            self._save_settings(self.session.settings.replace(system_prompt=rest))
+            self.err.print("[dim]System prompt " + ("set." if rest else "cleared.") + "[/]")
+        elif name == "/export":
+            self._export(rest)
+        else:
+            self.err.print(f"[red]unknown command {escape(name)}[/]; /help lists them")
+        return None
+
+    def _list(self) -> None:
+        conversations = self.store.conversations()
+        if not conversations:
+            self.err.print("[dim]No saved conversations yet.[/]")
+        for c in conversations:
+            mark = "*" if c.id == self.conversation_id else " "
+            self.err.print(f"{mark}{c.id:>4}  {escape(c.title)}")
+
+    def _open(self, rest: str) -> None:
+        try:
+            conversation = self.store.get(int(rest))
+        except ValueError:
+            self.err.print("[red]use /open N, with N from /list[/]")
+            return
+        except StoreError as e:
+            self.err.print(f"[red]{escape(str(e))}[/]")
+            return
+        try:
+            settings = ChatSettings.from_dict(conversation.settings) if conversation.settings else self.defaults
+            self.session.set_messages([m.to_chat() for m in conversation.messages if m.role != "system"])
+        except (ChatError, TypeError) as e:
+            self.err.print(f"[red]conversation {conversation.id} cannot be continued: {escape(str(e))}[/]")
+            return
+        self.session.settings = settings
+        self.conversation_id = conversation.id
+        self.err.print(f"[dim]Continuing “{escape(conversation.title)}” ({len(conversation.messages)} messages).[/]")
+
+    def _regenerate(self) -> None:
+        had_reply = (self.session.messages or [{}])[-1].get("role") == "assistant"
+        try:
+            reply = self.session.regenerate()
+        except ChatError as e:
+            self.err.print(f"[red]{escape(str(e))}[/]")
+            return
+        if self.conversation_id is not None:
+            if had_reply:
+                self.store.delete_last_message(self.conversation_id)
+            self.store.append_message(self.conversation_id, "assistant", "")
+        self._stream(reply)
+
+    def _set(self, rest: str) -> None:
+        if not rest:
+            for key, value in self.session.settings.to_dict().items():
+                self.err.print(f"  {key} = {value!r}")
+            return
+        try:
+            self._save_settings(_parse_setting(self.session.settings, rest))
+        except ChatError as e:
+            self.err.print(f"[red]{escape(str(e))}[/]")
+
+    def _save_settings(self, settings: ChatSettings) -> None:
+        self.session.settings = settings
+        if self.conversation_id is not None:
+            self.store.save_settings(self.conversation_id, settings.to_dict())
+
+    def _export(self, rest: str) -> None:
+        if self.conversation_id is None:
+            self.err.print("[dim]Nothing to export yet.[/]")
+            return
+        path = Path(rest).expanduser() if rest else Path(f"chat-{self.conversation_id}.md")
+        try:
+            written = self.store.export_markdown_file(self.conversation_id, path.absolute())
+        except (OSError, StoreError) as e:
+            self.err.print(f"[red]could not write {escape(str(path))}: {escape(str(e))}[/]")
+            return
+        self.err.print(f"Exported to {escape(str(written))}")
+
+
+def run(session: ChatSession, defaults: ChatSettings, store_path: str | Path | None = None,
+        interactive: bool | None = None) -> int:
+    """The prompt loop on stdin/stdout until end of input or /quit. A corrupt chat database is moved aside with a
+    warning (the caller shows warnings); one that cannot be used at all raises `StoreError`."""
+    if interactive is None:
+        interactive = sys.stdin.isatty()
+    with ChatStore(store_path) as store:
+        return Repl(session, store, defaults, interactive=interactive).run()
+

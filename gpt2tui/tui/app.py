@@ -1,0 +1,140 @@
+"""The chat app: a full-screen terminal chat with a GPT-2 running in this process.
+
+    ChatApp("gpt2").run()
+
+The app opens at once and loads the model in a thread worker (torch itself is imported there, so the first frame
+does not wait for it). It talks to a `ChatSession` and a `ChatStore` only; it never sees a tensor. Tests and embedders
+pass `loader`, any callable that returns a ready `ChatSession`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from textual import work
+from textual.app import App
+from textual.message import Message
+
+from ..store import ChatStore, DatabaseMovedWarning, StoreError
+from .keys import APP_KEYS, bindings
+from .screens import ChatScreen, HelpScreen, NoModelScreen
+
+if TYPE_CHECKING:
+    from ..session import ChatSession
+
+
+def short_name(model: str) -> str:
+    """A model's name for the screen: a directory by its last part, a name as it is."""
+    path = Path(model)
+    return path.name if path.name and (len(path.parts) > 1 or path.is_dir()) else model
+
+
+class ChatApp(App[None]):
+    CSS_PATH = "app.tcss"
+    TITLE = "gpt2tui"
+    BINDINGS = bindings(APP_KEYS)
+
+    class Loaded(Message):
+        def __init__(self, session: ChatSession) -> None:
+            super().__init__()
+            self.session = session
+
+    class LoadFailed(Message):
+        def __init__(self, error: str, missing: bool, saved: list[str], models_dir: str) -> None:
+            super().__init__()
+            self.error = error
+            self.missing = missing
+            self.saved = saved
+            self.models_dir = models_dir
+
+    def __init__(
+        self,
+        model: str = "gpt2",
+        *,
+        loader: Callable[[], ChatSession] | None = None,
+        device: str | None = None,
+        settings: dict | None = None,
+        store_path: str | Path | None = None,
+    ) -> None:
+        """`settings`: what a new conversation starts with (`ChatSettings` fields; the rest keep their defaults)."""
+        super().__init__()
+        self.model = model
+        self.loader = loader or (lambda: _load_session(model, device))
+        self.defaults = dict(settings or {})
+        self.store_path = store_path
+        self.store: ChatStore | None = None
+        self.session: ChatSession | None = None
+        self.chat: ChatScreen | None = None
+
+    def on_mount(self) -> None:
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", DatabaseMovedWarning)
+                self.store = ChatStore(self.store_path)
+        except StoreError as e:
+            self.exit(return_code=1, message=f"error: {e}")
+            return
+        for w in caught:
+            if issubclass(w.category, DatabaseMovedWarning):
+                self.notify(str(w.message), title="Chat database moved aside", severity="warning", timeout=30)
+        self.chat = ChatScreen(self.store, self.defaults, short_name(self.model))
+        self.push_screen(self.chat)
+        self.load_model()
+
+    @work(thread=True, exit_on_error=False, name="load model")
+    def load_model(self) -> None:
+        try:
+            session = self.loader()
+        except Exception as e:  # any failure is shown on the screen; the app keeps running
+            from ..errors import GPT2TUIError, ModelNotFoundError
+            from ..weights import local_models, models_dir
+
+            message = str(e) if isinstance(e, GPT2TUIError) else f"{type(e).__name__}: {e}"
+            try:
+                saved = [m["name"] for m in local_models()]
+            except Exception:
+                saved = []
+            self.post_message(self.LoadFailed(message, isinstance(e, ModelNotFoundError), saved, str(models_dir())))
+        else:
+            self.post_message(self.Loaded(session))
+
+    def on_chat_app_loaded(self, event: Loaded) -> None:
+        self.session = event.session
+        if self.chat is not None:
+            self.chat.session_ready(event.session)
+
+    def on_chat_app_load_failed(self, event: LoadFailed) -> None:
+        if self.chat is not None:
+            self.chat.session_failed()
+        self.push_screen(NoModelScreen(self.model, event.error, event.missing, event.saved, event.models_dir))
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    async def action_quit(self) -> None:
+        """Stop a reply in flight and let its worker save it before leaving."""
+        chat = self.chat
+        if chat is not None and chat.worker is not None and self.session is not None:
+            self.session.cancel()
+            try:
+                await asyncio.wait_for(chat.worker.wait(), timeout=10)
+            except Exception:  # a failed or slow worker must not keep the app open
+                pass
+        self.exit()
+
+    def on_unmount(self) -> None:
+        if self.store is not None and (self.chat is None or self.chat.worker is None):
+            self.store.close()
+
+
+def _load_session(model: str, device: str | None) -> ChatSession:
+    # An official model is used only when already downloaded: a download's progress bar has no place on this screen,
+    # so the no-model screen says to run `gpt2tui download` instead.
+    from ..session import ChatSession
+
+    return ChatSession.load(model, device=device, allow_download=False)
