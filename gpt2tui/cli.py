@@ -131,8 +131,20 @@ def _run_app(args: argparse.Namespace) -> int:
 
     def load():
         from .commands import chat_session
+        from .weights import pending_download
 
-        return chat_session(args, allow_download=False, leave_a_core=True)
+        official = pending_download(args.model)
+        if official is not None:
+            # huggingface_hub's progress bars write to stderr, under the app's screen: the notice and the spinner
+            # stand in for them.
+            from huggingface_hub.utils import disable_progress_bars
+
+            disable_progress_bars()
+            app.call_from_thread(
+                app.notify, f"Downloading {official} from the Hugging Face Hub; it is cached for next time.",
+                title="First start", timeout=30,
+            )
+        return chat_session(args, allow_download=True, leave_a_core=True)
 
     app = ChatApp(args.model, loader=load, settings=chat_defaults(args))
     app.run()

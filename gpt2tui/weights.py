@@ -112,6 +112,18 @@ def download(name: str) -> Path:
     return path
 
 
+def pending_download(name: str | os.PathLike) -> str | None:
+    """The official model that `resolve(name)` would download first (online, not cached, not shadowed by a path
+    or a saved model of that name), or None: so a caller can say so before it blocks."""
+    text = os.fspath(name)
+    if Path(text).expanduser().exists() or (os.sep not in text and (models_dir() / text).is_dir()):
+        return None
+    official = next((k for k, repo in OFFICIAL.items() if text in (k, repo)), None)
+    if official is None or cached_official(official) is not None or hf_offline():
+        return None
+    return official
+
+
 def resolve(name: str | os.PathLike, allow_download: bool = True) -> Path:
     """A model name → a directory: an existing path; a model saved under `models_dir()`; an official name
     (`gpt2`, `gpt2-medium`, ...) from the Hugging Face cache, downloaded when not there yet."""

@@ -133,8 +133,8 @@ class ChatApp(App[None]):
 
 
 def _load_session(model: str, device: str | None) -> ChatSession:
-    # An official model is used only when already downloaded: a download's progress bar has no place on this screen,
-    # so the no-model screen says to run `gpt2tui download` instead.
+    # This default never downloads (tests and embedders get the no-model screen instead); the `gpt2tui` command passes
+    # a loader that fetches a missing official model once, with a notice (cli._run_app).
     from ..session import ChatSession
 
     return ChatSession.load(model, device=device, allow_download=False)

@@ -265,3 +265,16 @@ def test_official_name_not_cached_is_downloaded_when_online(monkeypatch, isolate
     assert calls == [("openai-community/gpt2-medium", True), ("openai-community/gpt2-medium", False)]
     load_model("gpt2-medium")  # now cached: no second download
     assert calls[-1] == ("openai-community/gpt2-medium", True)
+
+
+def test_pending_download_names_what_resolve_would_fetch(monkeypatch, tmp_path):
+    from gpt2tui import weights
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert weights.pending_download("gpt2") == "gpt2"
+    assert weights.pending_download("openai-community/gpt2-medium") == "gpt2-medium"
+    assert weights.pending_download(str(tmp_path)) is None  # a path is never downloaded
+    (weights.models_dir() / "gpt2").mkdir(parents=True)
+    assert weights.pending_download("gpt2") is None  # a saved model of that name wins
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert weights.pending_download("gpt2-large") is None
