@@ -18,6 +18,7 @@ import sys
 import warnings
 
 from . import __version__
+from .argtypes import float_in, int_at_least
 from .errors import GPT2TUIError
 
 DEFAULT_MODEL = "gpt2"
@@ -40,35 +41,6 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     _console().print(f"[yellow]warning:[/] {escape(str(message))}", soft_wrap=True)
 
 
-# -- argument types: a bad flag is caught by argparse with its own one-line message ---------------------------------
-
-
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{value} is below the minimum {low}")
-        return value
-
-    return parse
-
-
-def _float_in(low: float, high: float, low_open: bool = False):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not (low < value if low_open else low <= value) or value > high:
-            raise argparse.ArgumentTypeError(f"{value} is outside {'(' if low_open else '['}{low}, {high}]")
-        return value
-
-    return parse
-
-
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", "-m", default=os.environ.get("GPT2TUI_MODEL", DEFAULT_MODEL),
@@ -82,14 +54,14 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     g = p.add_argument_group("sampling")
-    g.add_argument("--max-new-tokens", "-n", type=_int_at_least(0), default=max_new_tokens, metavar="N",
+    g.add_argument("--max-new-tokens", "-n", type=int_at_least(0), default=max_new_tokens, metavar="N",
                    help=f"tokens to generate at most (default {max_new_tokens})")
-    g.add_argument("--temperature", "-t", type=_float_in(0.0, 100.0), default=0.8, metavar="T",
+    g.add_argument("--temperature", "-t", type=float_in(0.0, 100.0), default=0.8, metavar="T",
                    help="sampling temperature; 0 is greedy (default 0.8)")
-    g.add_argument("--top-k", type=_int_at_least(0), default=None, metavar="K", help="sample from the K most likely tokens")
-    g.add_argument("--top-p", type=_float_in(0.0, 1.0, low_open=True), default=None, metavar="P",
+    g.add_argument("--top-k", type=int_at_least(0), default=None, metavar="K", help="sample from the K most likely tokens")
+    g.add_argument("--top-p", type=float_in(0.0, 1.0, low_open=True), default=None, metavar="P",
                    help="sample from the smallest set of tokens whose probability reaches P")
-    g.add_argument("--repetition-penalty", type=_float_in(0.0, 100.0, low_open=True), default=1.0, metavar="R",
+    g.add_argument("--repetition-penalty", type=float_in(0.0, 100.0, low_open=True), default=1.0, metavar="R",
                    help="above 1 discourages repeating tokens (default 1.0: off)")
     g.add_argument("--seed", type=int, default=None, metavar="S", help="random seed, for repeatable sampling")
     g.add_argument("--stop", action="append", default=[], metavar="TEXT",
@@ -107,16 +79,16 @@ def _add_chat_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("settings of new conversations (each conversation keeps its own; the app edits them)")
     g.add_argument("--system", dest="system_prompt", default=None, metavar="TEXT",
                    help="system prompt (default: the chat template's own)")
-    g.add_argument("--max-new-tokens", "-n", type=_int_at_least(1), default=None, metavar="N",
+    g.add_argument("--max-new-tokens", "-n", type=int_at_least(1), default=None, metavar="N",
                    help="the longest reply, in tokens (default 256)")
-    g.add_argument("--temperature", "-t", type=_float_in(0.0, 100.0), default=None, metavar="T",
+    g.add_argument("--temperature", "-t", type=float_in(0.0, 100.0), default=None, metavar="T",
                    help="sampling temperature; 0 is greedy (default 0.7)")
-    g.add_argument("--top-k", type=_int_at_least(0), default=None, metavar="K", help="0 is off (default 50)")
-    g.add_argument("--top-p", type=_float_in(0.0, 1.0, low_open=True), default=None, metavar="P",
+    g.add_argument("--top-k", type=int_at_least(0), default=None, metavar="K", help="0 is off (default 50)")
+    g.add_argument("--top-p", type=float_in(0.0, 1.0, low_open=True), default=None, metavar="P",
                    help="1 is off (default 0.95)")
-    g.add_argument("--repetition-penalty", type=_float_in(0.0, 100.0, low_open=True), default=None, metavar="R",
+    g.add_argument("--repetition-penalty", type=float_in(0.0, 100.0, low_open=True), default=None, metavar="R",
                    help="1 is off (default 1.1)")
-    g.add_argument("--seed", type=_int_at_least(0), default=None, metavar="S",
+    g.add_argument("--seed", type=int_at_least(0), default=None, metavar="S",
                    help="fixed seed: the same conversation gets the same reply (default: a fresh draw)")
 
 

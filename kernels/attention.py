@@ -46,22 +46,30 @@ def _keep(seed, dropout_p, bh, T, q_idx, k_idx):
 
 
 @triton.jit
+def _load_kv(k_base, v_base, stride_kt, stride_vt, offs_n, T, D: tl.constexpr, MASKED: tl.constexpr):
+    """A tile of K rows and V rows as they lie in memory (D contiguous); K is transposed inside `tl.dot`, the layout
+    tensor cores take. Only diagonal tiles can reach past the last key, so only they pay for bounds masks."""
+    offs_d = tl.arange(0, D)
+    k_ptrs = k_base + offs_n[:, None] * stride_kt + offs_d[None, :]
+    v_ptrs = v_base + offs_n[:, None] * stride_vt + offs_d[None, :]
+    if MASKED:
+        k = tl.load(k_ptrs, mask=offs_n[:, None] < T, other=0.0)
+        v = tl.load(v_ptrs, mask=offs_n[:, None] < T, other=0.0)
+    else:
+        k = tl.load(k_ptrs)
+        v = tl.load(v_ptrs)
+    return k, v
+
+
+@triton.jit
 def _fwd_tiles(
     acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, seed, dropout_p, bh, T, qk_scale,
     offs_m, lo, hi,
     BLOCK_N: tl.constexpr, D: tl.constexpr, DIAGONAL: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    offs_d = tl.arange(0, D)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        if DIAGONAL:
-            # Only diagonal tiles can reach past the last key, so only they pay for bounds masks.
-            k = tl.load(k_base + offs_n[:, None] * stride_kt + offs_d[None, :], mask=offs_n[:, None] < T, other=0.0)
-            v = tl.load(v_base + offs_n[:, None] * stride_vt + offs_d[None, :], mask=offs_n[:, None] < T, other=0.0)
-        else:
-            # Rows of K as they lie in memory (D contiguous), transposed in the product: the layout tensor cores take.
-            k = tl.load(k_base + offs_n[:, None] * stride_kt + offs_d[None, :])  # (BLOCK_N, D)
-            v = tl.load(v_base + offs_n[:, None] * stride_vt + offs_d[None, :])  # (BLOCK_N, D)
+        k, v = _load_kv(k_base, v_base, stride_kt, stride_vt, offs_n, T, D, DIAGONAL)  # 2 × (BLOCK_N, D)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
         if DIAGONAL:
             s = tl.where(offs_m[:, None] >= offs_n[None, :], s, float("-inf"))
@@ -214,15 +222,9 @@ def _dq_tiles(
     offs_m, lo, hi,
     BLOCK_N: tl.constexpr, D: tl.constexpr, DIAGONAL: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    offs_d = tl.arange(0, D)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        if DIAGONAL:
-            k = tl.load(k_base + offs_n[:, None] * stride_kt + offs_d[None, :], mask=offs_n[:, None] < T, other=0.0)
-            v = tl.load(v_base + offs_n[:, None] * stride_vt + offs_d[None, :], mask=offs_n[:, None] < T, other=0.0)
-        else:
-            k = tl.load(k_base + offs_n[:, None] * stride_kt + offs_d[None, :])  # (BLOCK_N, D)
-            v = tl.load(v_base + offs_n[:, None] * stride_vt + offs_d[None, :])  # (BLOCK_N, D)
+        k, v = _load_kv(k_base, v_base, stride_kt, stride_vt, offs_n, T, D, DIAGONAL)  # 2 × (BLOCK_N, D)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
         p = tl.exp2(s - lse[:, None])
         if DIAGONAL:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from gpt2tui.argtypes import float_in, int_at_least, positive_float
 from gpt2tui.config import PRESETS
 
 # Small shapes for trying things out on a laptop; the official four come from gpt2tui.config.
@@ -16,39 +17,7 @@ TRAIN_PRESETS = {
     "mini": dict(emb_dim=384, n_heads=6, n_layers=6, context_length=512),  # ~30M
 }
 PRESET_NAMES = [*TRAIN_PRESETS, *PRESETS]
-
-
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{value} is below the minimum {low}")
-        return value
-
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value} must be above 0")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"{value} is outside [0, 1)")
-    return value
+FRACTION = float_in(0.0, 1.0, high_open=True)
 
 
 def _run_pretrain(args) -> int:
@@ -72,28 +41,28 @@ def _run_evaluate(args) -> int:
 def _add_loop_args(p: argparse.ArgumentParser, batch: int, lr: float | None, eval_every: int | None,
                    save_every: int, seed: int) -> None:
     g = p.add_argument_group("optimisation")
-    g.add_argument("--batch-size", type=_int_at_least(1), default=batch, metavar="N",
+    g.add_argument("--batch-size", type=int_at_least(1), default=batch, metavar="N",
                    help=f"sequences per micro-batch on each process (default {batch})")
-    g.add_argument("--grad-accum", type=_int_at_least(1), default=1, metavar="N",
+    g.add_argument("--grad-accum", type=int_at_least(1), default=1, metavar="N",
                    help="micro-batches per optimizer step (default 1)")
-    g.add_argument("--lr", type=_positive_float, default=lr, metavar="X",
+    g.add_argument("--lr", type=positive_float, default=lr, metavar="X",
                    help="peak learning rate after warm-up; cosine decay to 10%% of it" + (f" (default {lr})" if lr else ""))
-    g.add_argument("--warmup-steps", type=_int_at_least(0), default=None, metavar="N",
+    g.add_argument("--warmup-steps", type=int_at_least(0), default=None, metavar="N",
                    help="linear warm-up steps (default: 10%% of the steps, at most 100)")
     g.add_argument("--weight-decay", type=float, default=0.1, metavar="X", help="AdamW decay on matrices (default 0.1)")
-    g.add_argument("--dropout", type=_fraction, default=None, metavar="P",
+    g.add_argument("--dropout", type=FRACTION, default=None, metavar="P",
                    help="dropout rate for this run (default: the model config's)")
     g.add_argument("--seed", type=int, default=seed, metavar="N",
                    help=f"seed for initialisation, data order, split and dropout (default {seed})")
     g = p.add_argument_group("schedule and outputs")
-    g.add_argument("--eval-every", type=_int_at_least(0), default=eval_every, metavar="N",
+    g.add_argument("--eval-every", type=int_at_least(0), default=eval_every, metavar="N",
                    help="validation loss every N steps, and at the end; 0: never" +
                    (f" (default {eval_every})" if eval_every else " (default: 4 times per epoch)"))
-    g.add_argument("--eval-batches", type=_int_at_least(1), default=20, metavar="N",
+    g.add_argument("--eval-batches", type=int_at_least(1), default=20, metavar="N",
                    help="validation batches per evaluation (default 20)")
-    g.add_argument("--save-every", type=_int_at_least(0), default=save_every, metavar="N",
+    g.add_argument("--save-every", type=int_at_least(0), default=save_every, metavar="N",
                    help=f"checkpoint every N steps (always at the end and on Ctrl+C; default {save_every})")
-    g.add_argument("--sample-every", type=_int_at_least(0), default=0, metavar="N",
+    g.add_argument("--sample-every", type=int_at_least(0), default=0, metavar="N",
                    help="print a sample generation every N steps (default: only at the end)")
     g.add_argument("--resume", action="store_true", help="continue the run saved in the output's checkpoint exactly")
     g = p.add_argument_group("hardware")
@@ -119,21 +88,21 @@ def add_commands(sub) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--preset", choices=PRESET_NAMES, default=None,
                    help="model size: tiny (~7M), mini (~30M), or an official GPT-2 size (default gpt2, 124M)")
-    g.add_argument("--n-layers", type=_int_at_least(1), default=None, metavar="N", help="custom number of blocks")
-    g.add_argument("--n-heads", type=_int_at_least(1), default=None, metavar="N", help="custom attention heads")
-    g.add_argument("--emb-dim", type=_int_at_least(1), default=None, metavar="N", help="custom embedding width")
-    g.add_argument("--context-length", type=_int_at_least(2), default=None, metavar="N",
+    g.add_argument("--n-layers", type=int_at_least(1), default=None, metavar="N", help="custom number of blocks")
+    g.add_argument("--n-heads", type=int_at_least(1), default=None, metavar="N", help="custom attention heads")
+    g.add_argument("--emb-dim", type=int_at_least(1), default=None, metavar="N", help="custom embedding width")
+    g.add_argument("--context-length", type=int_at_least(2), default=None, metavar="N",
                    help="tokens per training sequence (default: the model's context length)")
     g.add_argument("--init", default=None, metavar="MODEL",
                    help="continue from weights: a model directory, a saved name, or an official name (gpt2, ...)")
     g = p.add_argument_group("data")
-    g.add_argument("--val-fraction", type=_fraction, default=0.1, metavar="F",
+    g.add_argument("--val-fraction", type=FRACTION, default=0.1, metavar="F",
                    help="share of the tokens (at the end) held out for validation (default 0.1)")
     g.add_argument("--tokens-dir", default=None, metavar="DIR", help="where token shards live (default OUT/tokens)")
-    p.add_argument("--max-steps", type=_int_at_least(1), default=1000, metavar="N", help="optimizer steps (default 1000)")
+    p.add_argument("--max-steps", type=int_at_least(1), default=1000, metavar="N", help="optimizer steps (default 1000)")
     _add_loop_args(p, batch=8, lr=6e-4, eval_every=100, save_every=500, seed=1337)
     p.add_argument("--sample-prompt", default=None, metavar="TEXT", help="prompt for samples (default: validation text)")
-    p.add_argument("--sample-tokens", type=_int_at_least(0), default=50, metavar="N",
+    p.add_argument("--sample-tokens", type=int_at_least(0), default=50, metavar="N",
                    help="tokens per sample generation; 0: no samples (default 50)")
     p.set_defaults(run=_run_pretrain)
 
@@ -150,23 +119,23 @@ def add_commands(sub) -> None:
                    help="a name (saved in the gpt2tui models folder) or a directory path for the fine-tuned model")
     p.add_argument("--run-dir", default=None, metavar="DIR",
                    help="checkpoint, metrics.jsonl and test responses (default: the gpt2tui data folder's runs/NAME)")
-    p.add_argument("--epochs", type=_positive_float, default=2.0, metavar="N", help="passes over the training split (default 2)")
+    p.add_argument("--epochs", type=positive_float, default=2.0, metavar="N", help="passes over the training split (default 2)")
     p.add_argument("--mask-prompt", action="store_true", help="learn only the responses (prompt tokens get no loss)")
-    p.add_argument("--context-length", type=_int_at_least(2), default=None, metavar="N",
+    p.add_argument("--context-length", type=int_at_least(2), default=None, metavar="N",
                    help="longest example in tokens; longer ones are cut (default: the model's context length)")
     g = p.add_argument_group("LoRA")
     g.add_argument("--lora", action="store_true", help="train low-rank adapters only, base weights frozen")
-    g.add_argument("--lora-rank", type=_int_at_least(1), default=8, metavar="R", help="adapter rank (default 8)")
-    g.add_argument("--lora-alpha", type=_positive_float, default=16.0, metavar="A", help="adapter scale alpha (default 16)")
-    g.add_argument("--lora-dropout", type=_fraction, default=0.05, metavar="P", help="dropout on adapter inputs (default 0.05)")
+    g.add_argument("--lora-rank", type=int_at_least(1), default=8, metavar="R", help="adapter rank (default 8)")
+    g.add_argument("--lora-alpha", type=positive_float, default=16.0, metavar="A", help="adapter scale alpha (default 16)")
+    g.add_argument("--lora-dropout", type=FRACTION, default=0.05, metavar="P", help="dropout on adapter inputs (default 0.05)")
     g.add_argument("--lora-targets", default="c_attn,c_proj,c_fc", metavar="NAMES",
                    help="comma-separated Linear layers to adapt (default c_attn,c_proj,c_fc)")
     g.add_argument("--merge", action="store_true",
                    help="fold the adapters into the weights and save a plain checkpoint (chat needs this for LoRA)")
     _add_loop_args(p, batch=8, lr=None, eval_every=None, save_every=200, seed=123)
-    p.add_argument("--max-new-tokens", type=_int_at_least(1), default=256, metavar="N",
+    p.add_argument("--max-new-tokens", type=int_at_least(1), default=256, metavar="N",
                    help="longest generated test response (default 256)")
-    p.add_argument("--test-responses", type=_int_at_least(0), default=None, metavar="N",
+    p.add_argument("--test-responses", type=int_at_least(0), default=None, metavar="N",
                    help="generate responses for the first N test examples (default: all)")
     p.set_defaults(run=_run_finetune)
 
@@ -182,13 +151,13 @@ def add_commands(sub) -> None:
     p.add_argument("--out", default="outputs", metavar="DIR", help="where results and plots go (default ./outputs)")
     p.add_argument("--metrics", default=None, metavar="FILE",
                    help="a run's metrics.jsonl for the loss curves (default: found beside the model)")
-    p.add_argument("--batch-size", type=_int_at_least(1), default=8, metavar="N", help="sequences per batch (default 8)")
-    p.add_argument("--max-batches", type=_int_at_least(1), default=50, metavar="N", help="batches per split at most (default 50)")
-    p.add_argument("--context-length", type=_int_at_least(2), default=None, metavar="N",
+    p.add_argument("--batch-size", type=int_at_least(1), default=8, metavar="N", help="sequences per batch (default 8)")
+    p.add_argument("--max-batches", type=int_at_least(1), default=50, metavar="N", help="batches per split at most (default 50)")
+    p.add_argument("--context-length", type=int_at_least(2), default=None, metavar="N",
                    help="tokens per sequence (default: the model's context length)")
-    p.add_argument("--val-fraction", type=_fraction, default=0.1, metavar="F", help="text data's validation share (default 0.1)")
+    p.add_argument("--val-fraction", type=FRACTION, default=0.1, metavar="F", help="text data's validation share (default 0.1)")
     p.add_argument("--seed", type=int, default=123, metavar="N", help="the split's seed: the one fine-tuning used (default 123)")
-    p.add_argument("--samples", type=_int_at_least(0), default=5, metavar="N", help="sample generations to write (default 5)")
-    p.add_argument("--max-new-tokens", type=_int_at_least(1), default=100, metavar="N", help="tokens per sample (default 100)")
+    p.add_argument("--samples", type=int_at_least(0), default=5, metavar="N", help="sample generations to write (default 5)")
+    p.add_argument("--max-new-tokens", type=int_at_least(1), default=100, metavar="N", help="tokens per sample (default 100)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
     p.set_defaults(run=_run_evaluate)

@@ -1,0 +1,45 @@
+"""argparse value types shared by every `gpt2tui` command: a bad flag gets argparse's own one-line message."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _number(text: str, kind: type):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+
+
+def int_at_least(low: int):
+    def parse(text: str) -> int:
+        value = _number(text, int)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum {low}")
+        return value
+
+    return parse
+
+
+def float_in(low: float, high: float, low_open: bool = False, high_open: bool = False):
+    """A float in [low, high], with either end open on request."""
+
+    def parse(text: str) -> float:
+        value = _number(text, float)
+        above = low < value if low_open else low <= value
+        below = value < high if high_open else value <= high
+        if not (above and below):
+            raise argparse.ArgumentTypeError(
+                f"{value} is outside {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+            )
+        return value
+
+    return parse
+
+
+def positive_float(text: str) -> float:
+    value = _number(text, float)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} must be above 0")
+    return value
