@@ -20,7 +20,6 @@ if not torch.cuda.is_available():
 
 import triton  # noqa: E402
 import triton.testing  # noqa: E402
-
 from gpt2tui.kernels import causal_attention_ref, decode_attention_ref  # noqa: E402
 from gpt2tui.kernels.attention import causal_attention  # noqa: E402
 from gpt2tui.kernels.decode import decode_attention  # noqa: E402
@@ -127,9 +126,9 @@ def test_benchmarked_paths_agree(qkv):
     for name in ("triton", "sdpa"):
         out = CAUSAL[name](q, k, v)
         got = [out.detach(), *torch.autograd.grad(out, (q, k, v), do)]
-        errors = [(g.float() - w.float()).abs().max().item() for g, w in zip(got, want)]
+        errors = [(g.float() - w.float()).abs().max().item() for g, w in zip(got, want, strict=True)]
         if name == "triton":
             mine = errors
         else:
             slack = torch.finfo(DTYPE).eps * max(w.abs().max().item() for w in want)
-            assert all(m <= 2 * e + slack for m, e in zip(mine, errors)), (mine, errors)
+            assert all(m <= 2 * e + slack for m, e in zip(mine, errors, strict=True)), (mine, errors)

@@ -13,7 +13,16 @@ from rich.table import Table
 from .config import GPT2Config
 from .generate import stream
 from .kernels import AttentionBackendError, resolve_backend
-from .weights import OFFICIAL, default_device, download, load_model, local_models, models_dir, read_config, resolve
+from .weights import (
+    OFFICIAL,
+    default_device,
+    download,
+    load_model,
+    local_models,
+    models_dir,
+    read_config,
+    resolve,
+)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -183,7 +183,7 @@ class Decoder:
                 logits[:, self.n_vocab :] = float("-inf")  # padded vocabulary rows the tokenizer cannot decode
             next_ids = sample_next(logits, params, seen, generator)  # (B,)
             step: dict[int, int] = {}
-            for b, (r, t) in enumerate(zip(rows, next_ids.tolist())):
+            for b, (r, t) in enumerate(zip(rows, next_ids.tolist(), strict=True)):
                 if params.stop_at_eos and t == self.eos_id:
                     self.finish(r, "eos")
                     continue
@@ -387,7 +387,7 @@ def generate(model: GPT2, tokenizer: Tokenizer, prompt: str | Sequence[str], **p
     sp = SamplingParams(**params)
     decoder = Decoder(model, [_encode_prompt(tokenizer, p) for p in prompt], sp, tokenizer.eot_token,
                       tokenizer.n_vocab, chunk)
-    for dropped, kept in zip(decoder.dropped, decoder.prompts):
+    for dropped, kept in zip(decoder.dropped, decoder.prompts, strict=True):
         _warn_dropped(dropped, len(kept), model.config.context_length)
     texts = [_TextAssembler(tokenizer, sp.stop) for _ in prompt]
     out = [""] * len(prompt)

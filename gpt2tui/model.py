@@ -13,9 +13,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gpt2tui.kernels import causal_attention, decode_attention, resolve_backend
+
 from .cache import KVCache
 from .config import GPT2Config
-from gpt2tui.kernels import causal_attention, decode_attention, resolve_backend
 
 
 class CausalSelfAttention(nn.Module):

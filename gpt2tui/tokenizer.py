@@ -19,8 +19,9 @@ import functools
 import re
 import warnings
 from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from importlib import resources
-from typing import AbstractSet, Literal
+from typing import Literal
 
 # GPT-2's pre-tokenisation: contractions, letters, numbers, other symbols, then white space (a run of spaces before a
 # word leaves its last space to the word).

@@ -190,7 +190,7 @@ _INTERPRETED = type(_decode_split_kernel).__name__ == "InterpretedFunction"
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 

@@ -68,7 +68,7 @@ def test_chunked_prefill_gives_the_same_tokens(model, tok):
 def test_batch_of_different_lengths_equals_one_at_a_time(model, tok):
     prompts = [tok.encode(t) for t in ["Hi", "A much longer prompt than the first one is", "x y z"]]
     batched, _ = _cached(model, prompts, GREEDY, tok, prefill_chunk=4)
-    for p, got in zip(prompts, batched):
+    for p, got in zip(prompts, batched, strict=True):
         assert got == generate_ids_nocache(model, p, GREEDY, tok.eot_token)
 
 
@@ -77,7 +77,7 @@ def test_batch_rows_that_stop_early_leave_the_others_unchanged(model, tok):
     alone = [generate(model, tok, t, max_new_tokens=12, temperature=0) for t in texts]
     stop = alone[1][5:8]  # row 1 stops mid-way on a stop string taken from its own reply
     batch = generate(model, tok, texts, max_new_tokens=12, temperature=0, stop=[stop])
-    for a, b in zip(alone, batch):
+    for a, b in zip(alone, batch, strict=True):
         assert b == a.split(stop)[0]
 
 

@@ -13,8 +13,12 @@ import torch.nn.functional as F
 
 pytest.importorskip("triton")
 
-from gpt2tui.kernels import AttentionBackendError, causal_attention_ref, resolve_backend  # noqa: E402
-from gpt2tui.kernels import attention  # noqa: E402
+from gpt2tui.kernels import (  # noqa: E402
+    AttentionBackendError,
+    attention,  # noqa: E402
+    causal_attention_ref,
+    resolve_backend,
+)
 from gpt2tui.kernels.attention import attention_dropout_mask, causal_attention  # noqa: E402
 
 ON_CUDA = torch.cuda.is_available()
@@ -57,7 +61,7 @@ def _assert_close_to_reference(q, k, v, dropout_mask=None, dropout_p=0.0, seed=N
     out, grads = _run(lambda a, b, c: causal_attention(a, b, c, dropout_p=dropout_p, seed=seed), q, k, v, do)
     assert out.dtype == q.dtype and out.shape == q.shape
     slack = _slack(q.dtype, [ref, *ref_grads])
-    for name, got, base, want in [("out", out, pt, ref)] + list(zip(("dq", "dk", "dv"), grads, pt_grads, ref_grads)):
+    for name, got, base, want in [("out", out, pt, ref)] + list(zip(("dq", "dk", "dv"), grads, pt_grads, ref_grads, strict=True)):
         err = (got.double() - want).abs().max().item()
         pt_err = (base.double() - want).abs().max().item()
         assert err <= 2 * pt_err + slack, f"{name}: error {err:.3g}, SDPA's {pt_err:.3g}"
@@ -120,7 +124,7 @@ def test_dropout_same_seed_same_output_and_gradients(device):
     do = torch.randn_like(q)
     run = lambda seed: _run(lambda a, b, c: causal_attention(a, b, c, dropout_p=0.3, seed=seed), q, k, v, do)  # noqa: E731
     (o1, g1), (o2, g2), (o3, _) = run(11), run(11), run(12)
-    assert torch.equal(o1, o2) and all(torch.equal(a, b) for a, b in zip(g1, g2))
+    assert torch.equal(o1, o2) and all(torch.equal(a, b) for a, b in zip(g1, g2, strict=True))
     assert not torch.equal(o1, o3)
     # Without an explicit seed the draw comes from torch's generator, so manual_seed repeats a run.
     torch.manual_seed(0)

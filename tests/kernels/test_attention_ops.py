@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from gpt2tui.kernels import (
     AttentionBackendError,
     causal_attention,
@@ -34,7 +33,7 @@ def test_reference_gradients_match_sdpa():
     for t in (q, k, v):
         t.grad = None
     causal_attention(q, k, v, backend="sdpa").sum().backward()
-    for a, t in zip(grads, (q, k, v)):
+    for a, t in zip(grads, (q, k, v), strict=True):
         assert torch.allclose(a, t.grad, atol=1e-10)
 
 
