@@ -13,8 +13,8 @@ HOW_TO_GET_ONE = """\
 How to get a model:
 
   gpt2tui download gpt2
-      the official GPT-2 (124M, about 500 MB) from the Hugging Face Hub, with a
-      progress bar; gpt2-medium, gpt2-large and gpt2-xl download the same way
+      the official GPT-2 (124M, about 500 MB) from the Hugging Face Hub,
+      with a progress bar; gpt2-medium, -large and -xl download the same way
   gpt2tui --model PATH
       a Hugging Face GPT-2 directory or a gpt2tui checkpoint directory
   gpt2tui finetune / gpt2tui pretrain
