@@ -278,3 +278,47 @@ def test_pending_download_names_what_resolve_would_fetch(monkeypatch, tmp_path):
     assert weights.pending_download("gpt2") is None  # a saved model of that name wins
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert weights.pending_download("gpt2-large") is None
+
+
+def _adapter_dir(tmp_path, base_dir, tensors, **meta):
+    d = tmp_path / "adapter"
+    d.mkdir()
+    config = {"format": "gpt2tui-lora", "base": str(base_dir), "rank": 2, "alpha": 4.0, "dropout": 0.0,
+              "targets": ["c_attn"], "chat_template": "alpaca", **meta}
+    (d / "adapter_config.json").write_text(json.dumps(config))
+    save_file(tensors, str(d / "adapter.safetensors"))
+    return d
+
+
+def test_lora_adapter_folds_into_its_base(tmp_path):
+    torch.manual_seed(0)
+    model = GPT2(GPT2Config(vocab_size=64, context_length=16, emb_dim=32, n_heads=2, n_layers=1))
+    base = save_checkpoint(model, tmp_path / "base")
+    A, B = torch.randn(2, 32), torch.randn(96, 2)  # (r, in), (out, r) for c_attn: 32 → 96
+    adapter = _adapter_dir(tmp_path, base, {"transformer.h.0.attn.c_attn.lora_A": A,
+                                            "transformer.h.0.attn.c_attn.lora_B": B})
+    folded = load_weights(adapter)
+    want = model.transformer.h[0].attn.c_attn.weight + (B @ A) * 2.0  # alpha / rank
+    assert torch.allclose(folded.transformer.h[0].attn.c_attn.weight, want, atol=1e-6)
+    assert folded.chat_template == "alpaca"
+
+
+@pytest.mark.parametrize(
+    "tensors, meta, error, words",
+    [
+        ({}, {"format": "other"}, CheckpointError, "not a gpt2tui LoRA adapter"),
+        ({}, {"base": "/nowhere/at/all"}, ModelNotFoundError, "/nowhere/at/all"),
+        ({"transformer.h.0.attn.c_attn.lora_A": torch.zeros(2, 31),
+          "transformer.h.0.attn.c_attn.lora_B": torch.zeros(96, 2)}, {}, CheckpointError, "c_attn has shapes"),
+        ({"transformer.h.0.attn.nothing.lora_A": torch.zeros(2, 32),
+          "transformer.h.0.attn.nothing.lora_B": torch.zeros(96, 2)}, {}, CheckpointError, "does not fit"),
+        ({}, {"rank": 0}, CheckpointError, "rank and alpha"),
+    ],
+)
+def test_bad_lora_adapters_are_one_line_errors(tmp_path, tensors, meta, error, words):
+    model = GPT2(GPT2Config(vocab_size=64, context_length=16, emb_dim=32, n_heads=2, n_layers=1))
+    base = save_checkpoint(model, tmp_path / "base")
+    adapter = _adapter_dir(tmp_path, base, tensors or {"x.lora_A": torch.zeros(1)}, **meta)
+    with pytest.raises(error, match=words) as e:
+        load_weights(adapter)
+    assert "\n" not in str(e.value)
