@@ -42,10 +42,13 @@ bench: $(STAMP)
 # install this checkout into it without dependencies, then run the CUDA tests and the benchmarks.
 gpu-check:
 	$(PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
-	$(PYTHON) -m pytest -q tests/kernels
-	$(PYTHON) -m pytest -q -m gpu tests --ignore=tests/kernels || test $$? -eq 5
+	@# Every step runs even if an earlier one fails (a failing test must not hide the figures); the exit says.
+	status=0; \
+	$(PYTHON) -m pytest -q tests/kernels || status=1; \
+	$(PYTHON) -m pytest -q -m gpu tests --ignore=tests/kernels || [ $$? -eq 5 ] || status=1; \
 	$(PYTHON) -m pytest -q benchmarks/bench_attention.py --benchmark-columns=min,median,mean,rounds \
-		$(if $(BENCH_JSON),--benchmark-json=$(BENCH_JSON))
+		$(if $(BENCH_JSON),--benchmark-json=$(BENCH_JSON)) || status=1; \
+	exit $$status
 
 clean:
 	rm -rf build *.egg-info gpt2tui/*.so .pytest_cache .benchmarks
