@@ -17,11 +17,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_directory
 from .config import GPT2Config
 from .errors import CheckpointError, ConfigError, ModelNotFoundError
 from .model import GPT2
@@ -373,33 +373,21 @@ def load_weights(path: str | os.PathLike, dtype: torch.dtype | None = None, devi
 def save_checkpoint(model: GPT2, path: str | os.PathLike, chat_template: str | None = None) -> Path:
     """Write `config.json` + `model.safetensors` to `path`, atomically: into a temporary sibling, then renamed, so
     a crash leaves either the old checkpoint or the new one, never half of one."""
+    path = Path(path).expanduser()
+    with atomic_directory(path) as tmp:
+        write_model_files(model, tmp, chat_template)
+    return path
+
+
+def write_model_files(model: GPT2, directory: Path, chat_template: str | None = None) -> None:
+    """`config.json` + `model.safetensors` into an existing directory (callers make it atomic)."""
     from safetensors.torch import save_file
 
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        template = chat_template if chat_template is not None else getattr(model, "chat_template", None)
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **model.config.to_dict(), "chat_template": template}
-        (tmp / "config.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not path.exists():
-            os.replace(old, path)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    return path
+    template = chat_template if chat_template is not None else getattr(model, "chat_template", None)
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **model.config.to_dict(), "chat_template": template}
+    (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
 
 
 def read_config(path: str | os.PathLike) -> tuple[GPT2Config, str]:

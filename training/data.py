@@ -20,7 +20,6 @@ import glob as globlib
 import json
 import os
 import random
-import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gpt2tui.atomic import atomic_directory
 from gpt2tui.chat import TEMPLATES, ChatError, encode_conversation
 from gpt2tui.errors import DataError
 from gpt2tui.tokenizer import Tokenizer
@@ -207,37 +207,30 @@ def prepare_corpus(
     num_threads = num_threads or max(1, min(16, os.cpu_count() or 1))
     if log:
         log(f"tokenising {len(files)} file(s) with {num_threads} thread(s) into {directory}")
-    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_directory(directory) as tmp:
         shards, total, fh, in_shard = [], 0, None, 0
-        for ids in tokenize_documents(files, tokenizer, num_threads):
-            while len(ids):
-                if fh is None:
-                    shards.append({"file": f"tokens-{len(shards):05d}.bin", "tokens": 0})
-                    fh, in_shard = open(tmp / shards[-1]["file"], "wb"), 0
-                take = min(len(ids), SHARD_TOKENS - in_shard)
-                fh.write(ids[:take].tobytes())
-                shards[-1]["tokens"] += take
-                in_shard, total, ids = in_shard + take, total + take, ids[take:]
-                if in_shard == SHARD_TOKENS:
-                    fh.close()
-                    fh = None
-        if fh is not None:
-            fh.close()
+        try:
+            for ids in tokenize_documents(files, tokenizer, num_threads):
+                while len(ids):
+                    if fh is None:
+                        shards.append({"file": f"tokens-{len(shards):05d}.bin", "tokens": 0})
+                        fh, in_shard = open(tmp / shards[-1]["file"], "wb"), 0
+                    take = min(len(ids), SHARD_TOKENS - in_shard)
+                    fh.write(ids[:take].tobytes())
+                    shards[-1]["tokens"] += take
+                    in_shard, total, ids = in_shard + take, total + take, ids[take:]
+                    if in_shard == SHARD_TOKENS:
+                        fh.close()
+                        fh = None
+        finally:
+            if fh is not None:
+                fh.close()
         if total == 0:
             raise DataError(f"the corpus is empty: {', '.join(str(f) for f in files[:3])}"
                             f"{' and more' if len(files) > 3 else ''} hold no text")
         manifest = {"version": MANIFEST_VERSION, "tokenizer": "gpt2", "dtype": "uint16", "tokens": total,
                     "documents": len(files), "sources": sources, "shards": shards}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return open_corpus(directory, val_fraction)
 
 

@@ -22,7 +22,6 @@ import json
 import math
 import os
 import random
-import shutil
 import signal
 import threading
 import time
@@ -34,7 +33,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from gpt2tui.atomic import atomic_directory
 from gpt2tui.errors import CheckpointError, ConfigError, TrainingError
+from gpt2tui.weights import write_model_files
 
 CHECKPOINT = "checkpoint"
 STATE_VERSION = 1
@@ -236,29 +237,12 @@ def evaluate_batches(model, batches, device: torch.device, autocast_dtype=None, 
 
 def save_training_checkpoint(model, optimizer, scaler, out_dir: Path, state: dict, chat_template=None) -> Path:
     """Model, optimizer and trainer state into `out_dir/checkpoint`, atomically."""
-    from gpt2tui.weights import save_checkpoint
-
     final = out_dir / CHECKPOINT
-    tmp = out_dir / f".{CHECKPOINT}.tmp-{os.getpid()}"
-    old = out_dir / f".{CHECKPOINT}.old-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        save_checkpoint(model, tmp, chat_template=chat_template)  # itself atomic: tmp appears whole or not at all
+    with atomic_directory(final) as tmp:
+        write_model_files(model, tmp, chat_template=chat_template)
         torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None},
                    tmp / "optimizer.pt")
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1) + "\n")
-        for name in ("optimizer.pt", "trainer_state.json"):
-            with open(tmp / name, "rb") as fh:
-                os.fsync(fh.fileno())
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not final.exists():
-            os.replace(old, final)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
     return final
 
 

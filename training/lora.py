@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gpt2tui.atomic import atomic_directory
 from gpt2tui.errors import CheckpointError, ConfigError
 
 ADAPTER_FORMAT = "gpt2tui-lora"
@@ -104,25 +105,13 @@ def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_adapter(model: nn.Module, path: str | os.PathLike, base: str, chat_template: str | None = None) -> Path:
     """Write the adapters and their settings to `path`, atomically (a temporary sibling, then renamed)."""
-    import shutil
-
     from safetensors.torch import save_file
 
     path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_directory(path) as tmp:
         meta = {"format": ADAPTER_FORMAT, "base": base, **asdict(model.lora_config), "chat_template": chat_template}
         (tmp / "adapter_config.json").write_text(json.dumps(meta, indent=2) + "\n")
         save_file(adapter_state(model), str(tmp / "adapter.safetensors"))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
