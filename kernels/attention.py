@@ -27,12 +27,10 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _interpreting
+
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (16, 32, 64, 128)
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 # -- kernels ------------------------------------------------------------------------------------------------------------

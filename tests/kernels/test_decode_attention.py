@@ -1,20 +1,14 @@
 """The Triton flash-decoding kernel (kernels/decode.py) against the float64 reference.
 
 Runs on CUDA where there is one and otherwise in Triton's interpreter on the CPU (TRITON_INTERPRET=1, which must be set
-before Triton decorates any kernel: tests/kernels/conftest.py does it for the whole folder, and this module does it
-again for a run that starts here).
+before Triton decorates any kernel: tests/kernels/conftest.py does it for the whole folder).
 
 Accuracy rule (flash-attention's): the kernel's max abs error against a float64 reference may be at most twice what
 PyTorch's own SDPA path makes on the same inputs in the same dtype, plus a slack of eps(dtype) · max|v| (see `_tol`).
 """
 
-import os
-
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 pytest.importorskip("triton")
 
