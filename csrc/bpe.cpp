@@ -64,7 +64,8 @@ Rank BytesMap::find(const uint8_t* p, size_t n) const {
 }
 
 void PairMap::reserve(size_t n) {
-    const uint64_t size = table_size_for(n);
+    uint64_t size = 16;
+    while (size < 4 * n) size <<= 1;
     entries_.assign(size, kEmpty);
     mask_ = size - 1;
 }
@@ -81,8 +82,10 @@ void PairMap::insert(Rank a, Rank b, Rank merged) {
 
 // -- construction ----------------------------------------------------------------------------------------------
 
-Encoder::Encoder(std::vector<std::string> tokens, std::vector<std::string> extra, size_t backtrack_min_len)
-    : n_mergeable_(tokens.size()), backtrack_min_len_(backtrack_min_len) {
+Encoder::Encoder(std::vector<std::string> tokens, std::vector<std::string> extra, size_t long_piece_len,
+                 size_t window, size_t margin)
+    : n_mergeable_(tokens.size()), long_piece_len_(long_piece_len), window_(window), margin_(margin) {
+    if (window != 0 && margin >= window) throw std::invalid_argument("the margin must be shorter than the window");
     vocab_.build(tokens);
     for (int b = 0; b < 256; ++b) {
         const uint8_t byte = uint8_t(b);
@@ -91,7 +94,7 @@ Encoder::Encoder(std::vector<std::string> tokens, std::vector<std::string> extra
     }
     // Merging two adjacent parts yields the token spelled by their bytes; its rank is the merge's priority. Every
     // part is itself a token, so the lookup can be keyed by the two parts' ids instead of by their bytes.
-    if (tokens.size() >= (size_t(1) << PairMap::kIdBits)) throw std::invalid_argument("vocabulary too large");
+    if (tokens.size() >= (size_t(1) << PairMap::kIdBits) - 1) throw std::invalid_argument("vocabulary too large");
     std::vector<std::array<Rank, 3>> found;
     for (size_t r = 0; r < tokens.size(); ++r) {
         const auto* p = reinterpret_cast<const uint8_t*>(tokens[r].data());
@@ -103,6 +106,9 @@ Encoder::Encoder(std::vector<std::string> tokens, std::vector<std::string> extra
     }
     pairs_.reserve(found.size());
     for (const auto& [left, right, merged] : found) pairs_.insert(left, right, merged);
+    byte_pair_rank_.resize(65536);
+    for (uint32_t a = 0; a < 256; ++a)
+        for (uint32_t b = 0; b < 256; ++b) byte_pair_rank_[(a << 8) | b] = pairs_.find(byte_rank_[a], byte_rank_[b]);
     decode_ = std::move(tokens);
     for (auto& e : extra) decode_.push_back(std::move(e));
 
@@ -135,6 +141,19 @@ Encoder::Encoder(std::vector<std::string> tokens, std::vector<std::string> extra
             split_left_[r] = last[0];
             split_right_[r] = last[1];
         }
+    }
+    // Every part the merge loop ever holds is a token BPE spells as itself (the merges inside a part's bytes are
+    // exactly those BPE makes on those bytes alone), and it is formed by that token's own last merge. So a pair of
+    // parts can merge only if it is some token's last merge: any other pair whose bytes happen to spell a token is
+    // never the lowest-ranked pair (were it, merging it would form a part BPE does not make). Keeping only those
+    // pairs halves the table; the lookups that remain are the hot loop's cache misses.
+    {
+        size_t n_merges = 0;
+        for (size_t r = 0; r < V; ++r) n_merges += producible[r] && decode_[r].size() > 1;
+        pairs_ = PairMap();
+        pairs_.reserve(n_merges);
+        for (size_t r = 0; r < V; ++r)
+            if (producible[r] && decode_[r].size() > 1) pairs_.insert(split_left_[r], split_right_[r], Rank(r));
     }
     // The trie, built as sorted children lists, then laid out breadth first.
     struct Building {
@@ -321,6 +340,8 @@ struct Part {
 struct Scratch {
     std::vector<Part> parts;      // indexed by the byte position where the part starts
     std::vector<uint64_t> tree;   // tournament tree over blocks of positions: the best (rank << 32 | position) below
+    std::vector<uint64_t> dead;   // backtracking: positions known to lead to no valid encoding
+    std::vector<Rank> window;     // a long piece's current window
 };
 thread_local Scratch scratch;
 
@@ -341,16 +362,43 @@ constexpr int32_t kBlock = 16;  // positions per tree leaf: 16 ranks are one cac
 
 }  // namespace
 
+// A short piece (most words, and every piece of text like base64) is merged the way tiktoken does it: the parts and
+// their pair ranks sit in two small arrays on the stack, and each merge scans them for the lowest rank. Setting up
+// the list and tree below costs more than these few scans.
+void Encoder::merge_small(const uint8_t* p, size_t n, std::vector<Rank>& out, Rank* last) const {
+    Rank id[kSmallPiece], rank[kSmallPiece];
+    for (size_t i = 0; i < n; ++i) id[i] = byte_rank_[p[i]];
+    for (size_t i = 0; i + 1 < n; ++i) rank[i] = byte_pair_rank_[(uint32_t(p[i]) << 8) | p[i + 1]];
+    rank[n - 1] = kNoRank;
+    size_t m = n;  // parts standing
+    while (m > 1) {
+        size_t best = 0;
+        for (size_t i = 1; i + 1 < m; ++i) best = rank[i] < rank[best] ? i : best;  // leftmost lowest
+        if (rank[best] == kNoRank) break;
+        if (last) last[0] = id[best], last[1] = id[best + 1];
+        id[best] = rank[best];
+        --m;
+        for (size_t i = best + 1; i < m; ++i) id[i] = id[i + 1], rank[i] = rank[i + 1];
+        rank[best] = best + 1 < m ? pairs_.find(id[best], id[best + 1]) : kNoRank;
+        if (best > 0) rank[best - 1] = pairs_.find(id[best - 1], id[best]);
+    }
+    out.insert(out.end(), id, id + m);
+}
+
 // BPE as tiktoken defines it: repeatedly merge the adjacent pair of lowest rank, the leftmost on ties. The parts
 // form a linked list; the best pair is found in a tournament tree whose leaves are blocks of 16 positions, so a
 // merge costs at most three leaf rescans and walks towards the root (stopping where nothing changes): O(n log n) for a piece of n bytes, with the memory
 // touched staying near the merge (a binary heap's sift-down strays across the whole piece, and keeps stale entries).
 void Encoder::merge(const uint8_t* p, size_t n, std::vector<Rank>& out, Rank* last) const {
+    if (n <= kSmallPiece) {
+        merge_small(p, n, out, last);
+        return;
+    }
     Scratch& w = scratch;
     w.parts.resize(n);
     Part* part = w.parts.data();
     for (size_t i = 0; i < n; ++i) part[i] = Part{byte_rank_[p[i]], kNoRank, int32_t(i) - 1, i + 1 < n ? int32_t(i + 1) : -1};
-    for (size_t i = 0; i + 1 < n; ++i) part[i].pair_rank = pairs_.find(part[i].id, part[i + 1].id);
+    for (size_t i = 0; i + 1 < n; ++i) part[i].pair_rank = byte_pair_rank_[(uint32_t(p[i]) << 8) | p[i + 1]];
 
     // A pair's key orders by rank, then by position (the leftmost wins ties); no pair sorts last.
     auto key = [part](int32_t i) { return (uint64_t(part[i].pair_rank) << 32) | uint32_t(i); };
@@ -406,7 +454,7 @@ void Encoder::encode_piece(const uint8_t* p, size_t n, std::vector<Rank>& out) c
         out.push_back(whole);
         return;
     }
-    if (n >= backtrack_min_len_ && backtrack(p, n, out)) return;
+    if (n >= long_piece_len_ && encode_long(p, n, out)) return;
     if (n > PieceCache::kMaxBytes) {
         merge(p, n, out);
         return;
@@ -429,14 +477,14 @@ void Encoder::encode_piece(const uint8_t* p, size_t n, std::vector<Rank>& out) c
     }
 }
 
-// -- backtracking: linear-time BPE for long pieces ------------------------------------------------------------------
+// -- backtracking: linear-time BPE, cheapest where tokens are long --------------------------------------------------
 //
-// Rank-order merging must jump to wherever the lowest-ranked pair is, which on a 1 MB piece means a cache miss per
-// merge. Backtracking (the method of GitHub's `bpe` crate) produces the same tokens walking left to right, from one
-// fact about BPE: a sequence of tokens is the encoding of its text exactly when each token is the encoding of its
-// own bytes and every two neighbours are the encoding of their joined bytes. So: take the longest token that
-// starts here; if it does not fit after the previous token, try the next shorter one; if none fits, give the
-// previous token back and remember that this position leads nowhere.
+// Backtracking (the method of GitHub's `bpe` crate) produces the same tokens as rank-order merging, walking left to
+// right, from one fact about BPE: a sequence of tokens is the encoding of its text exactly when each token is the
+// encoding of its own bytes and every two neighbours are the encoding of their joined bytes. So: take the longest
+// token that starts here; if it does not fit after the previous token, try the next shorter one; if none fits, give
+// the previous token back and remember that this position leads nowhere. Its cost is per token, plus the retries;
+// merging's is per byte. encode_long uses it for windows of long tokens, and for whole pieces when a seam fails.
 
 Rank Encoder::longest_prefix(const uint8_t* p, size_t n) const {
     if (n == 0) return kNoRank;
@@ -489,7 +537,8 @@ bool Encoder::valid_pair(Rank left, Rank right) const {
 
 bool Encoder::backtrack(const uint8_t* p, size_t n, std::vector<Rank>& out) const {
     const size_t start = out.size();
-    std::vector<uint64_t> dead((n + 64) / 64, 0);  // positions known to lead to no valid encoding
+    std::vector<uint64_t>& dead = scratch.dead;
+    dead.assign((n + 64) / 64, 0);
     auto is_dead = [&](size_t pos) { return (dead[pos >> 6] >> (pos & 63)) & 1; };
     size_t pos = 0;
     Rank next = longest_prefix(p, n);
@@ -518,6 +567,45 @@ bool Encoder::backtrack(const uint8_t* p, size_t n, std::vector<Rank>& out) cons
             next = last;
             break;
         }
+    }
+    return true;
+}
+
+// -- long pieces ---------------------------------------------------------------------------------------------------
+//
+// A long piece is encoded window by window, each window small enough to stay in L1. Merging a window gives BPE of
+// the window alone; its last tokens may differ from the whole piece's, because what follows the window could have
+// merged with them, so only the tokens that end at least `margin_` bytes before the window's end are kept, and the
+// next window starts where they stop. The result is exact, not a guess: by the fact backtracking rests on, tokens
+// that are each BPE's encoding of themselves, with every two neighbours BPE's encoding of their joined bytes, are
+// the encoding of the whole. Neighbours inside a window are (they come from one BPE run), so only the seams need
+// checking. A seam that fails (it has not on any text we have tried, at a 16-byte margin) sends the whole piece
+// to backtracking, so the worst case stays linear.
+//
+// Each window is merged, or backtracked when the last window's tokens were long (runs like "0000..." or words
+// without spaces): merging costs per byte, backtracking per token, and backtracking's retries cost most where
+// tokens are short.
+static constexpr size_t kBacktrackBytesPerToken = 3;
+
+bool Encoder::encode_long(const uint8_t* p, size_t n, std::vector<Rank>& out) const {
+    if (window_ == 0) return backtrack(p, n, out);
+    const size_t start = out.size();
+    std::vector<Rank>& tokens = scratch.window;
+    bool by_backtracking = false;
+    for (size_t pos = 0; pos < n;) {
+        const size_t len = std::min(n - pos, window_);
+        tokens.clear();
+        if (!by_backtracking || !backtrack(p + pos, len, tokens)) merge(p + pos, len, tokens);
+        size_t keep = tokens.size(), end = pos + len;
+        if (end < n)
+            while (keep > 1 && end + margin_ > pos + len) end -= token_len_[tokens[--keep]];
+        if (out.size() > start && !valid_pair(out.back(), tokens[0])) {
+            out.resize(start);
+            return backtrack(p, n, out);
+        }
+        out.insert(out.end(), tokens.begin(), tokens.begin() + keep);
+        by_backtracking = end - pos >= kBacktrackBytesPerToken * keep;
+        pos = end;
     }
     return true;
 }

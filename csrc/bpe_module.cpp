@@ -111,15 +111,17 @@ PYBIND11_MODULE(_bpe, m) {
 
     py::class_<Encoder>(m, "Encoder")
         .def(py::init([](const std::vector<py::bytes>& tokens, const std::vector<py::bytes>& extra,
-                         size_t backtrack_min_len) {
+                         size_t long_piece_len, size_t window, size_t margin) {
                  std::vector<std::string> t(tokens.begin(), tokens.end()), e(extra.begin(), extra.end());
                  py::gil_scoped_release release;
-                 return new Encoder(std::move(t), std::move(e), backtrack_min_len);
+                 return new Encoder(std::move(t), std::move(e), long_piece_len, window, margin);
              }),
-             py::arg("tokens"), py::arg("extra") = std::vector<py::bytes>{}, py::arg("backtrack_min_len") = 64,
+             py::arg("tokens"), py::arg("extra") = std::vector<py::bytes>{}, py::arg("long_piece_len") = 64,
+             py::arg("window") = 256, py::arg("margin") = 16,
              "tokens[r]: bytes of the mergeable token of rank r; extra: bytes of the ids after them (special "
-             "tokens); pieces of at least backtrack_min_len bytes are encoded by backtracking, shorter ones by "
-             "merging in rank order (both give the same ids; tests set it low to exercise backtracking)")
+             "tokens). Pieces of at least long_piece_len bytes are encoded in windows of `window` bytes whose last "
+             "`margin` bytes are redone with the next window (window=0: by backtracking the whole piece); shorter "
+             "ones by merging in rank order. Every setting gives the same ids; tests vary them to reach each path.")
         .def("encode_ordinary", &encode_ordinary, py::arg("text"), "ids of a str, with no special-token handling")
         .def("encode_ordinary_batch", &encode_ordinary_batch, py::arg("texts"), py::arg("num_threads") = 8,
              "encode_ordinary over a list of str, in native threads")

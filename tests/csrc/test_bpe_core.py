@@ -1,8 +1,9 @@
-"""The native core's two merge paths, and what it reports about itself.
+"""The native core's merge paths, and what it reports about itself.
 
-`gpt2tui._bpe.Encoder` encodes pieces shorter than `backtrack_min_len` by merging in rank order and longer ones by
-backtracking; both must give tiktoken's ids. Here each path is forced onto every piece and checked against the
-other and against tiktoken.
+`gpt2tui._bpe.Encoder` encodes pieces shorter than `long_piece_len` by merging in rank order. Longer ones go window by
+window (each window merged, or backtracked where tokens run long, with a seam check between windows), or, with
+`window=0`, by backtracking the whole piece. All must give tiktoken's ids. Here each path is forced onto every piece,
+including windows so small, and margins so thin, that seams fail and the whole-piece fallback runs.
 """
 
 import random
@@ -14,16 +15,36 @@ from hypothesis import strategies as st
 from gpt2tui import _bpe
 from gpt2tui.tokenizer import _tiktoken_encoding, gpt2_ranks
 
+# name -> Encoder settings (long_piece_len, window, margin)
+PATHS = {
+    "merge": (1 << 62, 256, 16),           # never the long-piece path
+    "backtrack": (2, 0, 0),                # every piece backtracked whole
+    "windows": (2, 256, 16),               # the defaults, on every piece
+    "small_windows": (2, 9, 3),            # many seams
+    "no_margin": (2, 6, 0),                # seams that fail, so the whole-piece fallback runs
+}
 
-def _encoder(backtrack_min_len: int):
+
+def _encoder(long_piece_len: int = 64, window: int = 256, margin: int = 16):
     ranks = gpt2_ranks()
-    return _bpe.Encoder(sorted(ranks, key=ranks.__getitem__), [b"<|endoftext|>"], backtrack_min_len=backtrack_min_len)
+    return _bpe.Encoder(sorted(ranks, key=ranks.__getitem__), [b"<|endoftext|>"], long_piece_len=long_piece_len,
+                        window=window, margin=margin)
 
 
 @pytest.fixture(scope="module")
 def paths():
-    """(always backtracking, never backtracking, tiktoken)."""
-    return _encoder(2), _encoder(1 << 62), _tiktoken_encoding()
+    return {name: _encoder(*settings_) for name, settings_ in PATHS.items()}
+
+
+@pytest.fixture(scope="module")
+def tk():
+    return _tiktoken_encoding()
+
+
+def _assert_all_paths(paths, tk, text):
+    want = tk.encode_ordinary(text)
+    for name, enc in paths.items():
+        assert enc.encode_ordinary(text) == want, name
 
 
 ALPHABETS = ["ab", "abcdefghijklmnopqrstuvwxyz", "0123456789", "01", "!?.,;:-=+*/", "аб", "日本語漢字", "aeiou",
@@ -31,39 +52,48 @@ ALPHABETS = ["ab", "abcdefghijklmnopqrstuvwxyz", "0123456789", "01", "!?.,;:-=+*
 
 
 @pytest.mark.parametrize("alphabet", ALPHABETS)
-def test_both_paths_equal_tiktoken_on_long_runs(paths, alphabet):
-    backtrack, merge, tk = paths
+def test_every_path_equals_tiktoken_on_long_runs(paths, tk, alphabet):
     rng = random.Random(alphabet)
     for length in (3, 17, 100, 1000, 5000):
-        text = "".join(rng.choice(alphabet) for _ in range(length))
-        want = tk.encode_ordinary(text)
-        assert backtrack.encode_ordinary(text) == want
-        assert merge.encode_ordinary(text) == want
+        _assert_all_paths(paths, tk, "".join(rng.choice(alphabet) for _ in range(length)))
+
+
+@pytest.mark.parametrize("text", ["a" * 3000, "0" * 3000, "ab" * 1500, "🤖" * 700, "aa" * 700 + "b" + "a" * 900,
+                                  "".join(random.Random(7).choice(["the", "and", "token", "ation", "ing", "un"])
+                                          for _ in range(800))])
+def test_every_path_equals_tiktoken_where_tokens_run_long(paths, tk, text):
+    # Long tokens switch the windows to backtracking, and back to merging where they end.
+    _assert_all_paths(paths, tk, text)
 
 
 @settings(max_examples=400, deadline=None)
 @given(st.text(st.sampled_from(list(" \t\n\u00a0\u3000'sdmtlvreSLLabc123٣!?.,🤖é\u0301漢")), max_size=40))
-def test_both_paths_equal_tiktoken_on_tricky_text(paths, text):
-    backtrack, merge, tk = paths
-    want = tk.encode_ordinary(text)
-    assert backtrack.encode_ordinary(text) == want
-    assert merge.encode_ordinary(text) == want
+def test_every_path_equals_tiktoken_on_tricky_text(paths, tk, text):
+    _assert_all_paths(paths, tk, text)
 
 
-def test_every_token_encodes_to_itself_through_both_paths(paths):
-    backtrack, merge, tk = paths
+@settings(max_examples=150, deadline=None)
+@given(st.text(st.sampled_from(list("0123456789")) | st.sampled_from(list("abcxyzQ")), min_size=10, max_size=300))
+def test_every_path_equals_tiktoken_on_long_pieces(paths, tk, text):
+    _assert_all_paths(paths, tk, text)
+
+
+def test_every_token_encodes_to_itself_through_every_path(paths, tk):
     ranks = gpt2_ranks()
-    sample = [t for t in ranks if len(t) > 3][::25]
-    for token in sample:
+    for token in [t for t in ranks if len(t) > 3][::25]:
         text = token.decode("utf-8", errors="ignore")
         if text:
-            want = tk.encode_ordinary(text)
-            assert backtrack.encode_ordinary(text) == want == merge.encode_ordinary(text)
+            _assert_all_paths(paths, tk, text)
+
+
+def test_a_margin_as_long_as_the_window_is_refused():
+    with pytest.raises(ValueError, match="margin must be shorter than the window"):
+        _encoder(window=8, margin=8)
 
 
 def test_core_reports_unicode_version_and_vocabulary():
     assert _bpe.UNICODE_VERSION == "16.0.0"  # the Unicode version of Rust's regex crate, which tiktoken uses
-    assert _encoder(64).n_vocab == 50257
+    assert _encoder().n_vocab == 50257
 
 
 def test_a_vocabulary_without_every_byte_is_refused():
@@ -72,7 +102,7 @@ def test_a_vocabulary_without_every_byte_is_refused():
 
 
 def test_decode_of_a_bad_id_raises_value_error():
-    enc = _encoder(64)
+    enc = _encoder()
     assert enc.decode_bytes([15496, 995, 50256]) == b"Hello world<|endoftext|>"
     with pytest.raises(ValueError, match="token id 50257 is out of range"):
         enc.decode_bytes([50257])
