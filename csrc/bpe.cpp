@@ -44,18 +44,21 @@ void BytesMap::build(const std::vector<std::string>& keys) {
     slots_.assign(size, Slot{});
     mask_ = size - 1;
     arena_.clear();
+    filter_.reset(keys.size());
     for (size_t r = 0; r < keys.size(); ++r) {
         const auto* p = reinterpret_cast<const uint8_t*>(keys[r].data());
         const uint64_t h = hash_bytes(p, keys[r].size());
         uint64_t i = h & mask_;
         while (slots_[i].hash != 0) i = (i + 1) & mask_;
         slots_[i] = Slot{h, uint32_t(arena_.size()), uint32_t(keys[r].size()), Rank(r)};
+        filter_.add(h);
         arena_ += keys[r];
     }
 }
 
 Rank BytesMap::find(const uint8_t* p, size_t n) const {
     const uint64_t h = hash_bytes(p, n);
+    if (!filter_.may_contain(h)) return kNoRank;
     for (uint64_t i = h & mask_;; i = (i + 1) & mask_) {
         const Slot& s = slots_[i];
         if (s.hash == 0) return kNoRank;
@@ -68,6 +71,7 @@ void PairMap::reserve(size_t n) {
     while (size < 4 * n) size <<= 1;
     entries_.assign(size, kEmpty);
     mask_ = size - 1;
+    filter_.reset(n);
 }
 
 void PairMap::insert(Rank a, Rank b, Rank merged) {
@@ -78,6 +82,7 @@ void PairMap::insert(Rank a, Rank b, Rank merged) {
     // which is what a lookup by bytes would find.
     if (entries_[i] != kEmpty && Rank(entries_[i] & kRankMask) <= merged) return;
     entries_[i] = (key << kRankBits) | merged;
+    filter_.add(mix(key));
 }
 
 // -- construction ----------------------------------------------------------------------------------------------
@@ -338,10 +343,11 @@ struct Part {
     int32_t prev, next;  // neighbours in the list of parts still standing, -1 at the ends
 };
 struct Scratch {
-    std::vector<Part> parts;      // indexed by the byte position where the part starts
-    std::vector<uint64_t> tree;   // tournament tree over blocks of positions: the best (rank << 32 | position) below
-    std::vector<uint64_t> dead;   // backtracking: positions known to lead to no valid encoding
-    std::vector<Rank> window;     // a long piece's current window
+    std::vector<Part> parts;         // indexed by the byte position where the part starts
+    std::vector<uint64_t> tree[2];   // tournament trees over blocks of positions: the best (rank << 32 | position)
+    std::vector<uint64_t> dead;      // backtracking: positions known to lead to no valid encoding
+    std::vector<Rank> window[2];     // a long piece's current windows
+    std::vector<Rank> tail;          // a long piece's second half, until the first half reaches it
 };
 thread_local Scratch scratch;
 
@@ -359,6 +365,7 @@ struct PieceCache {
 thread_local PieceCache cache;
 
 constexpr int32_t kBlock = 16;  // positions per tree leaf: 16 ranks are one cache line, scanned linearly
+constexpr int32_t kFlat = 16;   // trees of up to this many leaves (256 bytes) keep only their leaves and root
 
 }  // namespace
 
@@ -387,46 +394,53 @@ void Encoder::merge_small(const uint8_t* p, size_t n, std::vector<Rank>& out, Ra
 
 // BPE as tiktoken defines it: repeatedly merge the adjacent pair of lowest rank, the leftmost on ties. The parts
 // form a linked list; the best pair is found in a tournament tree whose leaves are blocks of 16 positions, so a
-// merge costs at most three leaf rescans and walks towards the root (stopping where nothing changes): O(n log n) for a piece of n bytes, with the memory
-// touched staying near the merge (a binary heap's sift-down strays across the whole piece, and keeps stale entries).
-void Encoder::merge(const uint8_t* p, size_t n, std::vector<Rank>& out, Rank* last) const {
-    if (n <= kSmallPiece) {
-        merge_small(p, n, out, last);
-        return;
+// merge costs at most three leaf rescans and a walk towards the root (stopping where nothing changes): O(n log n)
+// for a piece of n bytes, with the memory touched staying near the merge (a binary heap's sift-down strays across
+// the whole piece, and keeps stale entries).
+//
+// Each merge waits for the tree the last one updated, so one run is bound by latency, not by work: the pair
+// lookups, a block rescan and the walk to the root, one after the other. Hence the block rescans reduce pairwise,
+// small trees (a whole window) recompute the root from all their leaves without branches, and encode_long runs two
+// windows at once, interleaving their merges so that one's waits overlap the other's.
+#if defined(__GNUC__)
+#define GPT2TUI_INLINE inline __attribute__((always_inline))
+#elif defined(_MSC_VER)
+#define GPT2TUI_INLINE __forceinline
+#else
+#define GPT2TUI_INLINE inline
+#endif
+
+namespace {
+class MergeRun {
+  public:
+    // The tables are the encoder's: byte -> rank, (byte, byte) -> merged rank, and the pairs of parts.
+    MergeRun(const Rank* byte_rank, const Rank* byte_pair_rank, const PairMap& pairs, const uint8_t* p, size_t n,
+             Part* part, std::vector<uint64_t>& storage)
+        : pairs_(pairs), part_(part), n_(int32_t(n)) {
+        for (size_t i = 0; i < n; ++i)
+            part[i] = Part{byte_rank[p[i]], kNoRank, int32_t(i) - 1, i + 1 < n ? int32_t(i + 1) : -1};
+        for (size_t i = 0; i + 1 < n; ++i) part[i].pair_rank = byte_pair_rank[(uint32_t(p[i]) << 8) | p[i + 1]];
+        const int32_t n_blocks = int32_t((n + kBlock - 1) / kBlock);
+        leaves_ = 1;
+        while (leaves_ < n_blocks) leaves_ <<= 1;
+        // Up to kFlat leaves the root is recomputed from all of them after each merge: a walk up the tree that
+        // stops where nothing changes mispredicts that stop about every other merge.
+        flat_ = leaves_ <= kFlat;
+        storage.assign(size_t(flat_ ? leaves_ + kFlat : 2 * leaves_), ~uint64_t(0));
+        tree_ = storage.data();
+        for (int32_t b = 0; b < n_blocks; ++b) tree_[leaves_ + b] = block_best(part, n_, b);
+        for (int32_t t = leaves_ - 1; t >= 1; --t) tree_[t] = std::min(tree_[2 * t], tree_[2 * t + 1]);
     }
-    Scratch& w = scratch;
-    w.parts.resize(n);
-    Part* part = w.parts.data();
-    for (size_t i = 0; i < n; ++i) part[i] = Part{byte_rank_[p[i]], kNoRank, int32_t(i) - 1, i + 1 < n ? int32_t(i + 1) : -1};
-    for (size_t i = 0; i + 1 < n; ++i) part[i].pair_rank = byte_pair_rank_[(uint32_t(p[i]) << 8) | p[i + 1]];
 
-    // A pair's key orders by rank, then by position (the leftmost wins ties); no pair sorts last.
-    auto key = [part](int32_t i) { return (uint64_t(part[i].pair_rank) << 32) | uint32_t(i); };
-    auto block_best = [&](int32_t blk) {
-        uint64_t best = ~uint64_t(0);
-        const int32_t end = std::min<int32_t>(int32_t(n), (blk + 1) * kBlock);
-        for (int32_t i = blk * kBlock; i < end; ++i) best = std::min(best, key(i));
-        return best;
-    };
-    const int32_t n_blocks = int32_t((n + kBlock - 1) / kBlock);
-    int32_t leaves = 1;
-    while (leaves < n_blocks) leaves <<= 1;
-    w.tree.assign(size_t(2 * leaves), ~uint64_t(0));
-    uint64_t* tree = w.tree.data();
-    for (int32_t b = 0; b < n_blocks; ++b) tree[leaves + b] = block_best(b);
-    for (int32_t t = leaves - 1; t >= 1; --t) tree[t] = std::min(tree[2 * t], tree[2 * t + 1]);
-    auto refresh = [&](int32_t pos) {
-        int32_t t = leaves + pos / kBlock;
-        tree[t] = block_best(pos / kBlock);
-        for (t >>= 1; t >= 1; t >>= 1) {
-            const uint64_t best = std::min(tree[2 * t], tree[2 * t + 1]);
-            if (tree[t] == best) break;  // nothing above can change
-            tree[t] = best;
-        }
-    };
+    GPT2TUI_INLINE bool done() const { return (tree_[1] >> 32) == kNoRank; }
 
-    while ((tree[1] >> 32) != kNoRank) {
-        // Merge part i with its right neighbour j: j leaves the list, and the pairs that now touch i are re-ranked.
+    // Merge the best pair (the run must not be done); `last`, if given, receives its two parts.
+    GPT2TUI_INLINE void step(Rank* last) {
+        // Locals, not members: the stores into parts would otherwise make the compiler reload every member.
+        Part* const part = part_;
+        uint64_t* const tree = tree_;
+        const int32_t n = n_, leaves = leaves_;
+        // Part i absorbs its right neighbour j: j leaves the list, and the pairs that now touch i are re-ranked.
         const int32_t i = int32_t(tree[1] & 0xFFFFFFFFu);
         Part& a = part[i];
         const int32_t j = a.next;
@@ -437,16 +451,109 @@ void Encoder::merge(const uint8_t* p, size_t n, std::vector<Rank>& out, Rank* la
         part[j].pair_rank = kNoRank;
         a.pair_rank = a.next >= 0 ? pairs_.find(a.id, part[a.next].id) : kNoRank;
         if (a.prev >= 0) part[a.prev].pair_rank = pairs_.find(part[a.prev].id, a.id);
-        refresh(i);
-        if (j / kBlock != i / kBlock) refresh(j);
-        if (a.prev >= 0 && a.prev / kBlock != i / kBlock) refresh(a.prev);
+        if (flat_) {
+            tree[leaves + i / kBlock] = block_best(part, n, i / kBlock);
+            if (j / kBlock != i / kBlock) tree[leaves + j / kBlock] = block_best(part, n, j / kBlock);
+            if (a.prev >= 0 && a.prev / kBlock != i / kBlock)
+                tree[leaves + a.prev / kBlock] = block_best(part, n, a.prev / kBlock);
+            tree[1] = root_of_leaves(tree + leaves);
+        } else {
+            refresh(part, n, tree, leaves, i);
+            if (j / kBlock != i / kBlock) refresh(part, n, tree, leaves, j);
+            if (a.prev >= 0 && a.prev / kBlock != i / kBlock) refresh(part, n, tree, leaves, a.prev);
+        }
     }
-    for (int32_t i = 0; i >= 0; i = part[i].next) out.push_back(part[i].id);
+
+    void emit(std::vector<Rank>& out) const {
+        for (int32_t i = 0; i >= 0; i = part_[i].next) out.push_back(part_[i].id);
+    }
+
+  private:
+    // A pair's key orders by rank, then by position (the leftmost wins ties); no pair sorts last.
+    static GPT2TUI_INLINE uint64_t key(const Part* part, int32_t i) { return (uint64_t(part[i].pair_rank) << 32) | uint32_t(i); }
+    static GPT2TUI_INLINE uint64_t block_best(const Part* part, int32_t n, int32_t blk) {
+        const int32_t begin = blk * kBlock;
+        if (begin + kBlock > n) {  // the last, partial block
+            uint64_t best = ~uint64_t(0);
+            for (int32_t i = begin; i < n; ++i) best = std::min(best, key(part, i));
+            return best;
+        }
+        uint64_t k[kBlock];  // reduced pairwise: four dependent steps instead of sixteen
+        for (int32_t i = 0; i < kBlock; ++i) k[i] = key(part, begin + i);
+        for (int32_t width = kBlock / 2; width >= 1; width /= 2)
+            for (int32_t i = 0; i < width; ++i) k[i] = std::min(k[i], k[i + width]);
+        return k[0];
+    }
+    static void refresh(const Part* part, int32_t n, uint64_t* tree, int32_t leaves, int32_t pos) {
+        int32_t t = leaves + pos / kBlock;
+        tree[t] = block_best(part, n, pos / kBlock);
+        for (t >>= 1; t >= 1; t >>= 1) {
+            const uint64_t best = std::min(tree[2 * t], tree[2 * t + 1]);
+            if (tree[t] == best) break;  // nothing above can change
+            tree[t] = best;
+        }
+    }
+    static GPT2TUI_INLINE uint64_t root_of_leaves(const uint64_t* leaf) {
+        uint64_t k[kFlat];
+        for (int32_t b = 0; b < kFlat; ++b) k[b] = leaf[b];  // past the last leaf: padding, ~0
+        for (int32_t width = kFlat / 2; width >= 1; width /= 2)
+            for (int32_t b = 0; b < width; ++b) k[b] = std::min(k[b], k[b + width]);
+        return k[0];
+    }
+
+    const PairMap& pairs_;
+    Part* part_;
+    uint64_t* tree_;
+    int32_t n_, leaves_;
+    bool flat_;
+};
+}  // namespace
+
+void Encoder::merge(const uint8_t* p, size_t n, std::vector<Rank>& out, Rank* last) const {
+    if (n <= kSmallPiece) {
+        merge_small(p, n, out, last);
+        return;
+    }
+    scratch.parts.resize(n);
+    MergeRun run(byte_rank_, byte_pair_rank_.data(), pairs_, p, n, scratch.parts.data(), scratch.tree[0]);
+    while (!run.done()) run.step(last);
+    run.emit(out);
+}
+
+// Two independent merges, interleaved step by step: the same results as two calls of merge, in less time.
+void Encoder::merge2(const uint8_t* p, size_t n, std::vector<Rank>& out, const uint8_t* q, size_t m,
+                     std::vector<Rank>& out2) const {
+    if (n <= kSmallPiece || m <= kSmallPiece) {
+        merge(p, n, out);
+        merge(q, m, out2);
+        return;
+    }
+    scratch.parts.resize(n + m);
+    MergeRun a(byte_rank_, byte_pair_rank_.data(), pairs_, p, n, scratch.parts.data(), scratch.tree[0]);
+    MergeRun b(byte_rank_, byte_pair_rank_.data(), pairs_, q, m, scratch.parts.data() + n, scratch.tree[1]);
+    for (;;) {
+        const bool a_done = a.done(), b_done = b.done();
+        if (a_done && b_done) break;
+        if (!a_done) a.step(nullptr);
+        if (!b_done) b.step(nullptr);
+    }
+    a.emit(out);
+    b.emit(out2);
 }
 
 void Encoder::encode_piece(const uint8_t* p, size_t n, std::vector<Rank>& out) const {
     if (n == 1) {
         out.push_back(byte_rank_[p[0]]);
+        return;
+    }
+    if (n == 2) {  // a two-byte token is exactly its byte pair's merge, so the direct table answers
+        const Rank pair = byte_pair_rank_[(uint32_t(p[0]) << 8) | p[1]];
+        if (pair != kNoRank) {
+            out.push_back(pair);
+        } else {
+            out.push_back(byte_rank_[p[0]]);
+            out.push_back(byte_rank_[p[1]]);
+        }
         return;
     }
     const Rank whole = vocab_.find(p, n);
@@ -587,25 +694,82 @@ bool Encoder::backtrack(const uint8_t* p, size_t n, std::vector<Rank>& out) cons
 // tokens are short.
 static constexpr size_t kBacktrackBytesPerToken = 3;
 
+// One run of windows over p[pos, end): where it stands, and where its tokens go.
+struct Encoder::Windows {
+    size_t pos, end;
+    std::vector<Rank>* out;
+    size_t first_out;  // out's size when the run started: a seam is checked only against tokens of this run
+    bool by_backtracking = false;
+};
+
+// The window p[w.pos, w.pos + len) has been encoded as `tokens`: keep those that end at least margin_ bytes before
+// the window's end (all of them if it ends the run), starting with the first that starts at or after `from`.
+// Returns false if a seam fails (or nothing starts at or after `from`); `from` comes back as where the kept tokens
+// start.
+bool Encoder::advance(Windows& w, size_t len, const std::vector<Rank>& tokens, size_t& from) const {
+    size_t keep = tokens.size(), end = w.pos + len;
+    if (end < w.end)
+        while (keep > 1 && end + margin_ > w.pos + len) end -= token_len_[tokens[--keep]];
+    size_t first = 0, at = w.pos;
+    while (first < keep && at < from) at += token_len_[tokens[first++]];
+    if (first == keep) return false;
+    from = at;
+    if (w.out->size() > w.first_out && !valid_pair(w.out->back(), tokens[first])) return false;
+    w.out->insert(w.out->end(), tokens.begin() + first, tokens.begin() + keep);
+    w.by_backtracking = end - at >= kBacktrackBytesPerToken * (keep - first);
+    w.pos = end;
+    return true;
+}
+
 bool Encoder::encode_long(const uint8_t* p, size_t n, std::vector<Rank>& out) const {
     if (window_ == 0) return backtrack(p, n, out);
     const size_t start = out.size();
-    std::vector<Rank>& tokens = scratch.window;
-    bool by_backtracking = false;
-    for (size_t pos = 0; pos < n;) {
-        const size_t len = std::min(n - pos, window_);
-        tokens.clear();
-        if (!by_backtracking || !backtrack(p + pos, len, tokens)) merge(p + pos, len, tokens);
-        size_t keep = tokens.size(), end = pos + len;
-        if (end < n)
-            while (keep > 1 && end + margin_ > pos + len) end -= token_len_[tokens[--keep]];
-        if (out.size() > start && !valid_pair(out.back(), tokens[0])) {
+    std::vector<Rank>* tokens = scratch.window;
+    // A piece of at least four windows is encoded as two halves at once, their windows' merges interleaved (see
+    // merge2). The second half starts mid-token, so its first margin_ bytes are dropped: the first half runs up to
+    // the first token the second keeps, and that seam is checked like any other.
+    if (n >= 4 * window_) {
+        std::vector<Rank>& tail = scratch.tail;
+        tail.clear();
+        Windows a{0, n, &out, start}, b{n / 2, n, &tail, 0};
+        bool joined = false;  // whether a.end is b's first kept token yet (known after b's first window)
+        bool ok = true;
+        while (ok && (a.pos < a.end || b.pos < b.end)) {
+            const size_t len_a = a.pos < a.end ? std::min(a.end - a.pos, window_) : 0;
+            const size_t len_b = b.pos < b.end ? std::min(b.end - b.pos, window_) : 0;
+            tokens[0].clear();
+            tokens[1].clear();
+            const bool merge_a = len_a && !(a.by_backtracking && backtrack(p + a.pos, len_a, tokens[0]));
+            const bool merge_b = len_b && !(b.by_backtracking && backtrack(p + b.pos, len_b, tokens[1]));
+            if (merge_a && merge_b) {
+                merge2(p + a.pos, len_a, tokens[0], p + b.pos, len_b, tokens[1]);
+            } else {
+                if (merge_a) merge(p + a.pos, len_a, tokens[0]);
+                if (merge_b) merge(p + b.pos, len_b, tokens[1]);
+            }
+            size_t from = a.pos;
+            if (len_a) ok = advance(a, len_a, tokens[0], from);
+            from = joined ? b.pos : b.pos + margin_;
+            if (ok && len_b) ok = advance(b, len_b, tokens[1], from);
+            if (ok && !joined) a.end = from, joined = true;
+        }
+        if (ok && out.size() > start && valid_pair(out.back(), tail.front())) {
+            out.insert(out.end(), tail.begin(), tail.end());
+            return true;
+        }
+        out.resize(start);
+        return backtrack(p, n, out);
+    }
+    Windows w{0, n, &out, start};
+    while (w.pos < n) {
+        const size_t len = std::min(n - w.pos, window_);
+        tokens[0].clear();
+        if (!w.by_backtracking || !backtrack(p + w.pos, len, tokens[0])) merge(p + w.pos, len, tokens[0]);
+        size_t from = w.pos;
+        if (!advance(w, len, tokens[0], from)) {
             out.resize(start);
             return backtrack(p, n, out);
         }
-        out.insert(out.end(), tokens.begin(), tokens.begin() + keep);
-        by_backtracking = end - pos >= kBacktrackBytesPerToken * keep;
-        pos = end;
     }
     return true;
 }

@@ -16,6 +16,26 @@ namespace gpt2tui {
 using Rank = uint32_t;
 inline constexpr Rank kNoRank = 0xFFFFFFFFu;
 
+// A Bloom filter over 64-bit hashes, blocked in 64-bit words: two bits of one word per key, 20 to 40 bits per key,
+// so that only a percent or two of absent keys pass. The maps below ask it first: most keys the encoder looks up are absent, and the
+// filter answers those from L2 instead of a probe into a table several times its size.
+class Bloom {
+  public:
+    void reset(size_t n_keys) {
+        uint64_t words = 2;  // at least two, so that the shift stays below 64
+        shift_ = 63;
+        while (words * 64 < 20 * n_keys) words <<= 1, --shift_;
+        words_.assign(words, 0);
+    }
+    void add(uint64_t h) { words_[h >> shift_] |= bits(h); }
+    bool may_contain(uint64_t h) const { return (words_[h >> shift_] & bits(h)) == bits(h); }
+
+  private:
+    static uint64_t bits(uint64_t h) { return (uint64_t(1) << (h & 63)) | (uint64_t(1) << ((h >> 6) & 63)); }
+    std::vector<uint64_t> words_ = std::vector<uint64_t>(2, ~uint64_t(0));  // lets every key pass until reset()
+    int shift_ = 63;
+};
+
 // Open-addressing hash map from byte strings to ranks; the strings live in one arena.
 class BytesMap {
   public:
@@ -32,6 +52,7 @@ class BytesMap {
     std::vector<Slot> slots_;
     std::string arena_;
     uint64_t mask_ = 0;
+    Bloom filter_;  // most pieces of text like base64 are not tokens
 };
 
 // Open-addressing hash map from a pair of token ids to the rank of the token their bytes concatenate to. Each entry
@@ -45,15 +66,18 @@ class PairMap {
     void reserve(size_t n);
     void insert(Rank a, Rank b, Rank merged);
     Rank find(Rank a, Rank b) const {
-        const uint64_t key = pack_key(a, b);
-        for (uint64_t i = mix(key) & mask_;; i = (i + 1) & mask_) {
+        const uint64_t h = mix(pack_key(a, b));
+        return filter_.may_contain(h) ? probe(pack_key(a, b), h) : kNoRank;
+    }
+
+  private:
+    Rank probe(uint64_t key, uint64_t h) const {
+        for (uint64_t i = h & mask_;; i = (i + 1) & mask_) {
             const uint64_t e = entries_[i];
             if (e == kEmpty) return kNoRank;
             if ((e >> kRankBits) == key) return Rank(e & kRankMask);
         }
     }
-
-  private:
     // No real key equals an empty entry's: ids stay below 2^kIdBits - 1 (the constructor checks).
     static constexpr uint64_t kEmpty = ~uint64_t(0);
     static constexpr uint64_t kRankMask = (uint64_t(1) << kRankBits) - 1;
@@ -66,6 +90,7 @@ class PairMap {
     }
     std::vector<uint64_t> entries_;
     uint64_t mask_ = 0;
+    Bloom filter_;  // most pairs the merge loop asks about (every new neighbour) are not there
 };
 
 class Encoder {
@@ -88,8 +113,13 @@ class Encoder {
   private:
     void encode_piece(const uint8_t* p, size_t n, std::vector<Rank>& out) const;
     bool encode_long(const uint8_t* p, size_t n, std::vector<Rank>& out) const;
+    struct Windows;
+    bool advance(Windows& w, size_t len, const std::vector<Rank>& tokens, size_t& from) const;
     // Rank order merging; if `last` is given, it receives the two parts of the final merge.
     void merge(const uint8_t* p, size_t n, std::vector<Rank>& out, Rank* last = nullptr) const;
+    // Two merges at once, p[0, n) into out and q[0, m) into out2, their steps interleaved.
+    void merge2(const uint8_t* p, size_t n, std::vector<Rank>& out, const uint8_t* q, size_t m,
+                std::vector<Rank>& out2) const;
     static constexpr size_t kSmallPiece = 16;  // pieces up to this many bytes are merged by scanning, not in a tree
     void merge_small(const uint8_t* p, size_t n, std::vector<Rank>& out, Rank* last) const;
     bool backtrack(const uint8_t* p, size_t n, std::vector<Rank>& out) const;

@@ -2,8 +2,9 @@
 
 `gpt2tui._bpe.Encoder` encodes pieces shorter than `long_piece_len` by merging in rank order. Longer ones go window by
 window (each window merged, or backtracked where tokens run long, with a seam check between windows), or, with
-`window=0`, by backtracking the whole piece. All must give tiktoken's ids. Here each path is forced onto every piece,
-including windows so small, and margins so thin, that seams fail and the whole-piece fallback runs.
+`window=0`, by backtracking the whole piece. Pieces of four windows or more run as two halves at once, joined by one
+more checked seam. All must give tiktoken's ids. Here each path is forced onto every piece, including windows so
+small, and margins so thin, that seams fail (the halves' join among them) and the whole-piece fallback runs.
 """
 
 import random
@@ -19,8 +20,8 @@ from gpt2tui.tokenizer import _tiktoken_encoding, gpt2_ranks
 PATHS = {
     "merge": (1 << 62, 256, 16),           # never the long-piece path
     "backtrack": (2, 0, 0),                # every piece backtracked whole
-    "windows": (2, 256, 16),               # the defaults, on every piece
-    "small_windows": (2, 9, 3),            # many seams
+    "windows": (2, 256, 16),               # the defaults, on every piece (two halves from 1024 bytes)
+    "small_windows": (2, 9, 3),            # many seams, and two halves from 36 bytes
     "no_margin": (2, 6, 0),                # seams that fail, so the whole-piece fallback runs
 }
 
