@@ -56,8 +56,9 @@ void BytesMap::build(const std::vector<std::string>& keys) {
     }
 }
 
-Rank BytesMap::find(const uint8_t* p, size_t n) const {
-    const uint64_t h = hash_bytes(p, n);
+uint64_t BytesMap::hash(const uint8_t* p, size_t n) { return hash_bytes(p, n); }
+
+Rank BytesMap::find(const uint8_t* p, size_t n, uint64_t h) const {
     if (!filter_.may_contain(h)) return kNoRank;
     for (uint64_t i = h & mask_;; i = (i + 1) & mask_) {
         const Slot& s = slots_[i];
@@ -556,7 +557,8 @@ void Encoder::encode_piece(const uint8_t* p, size_t n, std::vector<Rank>& out) c
         }
         return;
     }
-    const Rank whole = vocab_.find(p, n);
+    const uint64_t h = hash_bytes(p, n);
+    const Rank whole = vocab_.find(p, n, h);
     if (whole != kNoRank) {
         out.push_back(whole);
         return;
@@ -566,7 +568,6 @@ void Encoder::encode_piece(const uint8_t* p, size_t n, std::vector<Rank>& out) c
         merge(p, n, out);
         return;
     }
-    const uint64_t h = hash_bytes(p, n);
     PieceCache::Slot& slot = cache.slots[h & (PieceCache::kSlots - 1)];
     if (slot.hash == h && slot.n_bytes == n && std::memcmp(slot.bytes, p, n) == 0) {
         out.insert(out.end(), slot.ids, slot.ids + slot.n_ids);

@@ -40,7 +40,9 @@ class Bloom {
 class BytesMap {
   public:
     void build(const std::vector<std::string>& keys);  // value of keys[i] is i
-    Rank find(const uint8_t* p, size_t n) const;
+    static uint64_t hash(const uint8_t* p, size_t n);
+    Rank find(const uint8_t* p, size_t n, uint64_t h) const;  // h: hash(p, n), which callers may reuse
+    Rank find(const uint8_t* p, size_t n) const { return find(p, n, hash(p, n)); }
 
   private:
     struct Slot {
