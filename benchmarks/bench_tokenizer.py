@@ -5,6 +5,8 @@ Three groups, each with the fast path beside its baseline:
 - ``tokenizer-encode-mixed``: one ~2 MB string (the generated test corpus, tests/csrc/corpus.py, three seeds, plus
   "The Verdict" when ../shared/data has it), single-threaded `encode`;
 - ``tokenizer-encode-batch``: the same documents as a list, `encode_batch` with `num_threads=os.cpu_count()`;
+- ``tokenizer-encode-prose``: English prose alone, "The Verdict" repeated to 1 MB (when ../shared/data has it),
+  single-threaded: the reference the issue names for the pathological inputs' time per byte;
 - ``tokenizer-pathological-*``: 1 MB worst cases (one letter repeated, random letters, random digits, base64, random
   Cyrillic). Where one tiktoken call on 1 MB would take more than ~30 s, tiktoken is measured on a shorter input
   and ``extra_info["n_bytes"]`` says so.
@@ -49,6 +51,15 @@ def _verdict() -> list[str]:
         if path.is_file():
             return [p for p in path.read_text(encoding="utf-8").split("\n\n") if p]
     return []
+
+
+@functools.cache
+def _prose() -> str:
+    """About 1 MB of English prose (one short story, repeated), or "" without the story."""
+    story = "\n\n".join(_verdict())
+    if not story:
+        return ""
+    return "\n\n".join([story] * (PATHOLOGICAL_BYTES // len(story.encode("utf-8")) + 1))
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +122,18 @@ def test_encode_mixed(benchmark, engine, mixed_text):
     _report(benchmark, _utf8_len([mixed_text]), n_tokens=len(ids), threads=1)
 
 
+@pytest.mark.benchmark(group="tokenizer-encode-prose")
+@pytest.mark.parametrize("engine", ENGINES)
+def test_encode_prose(benchmark, engine):
+    text = _prose()
+    if not text:
+        pytest.skip("the-verdict.txt is not in ../shared/data")
+    enc = _engines()[engine]
+    ids = benchmark.pedantic(enc.encode, args=(text,), rounds=5, warmup_rounds=1)
+    assert len(ids) > 100_000
+    _report(benchmark, _utf8_len([text]), n_tokens=len(ids), threads=1)
+
+
 @pytest.mark.benchmark(group="tokenizer-encode-batch")
 @pytest.mark.parametrize("engine", ENGINES)
 def test_encode_batch(benchmark, engine, documents):
@@ -139,6 +162,7 @@ def test_cpp_equals_tiktoken_on_benchmark_texts(documents, mixed_text):
     """The figures compare like with like: both engines give the same ids on every text measured above."""
     fast, tk = _engines()[FAST], _engines()["tiktoken"]
     assert fast.encode(mixed_text) == tk.encode(mixed_text)
+    assert fast.encode(_prose()) == tk.encode(_prose())
     assert fast.encode_batch(documents, num_threads=NUM_THREADS) == tk.encode_batch(documents, num_threads=NUM_THREADS)
     for name in PATHOLOGICAL_NAMES:
         text = _pathological(_tiktoken_size(name))[name]
