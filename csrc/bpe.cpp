@@ -12,10 +12,24 @@ namespace gpt2tui {
 
 // -- hashing ---------------------------------------------------------------------------------------------------
 
-static inline uint64_t load_u64(const uint8_t* p, size_t n) {
-    uint64_t v = 0;
-    std::memcpy(&v, p, n < 8 ? n : 8);
+static inline uint64_t load_u64(const uint8_t* p) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);
     return v;
+}
+
+static inline uint64_t load_u32(const uint8_t* p) {
+    uint32_t v;
+    std::memcpy(&v, p, 4);
+    return v;
+}
+
+// The last 1 to 7 bytes of a piece as one word, without reading past them (a copy of variable length is a library
+// call, and most pieces are that short): two overlapping 4-byte loads, or the first, middle and last byte. Not the
+// bytes' plain value, but a function of them and of n, which is all a hash needs.
+static inline uint64_t load_tail(const uint8_t* p, size_t n) {
+    if (n >= 4) return load_u32(p) | (load_u32(p + n - 4) << 32);
+    return uint64_t(p[0]) | (uint64_t(p[n / 2]) << 8) | (uint64_t(p[n - 1]) << 16);
 }
 
 // A short multiply-xorshift hash, eight bytes at a time: pieces are short, so speed beats avalanche quality.
@@ -23,11 +37,11 @@ static inline uint64_t hash_bytes(const uint8_t* p, size_t n) {
     uint64_t h = 0x9E3779B97F4A7C15ULL ^ (n * 0xC2B2AE3D27D4EB4FULL);
     size_t i = 0;
     for (; i + 8 <= n; i += 8) {
-        h = (h ^ load_u64(p + i, 8)) * 0xff51afd7ed558ccdULL;
+        h = (h ^ load_u64(p + i)) * 0xff51afd7ed558ccdULL;
         h ^= h >> 32;
     }
     if (i < n) {
-        h = (h ^ load_u64(p + i, n - i)) * 0xc4ceb9fe1a85ec53ULL;
+        h = (h ^ load_tail(p + i, n - i)) * 0xc4ceb9fe1a85ec53ULL;
         h ^= h >> 29;
     }
     return h ? h : 1;
