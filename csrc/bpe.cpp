@@ -6,6 +6,10 @@
 #include <cstring>
 #include <stdexcept>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "unicode_tables.h"
 
 namespace gpt2tui {
@@ -30,6 +34,17 @@ static inline uint64_t load_u32(const uint8_t* p) {
 static inline uint64_t load_tail(const uint8_t* p, size_t n) {
     if (n >= 4) return load_u32(p) | (load_u32(p + n - 4) << 32);
     return uint64_t(p[0]) | (uint64_t(p[n / 2]) << 8) | (uint64_t(p[n - 1]) << 16);
+}
+
+// a[0, n) == b[0, n) for the short strings a lookup compares once the hashes match; a memcmp of variable length is a
+// library call.
+static inline bool equal_bytes(const uint8_t* a, const uint8_t* b, size_t n) {
+    if (n >= 8) {
+        for (size_t i = 0; i + 8 < n; i += 8)
+            if (load_u64(a + i) != load_u64(b + i)) return false;
+        return load_u64(a + n - 8) == load_u64(b + n - 8);
+    }
+    return n == 0 || load_tail(a, n) == load_tail(b, n);
 }
 
 // A short multiply-xorshift hash, eight bytes at a time: pieces are short, so speed beats avalanche quality.
@@ -77,7 +92,8 @@ Rank BytesMap::find(const uint8_t* p, size_t n, uint64_t h) const {
     for (uint64_t i = h & mask_;; i = (i + 1) & mask_) {
         const Slot& s = slots_[i];
         if (s.hash == 0) return kNoRank;
-        if (s.hash == h && s.len == n && std::memcmp(arena_.data() + s.offset, p, n) == 0) return s.rank;
+        if (s.hash == h && s.len == n && equal_bytes(reinterpret_cast<const uint8_t*>(arena_.data()) + s.offset, p, n))
+            return s.rank;
     }
 }
 
@@ -300,9 +316,34 @@ static inline CharClass class_at(const uint8_t* s, size_t n, size_t i, size_t& l
     return cp == 0xFFFFFFFF ? kOther : char_class(cp);
 }
 
+// End of the run of ASCII letters (or digits) that starts at i, 16 bytes at a time; stops at any other byte, which
+// may still be a non-ASCII letter (or digit) for the caller to decode.
+static inline size_t ascii_run_end(const uint8_t* s, size_t n, size_t i, bool letters) {
+#if defined(__SSE2__)
+    // Letters: (c | 0x20) - 'a' < 26; digits: c - '0' < 10; as unsigned bytes, where min(t, limit) == t.
+    const __m128i fold = _mm_set1_epi8(letters ? 0x20 : 0), base = _mm_set1_epi8(letters ? 'a' : '0');
+    const __m128i limit = _mm_set1_epi8(letters ? 25 : 9);
+    for (; i + 16 <= n; i += 16) {
+        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i));
+        const __m128i t = _mm_sub_epi8(_mm_or_si128(v, fold), base);
+        const unsigned in = unsigned(_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_min_epu8(t, limit), t)));
+        if (in != 0xFFFF) return i + size_t(__builtin_ctz(~in));
+    }
+#endif
+    for (; i < n; ++i) {
+        const uint8_t c = s[i];
+        if (letters ? uint8_t((c | 0x20) - 'a') >= 26 : uint8_t(c - '0') >= 10) return i;
+    }
+    return n;
+}
+
 // End of the run of characters of class `cls` that starts at i.
 static inline size_t run_end(const uint8_t* s, size_t n, size_t i, CharClass cls) {
     while (i < n) {
+        if ((cls == kLetter || cls == kNumber) && s[i] < 0x80) {  // ASCII words and numbers, a vector at a time
+            i = ascii_run_end(s, n, i, cls == kLetter);
+            if (i == n || s[i] < 0x80) return i;
+        }
         if (s[i] < 0x80) {  // ASCII inner loop: most text spends its time here
             if (kAscii.c[s[i]] != cls) return i;
             ++i;
@@ -583,7 +624,7 @@ void Encoder::encode_piece(const uint8_t* p, size_t n, std::vector<Rank>& out) c
         return;
     }
     PieceCache::Slot& slot = cache.slots[h & (PieceCache::kSlots - 1)];
-    if (slot.hash == h && slot.n_bytes == n && std::memcmp(slot.bytes, p, n) == 0) {
+    if (slot.hash == h && slot.n_bytes == n && equal_bytes(slot.bytes, p, n)) {
         out.insert(out.end(), slot.ids, slot.ids + slot.n_ids);
         return;
     }
