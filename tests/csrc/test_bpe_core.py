@@ -79,6 +79,18 @@ def test_every_path_equals_tiktoken_on_long_pieces(paths, tk, text):
     _assert_all_paths(paths, tk, text)
 
 
+@pytest.mark.parametrize("text", [
+    "x" * 20 + "é" + "y" * 20,                       # an ASCII run that the vector scan leaves at a non-ASCII letter
+    "Straße" * 5 + "ﬁ" + "ABCdefGHIjklMNOpqrSTUvwx" * 3,
+    "0123456789" * 3 + "١٢٣" + "9876543210" * 3,      # Arabic-Indic digits continue an ASCII number
+    "12345678901234567" + "abc" + "12345678901234567",
+    " " + "q" * 15, " " + "q" * 16, " " + "q" * 17,   # runs around one vector's length, led by a space
+    "a" * 15 + "\x80", "9" * 31 + "\ufffd" + "9",
+])
+def test_every_path_equals_tiktoken_across_ascii_and_unicode_runs(paths, tk, text):
+    _assert_all_paths(paths, tk, text)
+
+
 def test_every_token_encodes_to_itself_through_every_path(paths, tk):
     ranks = gpt2_ranks()
     for token in [t for t in ranks if len(t) > 3][::25]:
