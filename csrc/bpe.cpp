@@ -784,7 +784,7 @@ bool Encoder::encode_long(const uint8_t* p, size_t n, std::vector<Rank>& out) co
     // A piece of at least four windows is encoded as two halves at once, their windows' merges interleaved (see
     // merge2). The second half starts mid-token, so its first margin_ bytes are dropped: the first half runs up to
     // the first token the second keeps, and that seam is checked like any other.
-    if (n >= 4 * window_) {
+    if (n / 4 >= window_) {  // (not n >= 4 * window_, which a huge window would overflow)
         std::vector<Rank>& tail = scratch.tail;
         tail.clear();
         Windows a{0, n, &out, start}, b{n / 2, n, &tail, 0};

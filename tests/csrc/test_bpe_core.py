@@ -23,6 +23,7 @@ PATHS = {
     "windows": (2, 256, 16),               # the defaults, on every piece (two halves from 1024 bytes)
     "small_windows": (2, 9, 3),            # many seams, and two halves from 36 bytes
     "no_margin": (2, 6, 0),                # seams that fail, so the whole-piece fallback runs
+    "huge_window": (2, 1 << 62, 16),       # one window per piece, whatever its length
 }
 
 
