@@ -44,6 +44,21 @@ def _keep(seed, dropout_p, bh, T, q_idx, k_idx):
 
 
 @triton.jit
+def _accumulate(total, carry, tile, COMPENSATE: tl.constexpr):
+    """total + tile. In float32 the sum is compensated (Kahan): `acc += tl.dot(...)` compiles to one FMA chain over
+    every query of a key block (or key of a query block), whose rounding error grows with T; carrying each add's lost
+    low bits keeps the error at one tile's, as SDPA's tiled kernels have it. Half precisions keep the fused chain."""
+    if COMPENSATE:
+        y = tile - carry
+        t = total + y
+        carry = (t - total) - y
+        total = t
+    else:
+        total = total + tile
+    return total, carry
+
+
+@triton.jit
 def _load_kv(k_base, v_base, stride_kt, stride_vt, offs_n, T, D: tl.constexpr, MASKED: tl.constexpr):
     """A tile of K rows and V rows as they lie in memory (D contiguous); K is transposed inside `tl.dot`, the layout
     tensor cores take. Only diagonal tiles can reach past the last key, so only they pay for bounds masks."""
@@ -146,9 +161,10 @@ def _attn_bwd_delta_kernel(
 
 @triton.jit
 def _dkdv_tiles(
-    dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot, seed, dropout_p, bh, T, qk_scale,
-    offs_n, lo, hi,
+    dk, dv, c_dk, c_dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot, seed, dropout_p, bh, T,
+    qk_scale, offs_n, lo, hi,
     BLOCK_M: tl.constexpr, D: tl.constexpr, DIAGONAL: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+    COMPENSATE: tl.constexpr,
 ):
     offs_d = tl.arange(0, D)
     for start_m in range(lo, hi, BLOCK_M):
@@ -171,10 +187,10 @@ def _dkdv_tiles(
             dp_t = tl.where(keep_t, dp_t * inv_keep, 0.0)
         else:
             pd_t = p_t
-        dv += tl.dot(pd_t.to(do.dtype), do, input_precision=PRECISION)
+        dv, c_dv = _accumulate(dv, c_dv, tl.dot(pd_t.to(do.dtype), do, input_precision=PRECISION), COMPENSATE)
         ds_t = p_t * (dp_t - delta[None, :])
-        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PRECISION)
-    return dk, dv
+        dk, c_dk = _accumulate(dk, c_dk, tl.dot(ds_t.to(q.dtype), q, input_precision=PRECISION), COMPENSATE)
+    return dk, dv, c_dk, c_dv
 
 
 @triton.jit
@@ -184,6 +200,7 @@ def _attn_bwd_dkdv_kernel(
     stride_dob, stride_doh, stride_dot, stride_gb, stride_gh, stride_gt,
     H, T, T_bucket, qk_scale, sm_scale, seed, dropout_p,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+    COMPENSATE: tl.constexpr,
 ):
     """One key block: dV = Σ_i Pdᵀ dO and dK = Σ_i dSᵀ Q · scale over the queries at or after it."""
     bh = tl.program_id(0)
@@ -203,12 +220,16 @@ def _attn_bwd_dkdv_kernel(
     delta_base = DELTA + bh.to(tl.int64) * T
     dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
+    c_dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)  # the compensations (float32 inputs only)
+    c_dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     # Queries on the diagonal (masked), then every query below it (unmasked).
     diag_hi = tl.minimum(start_n + BLOCK_N, T)
-    dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot, seed, dropout_p,
-                         bh, T, qk_scale, offs_n, start_n, diag_hi, BLOCK_M, D, True, DROPOUT, PRECISION)
-    dk, dv = _dkdv_tiles(dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot, seed, dropout_p,
-                         bh, T, qk_scale, offs_n, diag_hi, T, BLOCK_M, D, False, DROPOUT, PRECISION)
+    dk, dv, c_dk, c_dv = _dkdv_tiles(dk, dv, c_dk, c_dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt,
+                                     stride_dot, seed, dropout_p, bh, T, qk_scale, offs_n, start_n, diag_hi, BLOCK_M, D,
+                                     True, DROPOUT, PRECISION, COMPENSATE)
+    dk, dv, c_dk, c_dv = _dkdv_tiles(dk, dv, c_dk, c_dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt,
+                                     stride_dot, seed, dropout_p, bh, T, qk_scale, offs_n, diag_hi, T, BLOCK_M, D,
+                                     False, DROPOUT, PRECISION, COMPENSATE)
     g = b * stride_gb + h * stride_gh + offs_n[:, None] * stride_gt + offs_d[None, :]
     tl.store(DK + g, (dk * sm_scale).to(DK.dtype.element_ty), mask=col_ok)
     tl.store(DV + g, dv.to(DV.dtype.element_ty), mask=col_ok)
@@ -216,9 +237,10 @@ def _attn_bwd_dkdv_kernel(
 
 @triton.jit
 def _dq_tiles(
-    dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_vt, seed, dropout_p, bh, T, qk_scale,
+    dq, c_dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_vt, seed, dropout_p, bh, T, qk_scale,
     offs_m, lo, hi,
     BLOCK_N: tl.constexpr, D: tl.constexpr, DIAGONAL: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+    COMPENSATE: tl.constexpr,
 ):
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -232,8 +254,8 @@ def _dq_tiles(
             keep = _keep(seed, dropout_p, bh, T, offs_m[:, None], offs_n[None, :])
             dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
         ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
-    return dq
+        dq, c_dq = _accumulate(dq, c_dq, tl.dot(ds.to(k.dtype), k, input_precision=PRECISION), COMPENSATE)
+    return dq, c_dq
 
 
 @triton.jit
@@ -243,6 +265,7 @@ def _attn_bwd_dq_kernel(
     stride_dob, stride_doh, stride_dot, stride_gb, stride_gh, stride_gt,
     H, T, T_bucket, qk_scale, sm_scale, seed, dropout_p,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
+    COMPENSATE: tl.constexpr,
 ):
     """One query block: dQ = Σ_j dS K · scale over the keys it sees."""
     bh = tl.program_id(0)
@@ -261,11 +284,13 @@ def _attn_bwd_dq_kernel(
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
     dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    c_dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)  # the compensation (float32 inputs only)
     lo = start_m * BLOCK_M
-    dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_vt, seed, dropout_p, bh, T, qk_scale,
-                   offs_m, 0, lo, BLOCK_N, D, False, DROPOUT, PRECISION)
-    dq = _dq_tiles(dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_vt, seed, dropout_p, bh, T, qk_scale,
-                   offs_m, lo, tl.minimum(lo + BLOCK_M, T), BLOCK_N, D, True, DROPOUT, PRECISION)
+    dq, c_dq = _dq_tiles(dq, c_dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_vt, seed, dropout_p, bh, T,
+                         qk_scale, offs_m, 0, lo, BLOCK_N, D, False, DROPOUT, PRECISION, COMPENSATE)
+    dq, c_dq = _dq_tiles(dq, c_dq, q, do, lse, delta, k_base, v_base, stride_kt, stride_vt, seed, dropout_p, bh, T,
+                         qk_scale, offs_m, lo, tl.minimum(lo + BLOCK_M, T), BLOCK_N, D, True, DROPOUT, PRECISION,
+                         COMPENSATE)
     g = DQ + b * stride_gb + h * stride_gh + offs_m[:, None] * stride_gt + offs_d[None, :]
     tl.store(g, (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
@@ -373,7 +398,7 @@ def _backward(do, q, k, v, o, lse, sm_scale: float, dropout_p: float, seed: int)
         o, do, delta, *o.stride()[:3], *do.stride()[:3], H, T, BLOCK_M=block, D=D
     )
     dq, dk, dv = (_empty((B, H, T, D), q.dtype, q.device) for _ in range(3))  # (B, H, T, D)
-    args = dict(D=D, DROPOUT=dropout_p > 0.0, PRECISION=_precision(q.dtype))
+    args = dict(D=D, DROPOUT=dropout_p > 0.0, PRECISION=_precision(q.dtype), COMPENSATE=q.dtype == torch.float32)
     common = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
               H, T, triton.next_power_of_2(T), sm_scale * LOG2E, sm_scale, seed, dropout_p)
     _attn_bwd_dkdv[lambda meta: (B * H, triton.cdiv(T, meta["BLOCK_N"]))](
