@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstring>
 #include <stdexcept>
 
@@ -121,6 +122,9 @@ void PairMap::insert(Rank a, Rank b, Rank merged) {
 Encoder::Encoder(std::vector<std::string> tokens, std::vector<std::string> extra, size_t long_piece_len,
                  size_t window, size_t margin)
     : n_mergeable_(tokens.size()), long_piece_len_(long_piece_len), window_(window), margin_(margin) {
+    // Distinct for every encoder of the process (an odd multiplier is a bijection), whatever their addresses.
+    static std::atomic<uint64_t> encoders{0};
+    cache_salt_ = (encoders.fetch_add(1) + 1) * 0x9E3779B97F4A7C15ULL;
     if (window != 0 && margin >= window) throw std::invalid_argument("the margin must be shorter than the window");
     vocab_.build(tokens);
     for (int b = 0; b < 256; ++b) {
@@ -178,6 +182,12 @@ Encoder::Encoder(std::vector<std::string> tokens, std::vector<std::string> extra
             split_right_[r] = last[1];
         }
     }
+    // Backtracking and the windows' seam checks (valid_pair) read a token's rank as the time its last merge happened,
+    // after its parts' merges: true of every learned merge list, GPT-2's included, but not of any ranking a
+    // hand-made vocabulary could have. Without it, long pieces go to the merge loop, which assumes nothing.
+    for (size_t r = 0; r < V; ++r)
+        if (producible[r] && decode_[r].size() > 1 && (split_left_[r] >= r || split_right_[r] >= r))
+            long_piece_len_ = SIZE_MAX;
     // Every part the merge loop ever holds is a token BPE spells as itself (the merges inside a part's bytes are
     // exactly those BPE makes on those bytes alone), and it is formed by that token's own last merge. So a pair of
     // parts can merge only if it is some token's last merge: any other pair whose bytes happen to spell a token is
@@ -407,7 +417,9 @@ struct Scratch {
 };
 thread_local Scratch scratch;
 
-// A direct-mapped cache of short pieces already merged: words repeat, and a hit costs one hash and one compare.
+// A direct-mapped cache of short pieces already merged: words repeat, and a hit costs one hash and one compare. One
+// per thread, shared by every encoder the thread runs: each salts its keys with its own cache_salt_, so that encoders
+// with different vocabularies never see each other's ids.
 struct PieceCache {
     static constexpr size_t kSlots = 4096, kMaxBytes = 24, kMaxIds = 12;
     struct Slot {
@@ -623,8 +635,9 @@ void Encoder::encode_piece(const uint8_t* p, size_t n, std::vector<Rank>& out) c
         merge(p, n, out);
         return;
     }
-    PieceCache::Slot& slot = cache.slots[h & (PieceCache::kSlots - 1)];
-    if (slot.hash == h && slot.n_bytes == n && equal_bytes(slot.bytes, p, n)) {
+    const uint64_t key = h ^ cache_salt_;
+    PieceCache::Slot& slot = cache.slots[key & (PieceCache::kSlots - 1)];
+    if (slot.hash == key && slot.n_bytes == n && equal_bytes(slot.bytes, p, n)) {
         out.insert(out.end(), slot.ids, slot.ids + slot.n_ids);
         return;
     }
@@ -632,7 +645,7 @@ void Encoder::encode_piece(const uint8_t* p, size_t n, std::vector<Rank>& out) c
     merge(p, n, out);
     const size_t count = out.size() - start;
     if (count <= PieceCache::kMaxIds) {
-        slot.hash = h;
+        slot.hash = key;
         slot.n_bytes = uint8_t(n);
         slot.n_ids = uint8_t(count);
         std::memcpy(slot.bytes, p, n);

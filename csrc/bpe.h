@@ -129,6 +129,7 @@ class Encoder {
     bool valid_pair(Rank left, Rank right) const;
 
     size_t n_mergeable_ = 0;
+    uint64_t cache_salt_ = 0;  // keeps this encoder's entries in the per-thread piece cache apart from others
     size_t long_piece_len_, window_, margin_;
     std::vector<std::string> decode_;  // id -> bytes, mergeable tokens then extras
     BytesMap vocab_;

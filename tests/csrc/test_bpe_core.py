@@ -100,6 +100,49 @@ def test_every_token_encodes_to_itself_through_every_path(paths, tk):
             _assert_all_paths(paths, tk, text)
 
 
+def _grown_vocabulary(seed: int) -> list[bytes]:
+    """The 256 bytes, then up to 400 tokens each made by joining two earlier ones, ranked in the order made."""
+    rng = random.Random(seed)
+    tokens = [bytes([b]) for b in range(256)]
+    pool = [bytes([c]) for c in rng.sample(b"ab-0.", rng.randint(1, 5))]
+    seen = set(tokens)
+    for _ in range(rng.randint(0, 400)):
+        t = rng.choice(pool) + rng.choice(pool)
+        if t not in seen and len(t) <= 300:
+            seen.add(t)
+            tokens.append(t)
+            pool.append(t)
+    return tokens
+
+
+@pytest.mark.parametrize("seed", [1020, 1026, 1038, 7, 8])
+def test_a_vocabulary_ranked_unlike_a_merge_list_matches_tiktoken(seed):
+    # A learned merge list ranks each token after the parts of its last merge, which backtracking and the seam checks
+    # rely on. Tokens grown by joining random earlier ones break that (in seed 1020 "aaaaaaaa" ranks before "aaaa"):
+    # the encoder must see it and keep long pieces on the merge loop.
+    import tiktoken
+
+    tokens = _grown_vocabulary(seed)
+    want = tiktoken.Encoding("grown", pat_str=_tiktoken_encoding()._pat_str,
+                             mergeable_ranks={t: r for r, t in enumerate(tokens)}, special_tokens={})
+    rng = random.Random(seed)
+    texts = [c * n for c in "ab0-." for n in (13, 25, 68, 300, 1100)]
+    texts += ["".join(rng.choice("ab0-. ") for _ in range(n)) for n in (50, 500, 3000)]
+    for settings_ in PATHS.values():
+        enc = _bpe.Encoder(tokens, [], *settings_)
+        for text in texts:
+            assert enc.encode_ordinary(text) == want.encode_ordinary(text), (settings_, text[:30])
+
+
+def test_encoders_with_different_vocabularies_keep_their_cached_pieces_apart():
+    # The piece cache is per thread, and one thread may run several encoders.
+    base = [bytes([b]) for b in range(256)]
+    first, second = _bpe.Encoder(base + [b"ab"], []), _bpe.Encoder(base + [b"bc"], [])
+    for _ in range(2):
+        assert first.encode_ordinary("abc") == [256, 99]
+        assert second.encode_ordinary("abc") == [97, 256]
+
+
 def test_a_margin_as_long_as_the_window_is_refused():
     with pytest.raises(ValueError, match="margin must be shorter than the window"):
         _encoder(window=8, margin=8)
