@@ -582,6 +582,9 @@ void Encoder::merge(const uint8_t* p, size_t n, std::vector<Rank>& out, Rank* la
         merge_small(p, n, out, last);
         return;
     }
+    // Positions are 32-bit. Only settings that send whole pieces to the merge loop (a huge long_piece_len or window)
+    // can reach this; the default windows never do.
+    if (n > size_t(INT32_MAX)) throw std::length_error("a piece of over 2 GiB to merge whole: use smaller windows");
     scratch.parts.resize(n);
     MergeRun run(byte_rank_, byte_pair_rank_.data(), pairs_, p, n, scratch.parts.data(), scratch.tree[0]);
     while (!run.done()) run.step(last);
@@ -591,7 +594,7 @@ void Encoder::merge(const uint8_t* p, size_t n, std::vector<Rank>& out, Rank* la
 // Two independent merges, interleaved step by step: the same results as two calls of merge, in less time.
 void Encoder::merge2(const uint8_t* p, size_t n, std::vector<Rank>& out, const uint8_t* q, size_t m,
                      std::vector<Rank>& out2) const {
-    if (n <= kSmallPiece || m <= kSmallPiece) {
+    if (n <= kSmallPiece || m <= kSmallPiece || n > size_t(INT32_MAX) || m > size_t(INT32_MAX)) {
         merge(p, n, out);
         merge(q, m, out2);
         return;
