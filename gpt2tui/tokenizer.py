@@ -186,7 +186,11 @@ class Tokenizer:
     @staticmethod
     def _check(text: str, disallowed: frozenset[str]) -> None:
         # tiktoken's rule: text from a user must not smuggle in `<|endoftext|>` unless the caller says so.
-        if disallowed and (match := _special_regex(disallowed).search(text)):
+        if not disallowed:
+            return
+        if len(disallowed) == 1 and next(iter(disallowed)) not in text:
+            return  # GPT-2's usual case: a substring test is ~3x quicker than the regex, per text of a batch
+        if match := _special_regex(disallowed).search(text):
             token = match.group()
             raise ValueError(
                 f"text contains the special token {token!r}; pass allowed_special={{{token!r}}} to encode it as that "
