@@ -101,7 +101,8 @@ class Encoder {
     // extra[i] is the byte string of id tokens.size() + i (special tokens, for decoding only).
     // Pieces of at least `long_piece_len` bytes take the long-piece path (see encode_long): windows of `window`
     // bytes, of which the last `margin` are redone with the next window; window 0 backtracks whole pieces instead.
-    // Every setting gives the same ids; tests vary them to reach each path.
+    // Every setting gives the same ids; tests vary them to reach each path. A vocabulary whose ranks are not a merge
+    // list's (a token ranked before a part of its own last merge) keeps every piece on the merge loop.
     Encoder(std::vector<std::string> tokens, std::vector<std::string> extra, size_t long_piece_len = 64,
             size_t window = 256, size_t margin = 16);
 
