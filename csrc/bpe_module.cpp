@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <exception>
+#include <memory>
 #include <thread>
 
 #include "bpe.h"
@@ -64,26 +66,61 @@ py::list encode_ordinary(const Encoder& enc, const py::str& text) {
     return to_list(enc, ids);
 }
 
+// Documents are handed out one at a time to `num_threads` native threads, the calling thread among them. Between
+// its own documents the calling thread turns every finished one, in order, into a Python list (under the GIL, which
+// it takes only for that), so that building the lists, which only it may do, overlaps the encoding instead of
+// following it.
 py::list encode_ordinary_batch(const Encoder& enc, const py::list& texts, int num_threads) {
     const size_t n = texts.size();
     std::vector<std::string_view> inputs;
     inputs.reserve(n);
     for (const auto& t : texts) inputs.push_back(utf8_of(t));
     std::vector<std::vector<Rank>> results(n);
+    std::unique_ptr<std::atomic<bool>[]> done(new std::atomic<bool>[n]);
+    for (size_t k = 0; k < n; ++k) done[k].store(false, std::memory_order_relaxed);
+    py::list out(n);
+    const size_t workers = std::max<size_t>(1, std::min<size_t>(size_t(std::max(num_threads, 1)), n));
+    std::atomic<size_t> next{0};
+    auto encode_one = [&](size_t k) {
+        enc.encode_ordinary(inputs[k], results[k]);
+        done[k].store(true, std::memory_order_release);
+    };
+    size_t converted = 0;  // documents [0, converted) are in `out`; only the calling thread touches this
+    // Convert the finished documents at the front (all that remain, waiting for each, when `all` is set). Called
+    // without the GIL.
+    auto convert = [&](bool all) {
+        size_t ready = converted;
+        while (ready < n && done[ready].load(std::memory_order_acquire)) ++ready;
+        if (all) ready = n;
+        if (ready == converted) return;
+        py::gil_scoped_acquire acquire;
+        for (; converted < ready; ++converted) {
+            while (!done[converted].load(std::memory_order_acquire)) std::this_thread::yield();
+            out[converted] = to_list(enc, results[converted]);
+            std::vector<Rank>().swap(results[converted]);
+        }
+    };
+    std::exception_ptr error;
     {
         py::gil_scoped_release release;
-        const size_t workers = std::max<size_t>(1, std::min<size_t>(size_t(std::max(num_threads, 1)), n));
-        std::atomic<size_t> next{0};
-        auto work = [&] {
-            for (size_t k = next++; k < n; k = next++) enc.encode_ordinary(inputs[k], results[k]);
-        };
         std::vector<std::thread> pool;
-        for (size_t w = 1; w < workers; ++w) pool.emplace_back(work);
-        work();
+        for (size_t w = 1; w < workers; ++w)
+            pool.emplace_back([&] {
+                for (size_t k = next++; k < n; k = next++) encode_one(k);
+            });
+        try {
+            for (size_t k = next++; k < n; k = next++) {
+                encode_one(k);
+                if (workers > 1) convert(false);
+            }
+            convert(true);
+        } catch (...) {  // a Python error while building a list: stop handing out work, then report it
+            next = n;
+            error = std::current_exception();
+        }
         for (auto& t : pool) t.join();
     }
-    py::list out(n);
-    for (size_t k = 0; k < n; ++k) out[k] = to_list(enc, results[k]);
+    if (error) std::rethrow_exception(error);
     return out;
 }
 
