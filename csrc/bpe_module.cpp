@@ -7,6 +7,7 @@
 #include <atomic>
 #include <exception>
 #include <memory>
+#include <mutex>
 #include <thread>
 
 #include "bpe.h"
@@ -86,6 +87,18 @@ py::list encode_ordinary_batch(const Encoder& enc, const py::list& texts, int nu
     const size_t workers = std::max<size_t>(
         1, std::min({size_t(std::max(num_threads, 1)), n, total / kBytesPerThread}));
     std::atomic<size_t> next{0};
+    // The first error of any thread (the core's std::bad_alloc or length_error, or a Python error while building a
+    // list) stops the hand-out of work and is raised once every thread has stopped; an exception must never leave a
+    // worker thread, which would end the process.
+    std::mutex error_mutex;
+    std::exception_ptr error;
+    std::atomic<bool> failed{false};
+    auto fail = [&] {
+        std::lock_guard<std::mutex> lock(error_mutex);
+        if (!error) error = std::current_exception();
+        failed = true;
+        next = n;
+    };
     auto encode_one = [&](size_t k) {
         enc.encode_ordinary(inputs[k], results[k]);
         done[k].store(true, std::memory_order_release);
@@ -100,18 +113,24 @@ py::list encode_ordinary_batch(const Encoder& enc, const py::list& texts, int nu
         if (ready == converted) return;
         py::gil_scoped_acquire acquire;
         for (; converted < ready; ++converted) {
-            while (!done[converted].load(std::memory_order_acquire)) std::this_thread::yield();
+            while (!done[converted].load(std::memory_order_acquire)) {
+                if (failed) return;  // a document another thread gave up on will never be done
+                std::this_thread::yield();
+            }
             out[converted] = to_list(enc, results[converted]);
             std::vector<Rank>().swap(results[converted]);
         }
     };
-    std::exception_ptr error;
     {
         py::gil_scoped_release release;
         std::vector<std::thread> pool;
         for (size_t w = 1; w < workers; ++w)
             pool.emplace_back([&] {
-                for (size_t k = next++; k < n; k = next++) encode_one(k);
+                try {
+                    for (size_t k = next++; k < n; k = next++) encode_one(k);
+                } catch (...) {
+                    fail();
+                }
             });
         try {
             for (size_t k = next++; k < n; k = next++) {
@@ -119,9 +138,8 @@ py::list encode_ordinary_batch(const Encoder& enc, const py::list& texts, int nu
                 if (workers > 1) convert(false);
             }
             convert(true);
-        } catch (...) {  // a Python error while building a list: stop handing out work, then report it
-            next = n;
-            error = std::current_exception();
+        } catch (...) {
+            fail();
         }
         for (auto& t : pool) t.join();
     }
