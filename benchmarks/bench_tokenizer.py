@@ -113,25 +113,26 @@ def _utf8_len(texts) -> int:
     return sum(len(t.encode("utf-8")) for t in texts)
 
 
+def _bench_one_text(benchmark, engine: str, text: str) -> None:
+    """Single-threaded `encode` of one large string."""
+    enc = _engines()[engine]
+    ids = benchmark.pedantic(enc.encode, args=(text,), rounds=5, warmup_rounds=1)
+    assert len(ids) > 100_000
+    _report(benchmark, _utf8_len([text]), n_tokens=len(ids), threads=1)
+
+
 @pytest.mark.benchmark(group="tokenizer-encode-mixed")
 @pytest.mark.parametrize("engine", ENGINES)
 def test_encode_mixed(benchmark, engine, mixed_text):
-    enc = _engines()[engine]
-    ids = benchmark.pedantic(enc.encode, args=(mixed_text,), rounds=5, warmup_rounds=1)
-    assert len(ids) > 100_000
-    _report(benchmark, _utf8_len([mixed_text]), n_tokens=len(ids), threads=1)
+    _bench_one_text(benchmark, engine, mixed_text)
 
 
 @pytest.mark.benchmark(group="tokenizer-encode-prose")
 @pytest.mark.parametrize("engine", ENGINES)
 def test_encode_prose(benchmark, engine):
-    text = _prose()
-    if not text:
+    if not _prose():
         pytest.skip("the-verdict.txt is not in ../shared/data")
-    enc = _engines()[engine]
-    ids = benchmark.pedantic(enc.encode, args=(text,), rounds=5, warmup_rounds=1)
-    assert len(ids) > 100_000
-    _report(benchmark, _utf8_len([text]), n_tokens=len(ids), threads=1)
+    _bench_one_text(benchmark, engine, _prose())
 
 
 @pytest.mark.benchmark(group="tokenizer-encode-batch")

@@ -519,17 +519,11 @@ class MergeRun {
         part[j].pair_rank = kNoRank;
         a.pair_rank = a.next >= 0 ? pairs_.find(a.id, part[a.next].id) : kNoRank;
         if (a.prev >= 0) part[a.prev].pair_rank = pairs_.find(part[a.prev].id, a.id);
-        if (flat_) {
-            tree[leaves + i / kBlock] = block_best(part, n, i / kBlock);
-            if (j / kBlock != i / kBlock) tree[leaves + j / kBlock] = block_best(part, n, j / kBlock);
-            if (a.prev >= 0 && a.prev / kBlock != i / kBlock)
-                tree[leaves + a.prev / kBlock] = block_best(part, n, a.prev / kBlock);
-            tree[1] = root_of_leaves(tree + leaves);
-        } else {
-            refresh(part, n, tree, leaves, i);
-            if (j / kBlock != i / kBlock) refresh(part, n, tree, leaves, j);
-            if (a.prev >= 0 && a.prev / kBlock != i / kBlock) refresh(part, n, tree, leaves, a.prev);
-        }
+        const bool flat = flat_;
+        refresh(part, n, tree, leaves, flat, i);
+        if (j / kBlock != i / kBlock) refresh(part, n, tree, leaves, flat, j);
+        if (a.prev >= 0 && a.prev / kBlock != i / kBlock) refresh(part, n, tree, leaves, flat, a.prev);
+        if (flat) tree[1] = root_of_leaves(tree + leaves);
     }
 
     void emit(std::vector<Rank>& out) const {
@@ -552,9 +546,12 @@ class MergeRun {
             for (int32_t i = 0; i < width; ++i) k[i] = std::min(k[i], k[i + width]);
         return k[0];
     }
-    static void refresh(const Part* part, int32_t n, uint64_t* tree, int32_t leaves, int32_t pos) {
+    // Rescan the leaf of `pos`; a flat tree's root is recomputed afterwards, a deep one's path is walked here.
+    static GPT2TUI_INLINE void refresh(const Part* part, int32_t n, uint64_t* tree, int32_t leaves, bool flat,
+                                       int32_t pos) {
         int32_t t = leaves + pos / kBlock;
         tree[t] = block_best(part, n, pos / kBlock);
+        if (flat) return;
         for (t >>= 1; t >= 1; t >>= 1) {
             const uint64_t best = std::min(tree[2 * t], tree[2 * t + 1]);
             if (tree[t] == best) break;  // nothing above can change

@@ -75,15 +75,17 @@ py::list encode_ordinary_batch(const Encoder& enc, const py::list& texts, int nu
     const size_t n = texts.size();
     std::vector<std::string_view> inputs;
     inputs.reserve(n);
-    for (const auto& t : texts) inputs.push_back(utf8_of(t));
+    size_t total = 0;
+    for (const auto& t : texts) {
+        inputs.push_back(utf8_of(t));
+        total += inputs.back().size();
+    }
     std::vector<std::vector<Rank>> results(n);
     std::unique_ptr<std::atomic<bool>[]> done(new std::atomic<bool>[n]);
     for (size_t k = 0; k < n; ++k) done[k].store(false, std::memory_order_relaxed);
     py::list out(n);
     // A thread costs ~20 us to start, the time to encode a few KB: small batches get fewer, or none.
     constexpr size_t kBytesPerThread = 16 * 1024;
-    size_t total = 0;
-    for (const auto& t : inputs) total += t.size();
     const size_t workers = std::max<size_t>(
         1, std::min({size_t(std::max(num_threads, 1)), n, total / kBytesPerThread}));
     std::atomic<size_t> next{0};
