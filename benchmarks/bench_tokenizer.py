@@ -105,6 +105,8 @@ def _tiktoken_size(name: str) -> int:
 
 def _report(benchmark, n_bytes: int, **info):
     benchmark.extra_info["n_bytes"] = n_bytes
+    if benchmark.stats is None:  # --benchmark-disable: each body ran once, untimed
+        return
     benchmark.extra_info["MB_per_s"] = round(n_bytes / benchmark.stats.stats.median / 1e6, 2)
     benchmark.extra_info.update(info)
 
