@@ -255,6 +255,7 @@ Encoder::Encoder(std::vector<std::string> tokens, std::vector<std::string> extra
         next_prefix_[r] = t.size() > 1 ? longest_prefix(reinterpret_cast<const uint8_t*>(t.data()), t.size() - 1)
                                        : kNoRank;
     }
+    build_digit_tables();
 }
 
 // -- pre-tokenisation --------------------------------------------------------------------------------------------
@@ -414,6 +415,7 @@ struct Scratch {
     std::vector<uint64_t> dead;      // backtracking: positions known to lead to no valid encoding
     std::vector<Rank> window[2];     // a long piece's current windows
     std::vector<Rank> tail;          // a long piece's second half, until the first half reaches it
+    std::vector<uint16_t> digits;    // backtrack_digits' tokens, as compact ids
 };
 thread_local Scratch scratch;
 
@@ -747,6 +749,127 @@ bool Encoder::backtrack(const uint8_t* p, size_t n, std::vector<Rank>& out) cons
     return true;
 }
 
+// Digits: the same walk as backtrack's, over tables that answer each of its questions with one or two loads. On random
+// digits it is 2.2x faster than merging them (~0.6 merges per byte) and 4.5x faster than backtrack.
+void Encoder::build_digit_tables() {
+    using D = DigitTables;
+    auto d = std::make_unique<D>();
+    d->child.push_back({});
+    d->token.push_back(D::kNone);
+    const auto is_digits = [](const std::string& t) {
+        return std::all_of(t.begin(), t.end(), [](char c) { return c >= '0' && c <= '9'; });
+    };
+    for (size_t r = 0; r < n_mergeable_; ++r) {
+        // split_left_ is set exactly for the tokens BPE can produce; no other can appear in an encoding.
+        const std::string& t = decode_[r];
+        if (split_left_[r] == kNoRank || !is_digits(t)) continue;
+        if (d->rank.size() == D::kMaxTokens || d->child.size() + t.size() >= D::kNone) return;  // too many
+        uint16_t node = 0;
+        for (const char c : t) {
+            if (d->child[node][size_t(c - '0')] == 0) {
+                d->child[node][size_t(c - '0')] = uint16_t(d->child.size());
+                d->child.push_back({});
+                d->token.push_back(D::kNone);
+            }
+            node = d->child[node][size_t(c - '0')];
+        }
+        d->token[node] = uint16_t(d->rank.size());
+        d->rank.push_back(Rank(r));
+        d->len.push_back(uint16_t(t.size()));
+    }
+    const size_t K = d->rank.size();
+    if (K < 10) return;  // a vocabulary without every digit as a token: not worth a path of its own
+    d->next_prefix.assign(K, D::kNone);
+    for (size_t a = 0; a < K; ++a) {
+        const std::string& t = decode_[d->rank[a]];
+        uint16_t node = 0;
+        for (size_t k = 0; k + 1 < t.size(); ++k) {
+            node = d->child[node][size_t(t[k] - '0')];
+            if (d->token[node] != D::kNone) d->next_prefix[a] = d->token[node];
+        }
+    }
+    d->first3.resize(1000);
+    for (int v = 0; v < 1000; ++v) {
+        const uint8_t digits[3] = {uint8_t(v / 100), uint8_t(v / 10 % 10), uint8_t(v % 10)};
+        uint16_t node = 0, best = D::kNone;
+        for (const uint8_t digit : digits) {
+            node = d->child[node][digit];
+            if (node == 0) break;
+            if (d->token[node] != D::kNone) best = d->token[node];
+        }
+        d->first3[size_t(v)] = uint32_t(node) << 16 | best;
+    }
+    d->row_words = (K + 31) / 32;
+    d->pairs.reset(new std::atomic<uint64_t>[K * d->row_words]());
+    digits_ = std::move(d);
+}
+
+bool Encoder::backtrack_digits(const uint8_t* p, size_t n, std::vector<Rank>& out) const {
+    DigitTables* d = digits_.get();
+    if (d == nullptr) return false;
+    constexpr uint16_t kNone = DigitTables::kNone;
+    const auto longest = [d, p, n](size_t pos) {
+        uint16_t node = 0, best = kNone;
+        size_t k = pos;
+        if (pos + 3 <= n) {  // most tokens end within three digits: one load instead of three
+            const uint32_t e = d->first3[(p[pos] - '0') * 100 + (p[pos + 1] - '0') * 10 + (p[pos + 2] - '0')];
+            best = uint16_t(e);
+            node = uint16_t(e >> 16);
+            if (node == 0) return best;
+            k = pos + 3;
+        }
+        for (; k < n; ++k) {
+            node = d->child[node][p[k] - '0'];
+            if (node == 0) break;
+            if (d->token[node] != kNone) best = d->token[node];
+        }
+        return best;
+    };
+    // Threads share the matrix: each word is read and or-ed atomically, and a pair's bits, once known, never change.
+    const auto valid = [this, d](uint16_t a, uint16_t b) {
+        std::atomic<uint64_t>& word = d->pairs[a * d->row_words + b / 32];
+        const unsigned shift = 2 * (b % 32);
+        const uint64_t state = word.load(std::memory_order_relaxed) >> shift;
+        if (state & 1) return (state >> 1) & 1;
+        const uint64_t is_valid = valid_pair(d->rank[a], d->rank[b]);
+        word.fetch_or((1 | is_valid << 1) << shift, std::memory_order_relaxed);
+        return is_valid;
+    };
+    std::vector<uint64_t>& dead = scratch.dead;
+    dead.assign((n + 64) / 64, 0);
+    std::vector<uint16_t>& st = scratch.digits;
+    st.clear();
+    size_t pos = 0;
+    uint16_t next = longest(0);
+    while (next != kNone) {
+        uint16_t token = next;
+        const uint16_t last = st.empty() ? kNone : st.back();
+        for (;;) {
+            const size_t end = pos + d->len[token];
+            if (!((dead[end >> 6] >> (end & 63)) & 1) && (last == kNone || valid(last, token))) {
+                st.push_back(token);
+                pos = end;
+                next = pos < n ? longest(pos) : kNone;
+                break;
+            }
+            if (d->next_prefix[token] != kNone) {
+                token = d->next_prefix[token];
+                continue;
+            }
+            if (last == kNone) return false;  // as in backtrack: not for a BPE vocabulary
+            dead[pos >> 6] |= uint64_t(1) << (pos & 63);
+            st.pop_back();
+            pos -= d->len[last];
+            next = last;
+            break;
+        }
+    }
+    const size_t start = out.size();
+    out.resize(start + st.size());
+    for (size_t k = 0; k < st.size(); ++k) out[start + k] = d->rank[st[k]];
+    return true;
+}
+
 // -- long pieces ---------------------------------------------------------------------------------------------------
 //
 // A long piece is encoded window by window, each window small enough to stay in L1. Merging a window gives BPE of
@@ -791,6 +914,7 @@ bool Encoder::advance(Windows& w, size_t len, const std::vector<Rank>& tokens, s
 }
 
 bool Encoder::encode_long(const uint8_t* p, size_t n, std::vector<Rank>& out) const {
+    if (uint8_t(p[0] - '0') < 10 && ascii_run_end(p, n, 0, false) == n && backtrack_digits(p, n, out)) return true;
     if (window_ == 0) return backtrack(p, n, out);
     const size_t start = out.size();
     std::vector<Rank>* tokens = scratch.window;

@@ -5,8 +5,11 @@
 // Python object, so the binding can release the GIL around it.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
+#include <atomic>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -126,6 +129,8 @@ class Encoder {
     static constexpr size_t kSmallPiece = 16;  // pieces up to this many bytes are merged by scanning, not in a tree
     void merge_small(const uint8_t* p, size_t n, std::vector<Rank>& out, Rank* last) const;
     bool backtrack(const uint8_t* p, size_t n, std::vector<Rank>& out) const;
+    // Backtracking over the digit tokens alone, for pieces of ASCII digits (see DigitTables).
+    bool backtrack_digits(const uint8_t* p, size_t n, std::vector<Rank>& out) const;
     Rank longest_prefix(const uint8_t* p, size_t n) const;
     bool valid_pair(Rank left, Rank right) const;
 
@@ -155,6 +160,23 @@ class Encoder {
     // starts at the root, whose 256-way fan-out a search would otherwise walk once per token.
     std::vector<uint32_t> level1_;  // first byte -> node
     std::vector<uint32_t> level2_;  // (first byte << 8) | second byte -> node
+
+    // A run of random digits needs a merge every other byte, the most of any text, and its tokens are short. But
+    // GPT-2 has only ~1000 digit tokens, so backtracking over them can read its answers from tables: a trie with ten
+    // children per node, its first three levels flattened, and a matrix of two bits per pair of digit tokens (known,
+    // valid neighbours) that fills in as pairs are first asked about. Null for a vocabulary with too many.
+    struct DigitTables {
+        static constexpr uint16_t kNone = 0xFFFF, kMaxTokens = 4096;
+        std::vector<Rank> rank;                       // compact id -> rank
+        std::vector<uint16_t> len, next_prefix;       // compact id -> bytes; the longest proper prefix, or kNone
+        std::vector<std::array<uint16_t, 10>> child;  // trie node -> its child per digit (0: none; 0 is the root)
+        std::vector<uint16_t> token;                  // trie node -> compact id of the token it spells, or kNone
+        std::vector<uint32_t> first3;                 // three digits -> (node reached << 16) | longest token in them
+        size_t row_words = 0;
+        std::unique_ptr<std::atomic<uint64_t>[]> pairs;  // pair (a, b) at bits 2b, 2b + 1 of row a: known, valid
+    };
+    void build_digit_tables();
+    std::unique_ptr<DigitTables> digits_;
 };
 
 // Byte length of the pre-token that starts at `i` (GPT-2's pattern, matched by hand).

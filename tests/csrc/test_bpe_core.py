@@ -134,6 +134,63 @@ def test_a_vocabulary_ranked_unlike_a_merge_list_matches_tiktoken(seed):
             assert enc.encode_ordinary(text) == want.encode_ordinary(text), (settings_, text[:30])
 
 
+def _trained_digit_vocabulary(seed: int, n_merges: int) -> list[bytes]:
+    """The 256 bytes, then tokens learned by BPE training (the most frequent pair merged first) on random digits
+    whose odds are skewed, so that some tokens run long: a true merge list, like GPT-2's, but of other digit tokens."""
+    rng = random.Random(seed)
+    weights = [rng.random() ** 3 for _ in range(10)]
+    words = [[bytes([c]) for c in "".join(rng.choices("0123456789", weights, k=60)).encode()] for _ in range(40)]
+    tokens = [bytes([b]) for b in range(256)]
+    for _ in range(n_merges):
+        counts: dict[tuple[bytes, bytes], int] = {}
+        for w in words:
+            for pair in zip(w, w[1:]):
+                counts[pair] = counts.get(pair, 0) + 1
+        if not counts:
+            break
+        left, right = max(counts, key=counts.__getitem__)
+        if left + right not in tokens:  # ("00", "0") and ("0", "00") both make "000": one token, its first rank
+            tokens.append(left + right)
+        for k, w in enumerate(words):
+            merged, i = [], 0
+            while i < len(w):
+                if i + 1 < len(w) and w[i] == left and w[i + 1] == right:
+                    merged.append(left + right)
+                    i += 2
+                else:
+                    merged.append(w[i])
+                    i += 1
+            words[k] = merged
+    return tokens
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_long_runs_of_digits_match_tiktoken_in_other_digit_vocabularies(seed):
+    # Runs of ASCII digits have a backtracking path of their own, over tables of the digit tokens; any vocabulary
+    # that is a merge list must get tiktoken's ids from it, whatever its digit tokens.
+    import tiktoken
+
+    tokens = _trained_digit_vocabulary(seed, n_merges=[5, 40, 150, 300, 300, 500][seed])
+    want = tiktoken.Encoding("digits", pat_str=_tiktoken_encoding()._pat_str,
+                             mergeable_ranks={t: r for r, t in enumerate(tokens)}, special_tokens={})
+    rng = random.Random(seed)
+    weights = [rng.random() ** 3 for _ in range(10)]
+    texts = ["".join(rng.choices("0123456789", weights, k=n)) for n in (64, 65, 300, 2000)]
+    texts += [" " + texts[-1], texts[-1] + "x" + texts[-2], "0" * 500]
+    for settings_ in [(64, 256, 16), *PATHS.values()]:
+        enc = _bpe.Encoder(tokens, [], *settings_)
+        for text in texts:
+            assert enc.encode_ordinary(text) == want.encode_ordinary(text), (settings_, text[:30])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(["0123456789", "0001", "19", "000000009"]).flatmap(
+    lambda digits: st.text(st.sampled_from(list(digits)), min_size=60, max_size=2500)))
+def test_long_runs_of_digits_match_tiktoken(paths, tk, text):
+    _assert_all_paths(paths, tk, text)
+    assert _encoder().encode_ordinary(text) == tk.encode_ordinary(text)
+
+
 def test_encoders_with_different_vocabularies_keep_their_cached_pieces_apart():
     # The piece cache is per thread, and one thread may run several encoders.
     base = [bytes([b]) for b in range(256)]
