@@ -892,6 +892,14 @@ struct Encoder::Windows {
     std::vector<Rank>* out;
     size_t first_out;  // out's size when the run started: a seam is checked only against tokens of this run
     bool by_backtracking = false;
+    size_t last_pos = 0, last_len = 0;  // the last window encoded, whose tokens are still in its buffer
+
+    // Whether p[pos, pos + len) repeats the last window byte for byte, so that the buffer's tokens are its encoding
+    // too: a run of one letter (or of any period the windows' step is a multiple of) costs a compare per window.
+    bool repeats(const uint8_t* p, size_t len) const {
+        return len == last_len && std::memcmp(p + last_pos, p + pos, len) == 0;
+    }
+    void encoded(size_t len) { last_pos = pos, last_len = len; }
 };
 
 // The window p[w.pos, w.pos + len) has been encoded as `tokens`: keep those that end at least margin_ bytes before
@@ -930,16 +938,19 @@ bool Encoder::encode_long(const uint8_t* p, size_t n, std::vector<Rank>& out) co
         while (ok && (a.pos < a.end || b.pos < b.end)) {
             const size_t len_a = a.pos < a.end ? std::min(a.end - a.pos, window_) : 0;
             const size_t len_b = b.pos < b.end ? std::min(b.end - b.pos, window_) : 0;
-            tokens[0].clear();
-            tokens[1].clear();
-            const bool merge_a = len_a && !(a.by_backtracking && backtrack(p + a.pos, len_a, tokens[0]));
-            const bool merge_b = len_b && !(b.by_backtracking && backtrack(p + b.pos, len_b, tokens[1]));
+            const bool new_a = len_a && !a.repeats(p, len_a), new_b = len_b && !b.repeats(p, len_b);
+            if (new_a) tokens[0].clear();
+            if (new_b) tokens[1].clear();
+            const bool merge_a = new_a && !(a.by_backtracking && backtrack(p + a.pos, len_a, tokens[0]));
+            const bool merge_b = new_b && !(b.by_backtracking && backtrack(p + b.pos, len_b, tokens[1]));
             if (merge_a && merge_b) {
                 merge2(p + a.pos, len_a, tokens[0], p + b.pos, len_b, tokens[1]);
             } else {
                 if (merge_a) merge(p + a.pos, len_a, tokens[0]);
                 if (merge_b) merge(p + b.pos, len_b, tokens[1]);
             }
+            if (len_a) a.encoded(len_a);
+            if (len_b) b.encoded(len_b);
             size_t from = a.pos;
             if (len_a) ok = advance(a, len_a, tokens[0], from);
             from = joined ? b.pos : b.pos + margin_;
@@ -956,8 +967,11 @@ bool Encoder::encode_long(const uint8_t* p, size_t n, std::vector<Rank>& out) co
     Windows w{0, n, &out, start};
     while (w.pos < n) {
         const size_t len = std::min(n - w.pos, window_);
-        tokens[0].clear();
-        if (!w.by_backtracking || !backtrack(p + w.pos, len, tokens[0])) merge(p + w.pos, len, tokens[0]);
+        if (!w.repeats(p, len)) {
+            tokens[0].clear();
+            if (!w.by_backtracking || !backtrack(p + w.pos, len, tokens[0])) merge(p + w.pos, len, tokens[0]);
+            w.encoded(len);
+        }
         size_t from = w.pos;
         if (!advance(w, len, tokens[0], from)) {
             out.resize(start);

@@ -68,6 +68,13 @@ def test_every_path_equals_tiktoken_where_tokens_run_long(paths, tk, text):
     _assert_all_paths(paths, tk, text)
 
 
+@pytest.mark.parametrize("text", ["a" * 20000, "a" * 9000 + "b" + "a" * 9000, "ab" * 6000, "xyz" * 5000,
+                                  "🤖" * 3000, "kQz8Pw" * 2000 + "!", "0" * 20000 + "1"])
+def test_every_path_equals_tiktoken_on_periodic_text(paths, tk, text):
+    # A window that repeats the last one byte for byte reuses its tokens.
+    _assert_all_paths(paths, tk, text)
+
+
 @settings(max_examples=400, deadline=None)
 @given(st.text(st.sampled_from(list(" \t\n\u00a0\u3000'sdmtlvreSLLabc123٣!?.,🤖é\u0301漢")), max_size=40))
 def test_every_path_equals_tiktoken_on_tricky_text(paths, tk, text):
