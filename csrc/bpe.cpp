@@ -69,6 +69,10 @@ static uint64_t table_size_for(size_t n) {
     return size;
 }
 
+// The bytes of a key of at most 8 bytes as one word, distinct for distinct keys of one length: such keys are compared
+// in the slot itself, without a second miss into the arena.
+static inline uint64_t short_key(const uint8_t* p, size_t n) { return n == 8 ? load_u64(p) : load_tail(p, n); }
+
 void BytesMap::build(const std::vector<std::string>& keys) {
     const uint64_t size = table_size_for(keys.size());
     slots_.assign(size, Slot{});
@@ -80,7 +84,8 @@ void BytesMap::build(const std::vector<std::string>& keys) {
         const uint64_t h = hash_bytes(p, keys[r].size());
         uint64_t i = h & mask_;
         while (slots_[i].hash != 0) i = (i + 1) & mask_;
-        slots_[i] = Slot{h, uint32_t(arena_.size()), uint32_t(keys[r].size()), Rank(r)};
+        const size_t n = keys[r].size();
+        slots_[i] = Slot{h, n <= 8 ? short_key(p, n) : arena_.size(), uint32_t(n), Rank(r)};
         filter_.add(h);
         arena_ += keys[r];
     }
@@ -90,10 +95,12 @@ uint64_t BytesMap::hash(const uint8_t* p, size_t n) { return hash_bytes(p, n); }
 
 Rank BytesMap::find(const uint8_t* p, size_t n, uint64_t h) const {
     if (!filter_.may_contain(h)) return kNoRank;
+    const uint64_t word = n <= 8 ? short_key(p, n) : 0;
     for (uint64_t i = h & mask_;; i = (i + 1) & mask_) {
         const Slot& s = slots_[i];
         if (s.hash == 0) return kNoRank;
-        if (s.hash == h && s.len == n && equal_bytes(reinterpret_cast<const uint8_t*>(arena_.data()) + s.offset, p, n))
+        if (s.hash == h && s.len == n &&
+            (n <= 8 ? s.key == word : equal_bytes(reinterpret_cast<const uint8_t*>(arena_.data()) + s.key, p, n)))
             return s.rank;
     }
 }

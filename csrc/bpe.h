@@ -50,7 +50,7 @@ class BytesMap {
   private:
     struct Slot {
         uint64_t hash = 0;
-        uint32_t offset = 0;
+        uint64_t key = 0;  // a key of up to 8 bytes itself (see short_key), a longer one's offset in the arena
         uint32_t len = 0;
         Rank rank = kNoRank;
     };
