@@ -1,12 +1,15 @@
 """Encoding throughput (MB/s of UTF-8) of our C++ BPE encoder against tiktoken, on the same texts, in one run.
 
-Three groups, each with the fast path beside its baseline:
+The groups, each with the fast path beside its baseline:
 
 - ``tokenizer-encode-mixed``: one ~2 MB string (the generated test corpus, tests/csrc/corpus.py, three seeds, plus
   "The Verdict" when ../shared/data has it), single-threaded `encode`;
 - ``tokenizer-encode-batch``: the same documents as a list, `encode_batch` with `num_threads=os.cpu_count()`;
 - ``tokenizer-encode-prose``: English prose alone, "The Verdict" repeated to 1 MB (when ../shared/data has it),
-  single-threaded: the reference the issue names for the pathological inputs' time per byte;
+  single-threaded: the reference the issue names for the pathological inputs' time per byte. A best case: the
+  story is 20 KB, so from its second copy on every word is in the piece cache;
+- ``tokenizer-encode-english-docs``: English that does not repeat, Python's own reference documentation as CPython
+  ships it (``pydoc_data.topics``, ~0.5 MB), single-threaded: the same reference without the loop;
 - ``tokenizer-pathological-*``: 1 MB worst cases (one letter repeated, random letters, random digits, base64, random
   Cyrillic). Where one tiktoken call on 1 MB would take more than ~30 s, tiktoken is measured on a shorter input
   and ``extra_info["n_bytes"]`` says so.
@@ -60,6 +63,16 @@ def _prose() -> str:
     if not story:
         return ""
     return "\n\n".join([story] * (PATHOLOGICAL_BYTES // len(story.encode("utf-8")) + 1))
+
+
+@functools.cache
+def _english_docs() -> str:
+    """The topics of Python's reference documentation, as `help()` shows them, or "" where CPython lacks them."""
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:
+        return ""
+    return "\n\n".join(topics[name] for name in sorted(topics))
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +150,14 @@ def test_encode_prose(benchmark, engine):
     _bench_one_text(benchmark, engine, _prose())
 
 
+@pytest.mark.benchmark(group="tokenizer-encode-english-docs")
+@pytest.mark.parametrize("engine", ENGINES)
+def test_encode_english_docs(benchmark, engine):
+    if not _english_docs():
+        pytest.skip("this Python has no pydoc_data.topics")
+    _bench_one_text(benchmark, engine, _english_docs())
+
+
 @pytest.mark.benchmark(group="tokenizer-encode-batch")
 @pytest.mark.parametrize("engine", ENGINES)
 def test_encode_batch(benchmark, engine, documents):
@@ -166,6 +187,7 @@ def test_cpp_equals_tiktoken_on_benchmark_texts(documents, mixed_text):
     fast, tk = _engines()[FAST], _engines()["tiktoken"]
     assert fast.encode(mixed_text) == tk.encode(mixed_text)
     assert fast.encode(_prose()) == tk.encode(_prose())
+    assert fast.encode(_english_docs()) == tk.encode(_english_docs())
     assert fast.encode_batch(documents, num_threads=NUM_THREADS) == tk.encode_batch(documents, num_threads=NUM_THREADS)
     for name in PATHOLOGICAL_NAMES:
         text = _pathological(_tiktoken_size(name))[name]

@@ -408,6 +408,20 @@ size_t next_pretoken(const uint8_t* s, size_t n, size_t i) {
 
 // -- the merge loop ------------------------------------------------------------------------------------------------
 
+// A direct-mapped cache of short pieces already merged: words repeat, and a hit costs one hash and one compare. One
+// per thread, shared by every encoder the thread runs: each salts its keys with its own cache_salt_, so that encoders
+// with different vocabularies never see each other's ids.
+struct PieceCache {
+    static constexpr size_t kSlots = 4096, kMaxBytes = 24, kMaxIds = 12;
+    struct Slot {
+        uint64_t hash = 0;
+        uint8_t n_bytes = 0, n_ids = 0;
+        uint8_t bytes[kMaxBytes];
+        Rank ids[kMaxIds];
+    };
+    std::vector<Slot> slots = std::vector<Slot>(kSlots);
+};
+
 namespace {
 
 // Per-thread scratch space, reused across pieces so that the loop allocates nothing in the steady state.
@@ -425,21 +439,25 @@ struct Scratch {
     std::vector<uint16_t> digits;    // backtrack_digits' tokens, as compact ids
 };
 thread_local Scratch scratch;
-
-// A direct-mapped cache of short pieces already merged: words repeat, and a hit costs one hash and one compare. One
-// per thread, shared by every encoder the thread runs: each salts its keys with its own cache_salt_, so that encoders
-// with different vocabularies never see each other's ids.
-struct PieceCache {
-    static constexpr size_t kSlots = 4096, kMaxBytes = 24, kMaxIds = 12;
-    struct Slot {
-        uint64_t hash = 0;
-        uint8_t n_bytes = 0, n_ids = 0;
-        uint8_t bytes[kMaxBytes];
-        Rank ids[kMaxIds];
-    };
-    std::vector<Slot> slots = std::vector<Slot>(kSlots);
-};
 thread_local PieceCache cache;
+
+// The thread's scratch space and piece cache, through calls the compiler cannot see into. In a shared library (the
+// Python extension) each use of a thread_local is a call to __tls_get_addr, and GCC repeats that call inside loops
+// instead of keeping the address in a register (it was 10% of random digits' time there). Each function that needs
+// them asks once.
+#if defined(__GNUC__)
+__attribute__((noinline))
+#elif defined(_MSC_VER)
+__declspec(noinline)
+#endif
+Scratch& thread_scratch() { return scratch; }
+#if defined(__GNUC__)
+__attribute__((noinline))
+#elif defined(_MSC_VER)
+__declspec(noinline)
+#endif
+PieceCache& thread_cache() { return cache; }
+
 
 constexpr int32_t kBlock = 16;  // positions per tree leaf: 16 ranks are one cache line, scanned linearly
 constexpr int32_t kFlat = 16;   // trees of up to this many leaves (256 bytes) keep only their leaves and root
@@ -591,6 +609,7 @@ void Encoder::merge(const uint8_t* p, size_t n, std::vector<Rank>& out, Rank* la
     // Positions are 32-bit. Only settings that send whole pieces to the merge loop (a huge long_piece_len or window)
     // can reach this; the default windows never do.
     if (n > size_t(INT32_MAX)) throw std::length_error("a piece of over 2 GiB to merge whole: use smaller windows");
+    Scratch& scratch = thread_scratch();
     scratch.parts.resize(n);
     MergeRun run(byte_rank_, byte_pair_rank_.data(), pairs_, p, n, scratch.parts.data(), scratch.tree[0]);
     while (!run.done()) run.step(last);
@@ -605,6 +624,7 @@ void Encoder::merge2(const uint8_t* p, size_t n, std::vector<Rank>& out, const u
         merge(q, m, out2);
         return;
     }
+    Scratch& scratch = thread_scratch();
     scratch.parts.resize(n + m);
     MergeRun a(byte_rank_, byte_pair_rank_.data(), pairs_, p, n, scratch.parts.data(), scratch.tree[0]);
     MergeRun b(byte_rank_, byte_pair_rank_.data(), pairs_, q, m, scratch.parts.data() + n, scratch.tree[1]);
@@ -618,7 +638,7 @@ void Encoder::merge2(const uint8_t* p, size_t n, std::vector<Rank>& out, const u
     b.emit(out2);
 }
 
-void Encoder::encode_piece(const uint8_t* p, size_t n, std::vector<Rank>& out) const {
+void Encoder::encode_piece(const uint8_t* p, size_t n, std::vector<Rank>& out, PieceCache& cache) const {
     if (n == 1) {
         out.push_back(byte_rank_[p[0]]);
         return;
@@ -722,6 +742,7 @@ bool Encoder::valid_pair(Rank left, Rank right) const {
 
 bool Encoder::backtrack(const uint8_t* p, size_t n, std::vector<Rank>& out) const {
     const size_t start = out.size();
+    Scratch& scratch = thread_scratch();
     std::vector<uint64_t>& dead = scratch.dead;
     dead.assign((n + 64) / 64, 0);
     auto is_dead = [&](size_t pos) { return (dead[pos >> 6] >> (pos & 63)) & 1; };
@@ -842,6 +863,7 @@ bool Encoder::backtrack_digits(const uint8_t* p, size_t n, std::vector<Rank>& ou
         word.fetch_or((1 | is_valid << 1) << shift, std::memory_order_relaxed);
         return is_valid;
     };
+    Scratch& scratch = thread_scratch();
     std::vector<uint64_t>& dead = scratch.dead;
     dead.assign((n + 64) / 64, 0);
     std::vector<uint16_t>& st = scratch.digits;
@@ -932,6 +954,7 @@ bool Encoder::encode_long(const uint8_t* p, size_t n, std::vector<Rank>& out) co
     if (uint8_t(p[0] - '0') < 10 && ascii_run_end(p, n, 0, false) == n && backtrack_digits(p, n, out)) return true;
     if (window_ == 0) return backtrack(p, n, out);
     const size_t start = out.size();
+    Scratch& scratch = thread_scratch();
     std::vector<Rank>* tokens = scratch.window;
     // A piece of at least four windows is encoded as two halves at once, their windows' merges interleaved (see
     // merge2). The second half starts mid-token, so its first margin_ bytes are dropped: the first half runs up to
@@ -992,9 +1015,10 @@ void Encoder::encode_ordinary(std::string_view text, std::vector<Rank>& out) con
     const auto* s = reinterpret_cast<const uint8_t*>(text.data());
     const size_t n = text.size();
     out.reserve(out.size() + n / 4);
+    PieceCache& cache = thread_cache();
     for (size_t i = 0; i < n;) {
         const size_t end = next_pretoken(s, n, i);
-        encode_piece(s + i, end - i, out);
+        encode_piece(s + i, end - i, out, cache);
         i = end;
     }
 }

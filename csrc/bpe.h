@@ -98,6 +98,8 @@ class PairMap {
     Bloom filter_;  // most pairs the merge loop asks about (every new neighbour) are not there
 };
 
+struct PieceCache;  // the calling thread's cache of merged pieces (bpe.cpp)
+
 class Encoder {
   public:
     // tokens[r] is the byte string of the mergeable token of rank r; every single byte must be one.
@@ -117,7 +119,7 @@ class Encoder {
     size_t n_vocab() const { return decode_.size(); }
 
   private:
-    void encode_piece(const uint8_t* p, size_t n, std::vector<Rank>& out) const;
+    void encode_piece(const uint8_t* p, size_t n, std::vector<Rank>& out, PieceCache& cache) const;
     bool encode_long(const uint8_t* p, size_t n, std::vector<Rank>& out) const;
     struct Windows;
     bool advance(Windows& w, size_t len, const std::vector<Rank>& tokens, size_t& from) const;
