@@ -13,6 +13,14 @@
 
 #include "unicode_tables.h"
 
+#if defined(__GNUC__)
+#define GPT2TUI_NOINLINE __attribute__((noinline))
+#elif defined(_MSC_VER)
+#define GPT2TUI_NOINLINE __declspec(noinline)
+#else
+#define GPT2TUI_NOINLINE
+#endif
+
 namespace gpt2tui {
 
 // -- hashing ---------------------------------------------------------------------------------------------------
@@ -420,6 +428,16 @@ struct PieceCache {
         Rank ids[kMaxIds];
     };
     std::vector<Slot> slots = std::vector<Slot>(kSlots);
+
+    // Longer pieces repeat too, in code and documents: indentation deeper than 24 spaces, rules of dashes, table
+    // borders. Fewer slots, each holding its piece and ids at any length up to kMaxLongBytes.
+    static constexpr size_t kLongSlots = 256, kMaxLongBytes = 4096;
+    struct LongSlot {
+        uint64_t hash = 0;
+        std::string bytes;
+        std::vector<Rank> ids;
+    };
+    std::vector<LongSlot> long_slots = std::vector<LongSlot>(kLongSlots);
 };
 
 namespace {
@@ -445,18 +463,8 @@ thread_local PieceCache cache;
 // Python extension) each use of a thread_local is a call to __tls_get_addr, and GCC repeats that call inside loops
 // instead of keeping the address in a register (it was 10% of random digits' time there). Each function that needs
 // them asks once.
-#if defined(__GNUC__)
-__attribute__((noinline))
-#elif defined(_MSC_VER)
-__declspec(noinline)
-#endif
-Scratch& thread_scratch() { return scratch; }
-#if defined(__GNUC__)
-__attribute__((noinline))
-#elif defined(_MSC_VER)
-__declspec(noinline)
-#endif
-PieceCache& thread_cache() { return cache; }
+GPT2TUI_NOINLINE Scratch& thread_scratch() { return scratch; }
+GPT2TUI_NOINLINE PieceCache& thread_cache() { return cache; }
 
 
 constexpr int32_t kBlock = 16;  // positions per tree leaf: 16 ranks are one cache line, scanned linearly
@@ -659,11 +667,11 @@ void Encoder::encode_piece(const uint8_t* p, size_t n, std::vector<Rank>& out, P
         out.push_back(whole);
         return;
     }
-    if (n >= long_piece_len_ && encode_long(p, n, out)) return;
     if (n > PieceCache::kMaxBytes) {
-        merge(p, n, out);
+        encode_uncommon(p, n, h, out, cache);
         return;
     }
+    if (n >= long_piece_len_ && encode_long(p, n, out)) return;
     const uint64_t key = h ^ cache_salt_;
     PieceCache::Slot& slot = cache.slots[key & (PieceCache::kSlots - 1)];
     if (slot.hash == key && slot.n_bytes == n && equal_bytes(slot.bytes, p, n)) {
@@ -679,6 +687,26 @@ void Encoder::encode_piece(const uint8_t* p, size_t n, std::vector<Rank>& out, P
         slot.n_ids = uint8_t(count);
         std::memcpy(slot.bytes, p, n);
         std::copy(out.begin() + start, out.end(), slot.ids);
+    }
+}
+
+// A piece longer than the short-piece cache takes, and not a token: through the long-piece cache, where it fits. Kept
+// out of line, so that encode_piece's common path stays short.
+GPT2TUI_NOINLINE void Encoder::encode_uncommon(const uint8_t* p, size_t n, uint64_t h, std::vector<Rank>& out,
+                              PieceCache& cache) const {
+    const bool fits = n <= PieceCache::kMaxLongBytes;
+    const uint64_t key = h ^ cache_salt_;
+    PieceCache::LongSlot& slot = cache.long_slots[key & (PieceCache::kLongSlots - 1)];
+    if (fits && slot.hash == key && slot.bytes.size() == n && std::memcmp(slot.bytes.data(), p, n) == 0) {
+        out.insert(out.end(), slot.ids.begin(), slot.ids.end());
+        return;
+    }
+    const size_t start = out.size();
+    if (!(n >= long_piece_len_ && encode_long(p, n, out))) merge(p, n, out);
+    if (fits) {
+        slot.hash = key;
+        slot.bytes.assign(reinterpret_cast<const char*>(p), n);
+        slot.ids.assign(out.begin() + std::ptrdiff_t(start), out.end());
     }
 }
 

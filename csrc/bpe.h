@@ -120,6 +120,7 @@ class Encoder {
 
   private:
     void encode_piece(const uint8_t* p, size_t n, std::vector<Rank>& out, PieceCache& cache) const;
+    void encode_uncommon(const uint8_t* p, size_t n, uint64_t h, std::vector<Rank>& out, PieceCache& cache) const;
     bool encode_long(const uint8_t* p, size_t n, std::vector<Rank>& out) const;
     struct Windows;
     bool advance(Windows& w, size_t len, const std::vector<Rank>& tokens, size_t& from) const;

@@ -207,6 +207,24 @@ def test_encoders_with_different_vocabularies_keep_their_cached_pieces_apart():
         assert second.encode_ordinary("abc") == [97, 256]
 
 
+def test_long_pieces_that_repeat_match_tiktoken(paths, tk):
+    # Pieces of 25 to 4096 bytes that are not tokens are cached per thread: indentation, rules, table borders.
+    rng = random.Random(5)
+    pieces = [" " * 31, "-" * 40, "+" + "-" * 30 + "+" + "=" * 20, "x" * 100, "".join(rng.choices("ab01", k=300)),
+              "0" * 4096, "q" * 4097, "7" * 5000]
+    text = "\n".join(rng.choice(pieces) + rng.choice(["", "word", " next"]) for _ in range(300))
+    _assert_all_paths(paths, tk, text)
+
+
+def test_encoders_with_different_vocabularies_keep_their_cached_long_pieces_apart():
+    base = [bytes([b]) for b in range(256)]
+    first, second = _bpe.Encoder(base + [b"ab"], []), _bpe.Encoder(base + [b"bc"], [])
+    text = "abc" * 20
+    for _ in range(2):
+        assert first.encode_ordinary(text) == [256, 99] * 20
+        assert second.encode_ordinary(text) == [97, 256] * 20
+
+
 def test_a_margin_as_long_as_the_window_is_refused():
     with pytest.raises(ValueError, match="margin must be shorter than the window"):
         _encoder(window=8, margin=8)
