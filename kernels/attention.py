@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _interpreting
+from . import _cdiv, _interpreting, _next_power_of_2
 
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (16, 32, 64, 128)
@@ -345,6 +345,22 @@ _attn_bwd_dq = triton.autotune(
 # -- host launchers -----------------------------------------------------------------------------------------------------
 
 
+# (kernel name, T bucket, D, dropout, dtype) -> the launch settings of the config the autotuner chose. Triton's `Autotuner.run` rebuilds a
+# dict of every argument on each call, testing each name against a list of ~40: ~15 µs of host time per launch
+# (RESULTS.md), three times per training step and layer. After the first call of a key its config is launched directly.
+_TUNED: dict[tuple, dict] = {}
+
+
+def _launch(tuner, grid, key: tuple, *args, **kwargs) -> None:
+    config = _TUNED.get(key)
+    if config is None:
+        tuner[grid](*args, **kwargs)
+        _TUNED[key] = tuner.best_config.all_kwargs()
+    else:
+        tuner.fn[grid](*args, **kwargs, **config)
+
+
+
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
         raise ValueError(
@@ -380,12 +396,14 @@ def _forward(q, k, v, sm_scale: float, dropout_p: float, seed: int) -> tuple[tor
     B, H, T, D = q.shape
     o = _empty((B, H, T, D), q.dtype, q.device)  # (B, H, T, D)
     lse = _empty((B * H, T), torch.float32, q.device)  # (B·H, T), base 2
-    grid = lambda meta: (B * H, triton.cdiv(T, meta["BLOCK_M"]))  # noqa: E731
-    _attn_fwd[grid](
+    grid = lambda meta: (B * H, _cdiv(T, meta["BLOCK_M"]))  # noqa: E731
+    T_bucket, dropout = _next_power_of_2(T), dropout_p > 0.0
+    _launch(
+        _attn_fwd, grid, ("fwd", T_bucket, D, dropout, q.dtype),
         q, k, v, o, lse,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
-        H, T, triton.next_power_of_2(T), sm_scale * LOG2E, seed, dropout_p,
-        D=D, DROPOUT=dropout_p > 0.0, PRECISION=_precision(q.dtype),
+        H, T, T_bucket, sm_scale * LOG2E, seed, dropout_p,
+        D=D, DROPOUT=dropout, PRECISION=_precision(q.dtype),
     )
     return o, lse
 
@@ -394,19 +412,18 @@ def _backward(do, q, k, v, o, lse, sm_scale: float, dropout_p: float, seed: int)
     B, H, T, D = q.shape
     delta = _empty((B * H, T), torch.float32, q.device)  # (B·H, T)
     block = 64
-    _attn_bwd_delta_kernel[(triton.cdiv(T, block), B * H)](
+    _attn_bwd_delta_kernel[(_cdiv(T, block), B * H)](
         o, do, delta, *o.stride()[:3], *do.stride()[:3], H, T, BLOCK_M=block, D=D
     )
     dq, dk, dv = (_empty((B, H, T, D), q.dtype, q.device) for _ in range(3))  # (B, H, T, D)
-    args = dict(D=D, DROPOUT=dropout_p > 0.0, PRECISION=_precision(q.dtype), COMPENSATE=q.dtype == torch.float32)
+    T_bucket, dropout = _next_power_of_2(T), dropout_p > 0.0
+    args = dict(D=D, DROPOUT=dropout, PRECISION=_precision(q.dtype), COMPENSATE=q.dtype == torch.float32)
     common = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
-              H, T, triton.next_power_of_2(T), sm_scale * LOG2E, sm_scale, seed, dropout_p)
-    _attn_bwd_dkdv[lambda meta: (B * H, triton.cdiv(T, meta["BLOCK_N"]))](
-        q, k, v, do, lse, delta, dk, dv, *common, **args
-    )
-    _attn_bwd_dq[lambda meta: (B * H, triton.cdiv(T, meta["BLOCK_M"]))](
-        q, k, v, do, lse, delta, dq, *common, **args
-    )
+              H, T, T_bucket, sm_scale * LOG2E, sm_scale, seed, dropout_p)
+    _launch(_attn_bwd_dkdv, lambda meta: (B * H, _cdiv(T, meta["BLOCK_N"])),
+            ("dkdv", T_bucket, D, dropout, q.dtype), q, k, v, do, lse, delta, dk, dv, *common, **args)
+    _launch(_attn_bwd_dq, lambda meta: (B * H, _cdiv(T, meta["BLOCK_M"])),
+            ("dq", T_bucket, D, dropout, q.dtype), q, k, v, do, lse, delta, dq, *common, **args)
     return dq, dk, dv
 
 
@@ -459,7 +476,7 @@ def attention_dropout_mask(seed: int, B: int, H: int, T: int, dropout_p: float, 
     """The keep-mask `(B, H, T, T)` (bool) that `causal_attention(..., dropout_p, seed=seed)` applies."""
     mask = _empty((B, H, T, T), torch.int8, device)
     block = 32
-    _dropout_mask_kernel[(triton.cdiv(T, block), triton.cdiv(T, block), B * H)](
+    _dropout_mask_kernel[(_cdiv(T, block), _cdiv(T, block), B * H)](
         mask, H, T, int(seed), float(dropout_p), BLOCK=block
     )
     return mask.bool()

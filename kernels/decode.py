@@ -29,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _cdiv
+
 __all__ = ["decode_attention", "choose_num_splits"]
 
 _HEAD_DIMS = (16, 32, 64, 128)
@@ -221,8 +223,8 @@ def choose_num_splits(programs: int, max_len: int, sm_count: int, block_n: int =
     target = PROGRAMS_PER_SM * sm_count
     if programs >= target:
         return 1
-    n_blocks = triton.cdiv(max_len, block_n)
-    return max(1, min(triton.cdiv(target, programs), n_blocks // MIN_BLOCKS_PER_SPLIT, MAX_SPLITS))
+    n_blocks = _cdiv(max_len, block_n)
+    return max(1, min(_cdiv(target, programs), n_blocks // MIN_BLOCKS_PER_SPLIT, MAX_SPLITS))
 
 
 def _launch(q, k_cache, v_cache, cache_lens, scale, max_len, num_splits):
@@ -232,15 +234,15 @@ def _launch(q, k_cache, v_cache, cache_lens, scale, max_len, num_splits):
     if B == 0 or H == 0:
         return out
     block_m = _block_m(n)
-    m_blocks = triton.cdiv(n, block_m)
-    n_blocks = triton.cdiv(max_len, BLOCK_N)
+    m_blocks = _cdiv(n, block_m)
+    n_blocks = _cdiv(max_len, BLOCK_N)
     if num_splits is None:
         splits = choose_num_splits(B * H * m_blocks, max_len, _device_sms(q.device))
-        split_size = triton.cdiv(n_blocks, splits) * BLOCK_N
-        splits = triton.cdiv(max_len, split_size)  # rounding to whole blocks may leave fewer chunks
+        split_size = _cdiv(n_blocks, splits) * BLOCK_N
+        splits = _cdiv(max_len, split_size)  # rounding to whole blocks may leave fewer chunks
     else:  # forced (tests): exactly this many programs per query block, even if some get no keys at all
         splits = num_splits
-        split_size = triton.cdiv(n_blocks, splits) * BLOCK_N
+        split_size = _cdiv(n_blocks, splits) * BLOCK_N
     qk_scale = scale * _LOG2E
     direct = splits == 1
     if direct:
@@ -268,7 +270,7 @@ def _launch(q, k_cache, v_cache, cache_lens, scale, max_len, num_splits):
     )  # fmt: skip
     if not direct:
         merge_m = 16
-        _decode_merge_kernel[(B * H, triton.cdiv(n, merge_m))](
+        _decode_merge_kernel[(B * H, _cdiv(n, merge_m))](
             o_part, lse, out,
             *p_strides,
             *l_strides,

@@ -202,6 +202,33 @@ def test_bad_dropout_probability(device):
         causal_attention(q, k, v, dropout_p=1.0)
 
 
+def test_a_tuned_key_launches_its_config_directly(monkeypatch):
+    # The autotuner runs once per key; later calls of that key launch the kernel with the config it chose.
+    calls = []
+
+    class Config:
+        def all_kwargs(self):
+            return {"BLOCK_M": 64, "num_warps": 4}
+
+    class Launcher:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: calls.append((self.name, grid, args, kwargs))
+
+    class Tuner(Launcher):
+        best_config = Config()
+        fn = Launcher("kernel")
+
+    monkeypatch.setattr(attention, "_TUNED", {})
+    tuner = Tuner("autotuner")
+    for key in ("a", "a", "b", "a"):
+        attention._launch(tuner, "grid", key, 1, 2, D=16)
+    assert [c[0] for c in calls] == ["autotuner", "kernel", "autotuner", "kernel"]
+    assert calls[1] == ("kernel", "grid", (1, 2), {"D": 16, "BLOCK_M": 64, "num_warps": 4})
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not ON_CUDA, reason="needs CUDA")
 def test_gpt2_shape_bf16_on_cuda():
