@@ -141,6 +141,10 @@ Encoder::Encoder(std::vector<std::string> tokens, std::vector<std::string> extra
     static std::atomic<uint64_t> encoders{0};
     cache_salt_ = (encoders.fetch_add(1) + 1) * 0x9E3779B97F4A7C15ULL;
     if (window != 0 && margin >= window) throw std::invalid_argument("the margin must be shorter than the window");
+    for (size_t r = 0; r < tokens.size(); ++r)
+        if (tokens[r].empty())
+            throw std::invalid_argument("token " + std::to_string(r) +
+                                        " of the vocabulary is empty: every token needs bytes");
     vocab_.build(tokens);
     for (int b = 0; b < 256; ++b) {
         const uint8_t byte = uint8_t(b);
@@ -703,10 +707,11 @@ GPT2TUI_NOINLINE void Encoder::encode_uncommon(const uint8_t* p, size_t n, uint6
     }
     const size_t start = out.size();
     if (!(n >= long_piece_len_ && encode_long(p, n, out))) merge(p, n, out);
-    if (fits) {
-        slot.hash = key;
+    if (fits) {  // the key last: if an assign throws (bad_alloc), the slot is left empty, not holding other ids
+        slot.hash = 0;
         slot.bytes.assign(reinterpret_cast<const char*>(p), n);
         slot.ids.assign(out.begin() + std::ptrdiff_t(start), out.end());
+        slot.hash = key;
     }
 }
 

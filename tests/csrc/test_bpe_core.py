@@ -240,6 +240,11 @@ def test_a_vocabulary_without_every_byte_is_refused():
         _bpe.Encoder([b"a", b"b"])
 
 
+def test_a_vocabulary_with_an_empty_token_is_refused():
+    with pytest.raises(ValueError, match="token 256 of the vocabulary is empty"):
+        _bpe.Encoder([bytes([b]) for b in range(256)] + [b"", b"ab"])
+
+
 def test_decode_of_a_bad_id_raises_value_error():
     enc = _encoder()
     assert enc.decode_bytes([15496, 995, 50256]) == b"Hello world<|endoftext|>"
