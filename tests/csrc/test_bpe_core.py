@@ -151,7 +151,7 @@ def _trained_digit_vocabulary(seed: int, n_merges: int) -> list[bytes]:
     for _ in range(n_merges):
         counts: dict[tuple[bytes, bytes], int] = {}
         for w in words:
-            for pair in zip(w, w[1:]):
+            for pair in zip(w, w[1:], strict=False):
                 counts[pair] = counts.get(pair, 0) + 1
         if not counts:
             break
