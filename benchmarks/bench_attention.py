@@ -3,7 +3,8 @@
     make gpu-check      # CUDA tests, then this file (and the other benchmarks)
 
 Groups: causal forward and forward+backward at B=8, H=12, T=1024, D=64 in bfloat16 (GPT-2 124M training), and decode
-(one new query against a KV cache of 128…1024 tokens, batch 1: one layer's call during generation).
+(one new query against a KV cache of 128…1024 tokens, batch 1: one layer's call during generation), the Triton decode
+both with its splits merged by a second kernel (the default) and inside the one launch ("triton-fused").
 
 pytest-benchmark's times are wall clock around a synchronised call, so they include Python and launch overhead. Each
 test also records GPU time in `extra_info`: `triton.testing.do_bench` (CUDA events over back-to-back calls) and, for
@@ -20,7 +21,7 @@ if not torch.cuda.is_available():
 
 import triton  # noqa: E402
 import triton.testing  # noqa: E402
-from gpt2tui.kernels import causal_attention_ref, decode_attention_ref  # noqa: E402
+from gpt2tui.kernels import causal_attention_ref, decode, decode_attention_ref  # noqa: E402
 from gpt2tui.kernels.attention import causal_attention  # noqa: E402
 from gpt2tui.kernels.decode import decode_attention  # noqa: E402
 from gpt2tui.kernels.sdpa import causal_attention_sdpa, decode_attention_sdpa  # noqa: E402
@@ -96,8 +97,18 @@ def test_causal_forward_backward(benchmark, impl, qkv):
         _record_configs(benchmark)
 
 
+def _decode_fused(q, k, v, lens, n):
+    """The Triton decode with the splits merged inside the one launch (GPT2TUI_DECODE_MERGE=fused)."""
+    decode.MERGE = "fused"
+    try:
+        return decode_attention(q, k, v, lens, max_len=n)
+    finally:
+        decode.MERGE = "kernel"
+
+
 DECODE = {
     "triton": lambda q, k, v, lens, n: decode_attention(q, k, v, lens, max_len=n),
+    "triton-fused": _decode_fused,
     "sdpa": lambda q, k, v, lens, n: decode_attention_sdpa(q, k, v, lens, max_len=n),
     "reference": lambda q, k, v, lens, n: decode_attention_ref(q, k, v, lens),
 }

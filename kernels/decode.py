@@ -17,6 +17,13 @@ chunk starts beyond that row's length or beyond the query's position) writes lse
 no NaN arises anywhere (every max is guarded before it is subtracted). With one split the first kernel writes the
 output directly and the merge is not launched.
 
+Fused merge (opt-in, `GPT2TUI_DECODE_MERGE=fused`): the splits of a query block merge themselves, in the same launch.
+Each split program, after its partial stores and a barrier, takes a ticket from a per-(row·head, query block) counter
+with an acquire/release atomic; the one that draws the last ticket reads every split's partials (past L1) and writes
+the output, then resets the counter for the next launch: the pattern of a grid-wide reduction. It saves the second
+launch, which in a CUDA graph is most of a batch-1 decode's time. Checked in the interpreter, which runs programs one
+at a time; its speed and its memory ordering on a GPU await a GPU run (`make gpu-check` measures it beside the default).
+
 Inference only: the output carries no autograd graph (no backward is defined), whatever `requires_grad` the inputs have.
 """
 
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import torch
 import triton
@@ -40,6 +48,12 @@ _LOG2E = 1.4426950408889634
 BLOCK_N = 64  # keys per inner step; a split is a whole number of these
 MIN_BLOCKS_PER_SPLIT = 2  # a split reads at least 2 key blocks (128 keys): below that the merge costs more than it saves
 MAX_SPLITS = 64
+# How split results are merged: "kernel", a second launch (the default), or "fused", by the last split of each query
+# block to finish, in the same launch (one launch less per layer and token; needs atomics with acquire/release order,
+# as in a grid-wide reduction). $GPT2TUI_DECODE_MERGE chooses, read at import.
+MERGE = os.environ.get("GPT2TUI_DECODE_MERGE", "kernel")
+if MERGE not in ("kernel", "fused"):
+    raise ValueError(f"GPT2TUI_DECODE_MERGE must be 'kernel' or 'fused', got {MERGE!r}")
 PROGRAMS_PER_SM = 2  # the split heuristic's target occupancy
 INTERPRETER_SMS = 4  # the "SM count" the heuristic assumes off CUDA (the interpreter runs programs one by one)
 
@@ -74,10 +88,12 @@ def _decode_split_kernel(
     stride_pbh, stride_ps, stride_pm,  # OPart (B·H, splits, n, D), fp32
     stride_lbh, stride_ls,  # LSE (B·H, splits, n), fp32
     H, N_Q, S_MAX, split_size,
+    Tickets,  # (B·H·query blocks,) int32 zeros: FUSED counts each (row·head, query block)'s finished splits here
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     DIRECT: tl.constexpr,  # one split: write the final output, no scratch, no merge
+    FUSED: tl.constexpr,  # several splits, merged by whichever of them finishes last: one launch instead of two
     UPCAST_DOT: tl.constexpr,  # interpreter + bf16 only, see _dot
 ):  # fmt: skip
     bh = tl.program_id(0)
@@ -140,6 +156,48 @@ def _decode_split_kernel(
         lse = tl.where(has_keys, m_i + tl.log2(l_safe), float("-inf"))
         l_base = LSE + bh.to(tl.int64) * stride_lbh + split.to(tl.int64) * stride_ls
         tl.store(l_base + offs_m, lse, mask=m_valid)
+        if FUSED:
+            # Every thread's partial stores, then this program's ticket (release); the program that draws the last
+            # ticket (acquire) has all the splits' partials to read. It resets the ticket for the next launch.
+            tl.debug_barrier()
+            ticket_ptr = Tickets + bh * tl.num_programs(1) + pid_m
+            ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel")
+            if ticket == tl.num_programs(2) - 1:
+                o_ptrs = Out + off_b.to(tl.int64) * stride_ob + off_h.to(tl.int64) * stride_oh
+                _merge_splits(
+                    OPart + bh.to(tl.int64) * stride_pbh, LSE + bh.to(tl.int64) * stride_lbh,
+                    o_ptrs + offs_m[:, None] * stride_om + offs_d[None, :],
+                    stride_ps, stride_pm, stride_ls, offs_m, offs_d, m_valid, tl.num_programs(2), BLOCK_M, HEAD_DIM,
+                )  # fmt: skip
+                tl.atomic_xchg(ticket_ptr, 0)
+
+
+@triton.jit
+def _merge_splits(
+    p_base, l_base, o_ptrs,
+    stride_ps, stride_pm, stride_ls,
+    offs_m, offs_d, m_valid, num_splits,
+    BLOCK_M: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+):  # fmt: skip
+    """Out = Σ_s 2^(lse_s − max) · o_s / Σ_s 2^(lse_s − max), online over the splits like the softmax over key blocks.
+    The partials are read past the SM's L1 (.cg): in the fused launch other SMs wrote them moments ago."""
+    m_run = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    w_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    for s in range(0, num_splits):
+        lse_s = tl.load(l_base + s * stride_ls + offs_m, mask=m_valid, other=float("-inf"), cache_modifier=".cg")
+        o_s = tl.load(p_base + s * stride_ps + offs_m[:, None] * stride_pm + offs_d[None, :], mask=m_valid[:, None],
+                      other=0.0, cache_modifier=".cg")
+        m_new = tl.maximum(m_run, lse_s)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_run - m_safe)
+        w = tl.exp2(lse_s - m_safe)  # 0 for an empty split (lse = -inf)
+        w_sum = w_sum * alpha + w
+        acc = acc * alpha[:, None] + w[:, None] * o_s
+        m_run = m_new
+    o = acc / tl.where(w_sum > 0.0, w_sum, 1.0)[:, None]
+    tl.store(o_ptrs, o.to(o_ptrs.dtype.element_ty), mask=m_valid[:, None])
 
 
 @triton.jit
@@ -158,29 +216,12 @@ def _decode_merge_kernel(
     off_h = bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    m_valid = offs_m < N_Q
-
-    p_base = OPart + bh.to(tl.int64) * stride_pbh
-    l_base = LSE + bh.to(tl.int64) * stride_lbh
-    m_run = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    w_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    # Online over the splits, like the softmax over key blocks: rescale by 2^(old max - new max).
-    for s in range(0, num_splits):
-        lse_s = tl.load(l_base + s * stride_ls + offs_m, mask=m_valid, other=float("-inf"))
-        o_ptrs = p_base + s * stride_ps + offs_m[:, None] * stride_pm + offs_d[None, :]
-        o_s = tl.load(o_ptrs, mask=m_valid[:, None], other=0.0)
-        m_new = tl.maximum(m_run, lse_s)
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_run - m_safe)
-        w = tl.exp2(lse_s - m_safe)  # 0 for an empty split (lse = -inf)
-        w_sum = w_sum * alpha + w
-        acc = acc * alpha[:, None] + w[:, None] * o_s
-        m_run = m_new
-
-    o = acc / tl.where(w_sum > 0.0, w_sum, 1.0)[:, None]
     o_ptrs = Out + off_b.to(tl.int64) * stride_ob + off_h.to(tl.int64) * stride_oh
-    tl.store(o_ptrs + offs_m[:, None] * stride_om + offs_d[None, :], o.to(Out.dtype.element_ty), mask=m_valid[:, None])
+    _merge_splits(
+        OPart + bh.to(tl.int64) * stride_pbh, LSE + bh.to(tl.int64) * stride_lbh,
+        o_ptrs + offs_m[:, None] * stride_om + offs_d[None, :],
+        stride_ps, stride_pm, stride_ls, offs_m, offs_d, offs_m < N_Q, num_splits, BLOCK_M, HEAD_DIM,
+    )  # fmt: skip
 
 
 # Triton reads TRITON_INTERPRET when a kernel is decorated (here, at import), so ask the kernel what it became.
@@ -227,6 +268,21 @@ def choose_num_splits(programs: int, max_len: int, sm_count: int, block_n: int =
     return max(1, min(_cdiv(target, programs), n_blocks // MIN_BLOCKS_PER_SPLIT, MAX_SPLITS))
 
 
+# Per device, the fused merge's ticket counters, zero between launches (the merging program resets its own), grown as
+# needed. One set per device: two fused decodes running at once on two streams of one device would share them.
+_TICKETS: dict[torch.device, torch.Tensor] = {}
+
+
+def _tickets(device: torch.device, size: int) -> torch.Tensor | None:
+    buf = _TICKETS.get(device)
+    if buf is None or buf.numel() < size:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return None  # a CUDA graph being captured cannot own them: this call takes the merge kernel
+        buf = torch.zeros(max(size, 1024), dtype=torch.int32, device=device)
+        _TICKETS[device] = buf
+    return buf
+
+
 def _launch(q, k_cache, v_cache, cache_lens, scale, max_len, num_splits):
     B, H, n, D = q.shape
     S_max = k_cache.shape[2]
@@ -245,6 +301,7 @@ def _launch(q, k_cache, v_cache, cache_lens, scale, max_len, num_splits):
         split_size = _cdiv(n_blocks, splits) * BLOCK_N
     qk_scale = scale * _LOG2E
     direct = splits == 1
+    tickets = _tickets(q.device, B * H * m_blocks) if not direct and MERGE == "fused" else None
     if direct:
         o_part = lse = out  # unused placeholders
         p_strides, l_strides = (0, 0, 0), (0, 0)
@@ -264,11 +321,12 @@ def _launch(q, k_cache, v_cache, cache_lens, scale, max_len, num_splits):
         *p_strides,
         *l_strides,
         H, n, S_max, split_size,
-        HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=BLOCK_N, DIRECT=direct,
+        lse if tickets is None else tickets,
+        HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=BLOCK_N, DIRECT=direct, FUSED=tickets is not None,
         UPCAST_DOT=_INTERPRETED and q.dtype == torch.bfloat16,
         num_warps=4,
     )  # fmt: skip
-    if not direct:
+    if not direct and tickets is None:
         merge_m = 16
         _decode_merge_kernel[(B * H, _cdiv(n, merge_m))](
             o_part, lse, out,

@@ -12,6 +12,7 @@ import torch
 
 pytest.importorskip("triton")
 
+from gpt2tui.kernels import decode  # noqa: E402
 from gpt2tui.kernels.decode import choose_num_splits, decode_attention  # noqa: E402
 from gpt2tui.kernels.reference import decode_attention_ref  # noqa: E402
 from gpt2tui.kernels.sdpa import decode_attention_sdpa  # noqa: E402
@@ -20,6 +21,27 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # All three dtypes run in the interpreter too (bf16 products go through fp32 there; see kernels/decode.py `_dot`).
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _poison_buffers(monkeypatch):
+    """The output and the splits' scratch come out of torch.empty full of NaN, so a value never written, or a merge
+    that reads a split before it is written (memory reused from an earlier call could otherwise hold the right
+    numbers), shows up as NaN."""
+    empty = torch.empty
+
+    def poisoned(*args, **kwargs):
+        t = empty(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(decode.torch, "empty", poisoned)
+
+
+@pytest.fixture(params=["kernel", "fused"])
+def merge(request, monkeypatch):
+    """Both ways of merging the key splits: a second kernel, or the last split of each query block to finish."""
+    monkeypatch.setattr(decode, "MERGE", request.param)
+    _poison_buffers(monkeypatch)
+    return request.param
 
 
 def _inputs(B, H, n, S_max, D, lens, dtype, seed=0):
@@ -71,7 +93,7 @@ CASES = {
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", list(CASES))
-def test_matches_float64_reference(case, dtype):
+def test_matches_float64_reference(case, dtype, merge):
     B, H, n, S_max, lens = CASES[case]
     q, k, v, L = _inputs(B, H, n, S_max, 32, lens, dtype)
     _assert_matches(decode_attention(q, k, v, L, max_len=max(lens)), q, k, v, L)
@@ -85,7 +107,7 @@ def test_head_dims(D, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_forced_splits_agree(dtype):
+def test_forced_splits_agree(dtype, merge):
     """1, 2, 3 and 7 key splits (of 64-key blocks, over 300 keys: 7 leaves whole splits empty, and the short row is
     empty in all but its first) give the reference's answer and each other's."""
     lens = (5, 300, 170)
@@ -116,7 +138,7 @@ def test_choose_num_splits():
 
 @pytest.mark.parametrize("num_splits", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_strided_views(dtype, num_splits):
+def test_strided_views(dtype, num_splits, merge):
     """The cache is layer 1 of an (L, B, H, S_max, D) tensor and q a transposed (B, n, H, D) tensor, as the model
     passes them: nothing but the last dim is contiguous."""
     B, H, n, S_max, D, lens = 2, 3, 4, 100, 32, (4, 90)
@@ -133,7 +155,7 @@ def test_strided_views(dtype, num_splits):
 
 @pytest.mark.parametrize("num_splits", [1, 3])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_stale_cache_entries_never_leak(dtype, num_splits):
+def test_stale_cache_entries_never_leak(dtype, num_splits, merge):
     """NaN and inf beyond each row's length (stale or never-written slots) must not reach the output."""
     lens = (2, 65, 150)
     q, k, v, L = _inputs(3, 2, 2, 192, 32, lens, dtype, seed=4)
@@ -144,6 +166,19 @@ def test_stale_cache_entries_never_leak(dtype, num_splits):
         k[b, 0, n_valid:] = float("inf")
     out = decode_attention(q, k, v, L, max_len=max(lens), num_splits=num_splits)
     _assert_matches(out, q, k, v, L, clean_k=clean_k, clean_v=clean_v)
+
+
+def test_a_fused_merge_leaves_its_tickets_at_zero_and_agrees_with_the_merge_kernel(monkeypatch):
+    # The program that merges resets its ticket, so the next launch (or a CUDA graph's next replay) starts from zero.
+    q, k, v, L = _inputs(3, 5, 70, 300, 16, (70, 300, 170), torch.float32, seed=8)
+    _poison_buffers(monkeypatch)
+    outs = {}
+    for merge in ("kernel", "fused", "fused"):
+        monkeypatch.setattr(decode, "MERGE", merge)
+        outs[merge] = decode_attention(q, k, v, L, max_len=300, num_splits=3)
+        assert not decode._TICKETS or not decode._TICKETS[q.device].any()
+    want = decode_attention_ref(q.double(), k.double(), v.double(), L, upcast=True)
+    assert (outs["fused"].double() - outs["kernel"].double()).abs().max().item() <= _tol(q, k, v, L, want)
 
 
 def test_max_len_from_device_and_int32_lengths():
@@ -215,7 +250,7 @@ def test_bad_options_raise_value_error(kwargs):
 @gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("n", [1, 64])
-def test_gpt2_small_batch_one_long_cache(n, dtype):
+def test_gpt2_small_batch_one_long_cache(n, dtype, merge):
     """GPT-2 small shapes at batch 1 (the heuristic splits the 1000 keys) and a batch of uneven rows."""
     q, k, v, L = _inputs(1, 12, n, 1024, 64, (1000,), dtype, seed=6)
     _assert_matches(decode_attention(q, k, v, L, max_len=1000), q, k, v, L)
