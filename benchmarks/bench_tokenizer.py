@@ -10,6 +10,8 @@ The groups, each with the fast path beside its baseline:
   story is 20 KB, so from its second copy on every word is in the piece cache;
 - ``tokenizer-encode-english-docs``: English that does not repeat, Python's own reference documentation as CPython
   ships it (``pydoc_data.topics``, ~0.5 MB), single-threaded: the same reference without the loop;
+- ``tokenizer-encode-numpy``: the mixed text to a numpy uint32 array: `encode_to_numpy` (ours, then tiktoken's), and
+  ours through a list and `numpy.asarray` (how training data was made before `encode_ordinary_batch_to_numpy`);
 - ``tokenizer-pathological-*``: 1 MB worst cases (one letter repeated, random letters, random digits, base64, random
   Cyrillic). Where one tiktoken call on 1 MB would take more than ~30 s, tiktoken is measured on a shorter input
   and ``extra_info["n_bytes"]`` says so.
@@ -158,6 +160,23 @@ def test_encode_english_docs(benchmark, engine):
     _bench_one_text(benchmark, engine, _english_docs())
 
 
+@pytest.mark.benchmark(group="tokenizer-encode-numpy")
+@pytest.mark.parametrize("path", ["cpp", "tiktoken", "cpp-list-asarray"])
+def test_encode_to_numpy(benchmark, path, mixed_text):
+    import numpy as np
+
+    engine = _engines()[FAST if path.startswith(FAST) else path]
+    if path == "cpp-list-asarray":
+        def run():
+            return np.asarray(engine.encode(mixed_text), dtype=np.uint32)
+    else:
+        def run():
+            return engine.encode_to_numpy(mixed_text)
+    ids = benchmark.pedantic(run, rounds=5, warmup_rounds=1)
+    assert ids.dtype == np.uint32 and len(ids) > 100_000
+    _report(benchmark, _utf8_len([mixed_text]), n_tokens=len(ids), threads=1)
+
+
 @pytest.mark.benchmark(group="tokenizer-encode-batch")
 @pytest.mark.parametrize("engine", ENGINES)
 def test_encode_batch(benchmark, engine, documents):
@@ -188,6 +207,7 @@ def test_cpp_equals_tiktoken_on_benchmark_texts(documents, mixed_text):
     assert fast.encode(mixed_text) == tk.encode(mixed_text)
     assert fast.encode(_prose()) == tk.encode(_prose())
     assert fast.encode(_english_docs()) == tk.encode(_english_docs())
+    assert (fast.encode_to_numpy(mixed_text) == tk.encode_to_numpy(mixed_text)).all()
     assert fast.encode_batch(documents, num_threads=NUM_THREADS) == tk.encode_batch(documents, num_threads=NUM_THREADS)
     for name in PATHOLOGICAL_NAMES:
         text = _pathological(_tiktoken_size(name))[name]

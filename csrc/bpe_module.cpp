@@ -57,20 +57,29 @@ py::list to_list(const Encoder& enc, const std::vector<Rank>& ids) {
     return py::reinterpret_steal<py::list>(list);
 }
 
-py::list encode_ordinary(const Encoder& enc, const py::str& text) {
+// The ids as native uint32 in a bytearray, for numpy.frombuffer (tiktoken's encode_to_numpy): one copy, and no Python
+// int per token, which costs as much as the encoding itself on English text.
+py::bytearray to_buffer(const Encoder&, const std::vector<Rank>& ids) {
+    static_assert(sizeof(Rank) == 4, "the buffer holds uint32 ids");
+    return py::bytearray(reinterpret_cast<const char*>(ids.data()), ids.size() * sizeof(Rank));
+}
+
+template <auto Convert>
+py::object encode_ordinary(const Encoder& enc, const py::str& text) {
     const std::string_view bytes = utf8_of(text);
     std::vector<Rank> ids;
     {
         py::gil_scoped_release release;
         enc.encode_ordinary(bytes, ids);
     }
-    return to_list(enc, ids);
+    return Convert(enc, ids);
 }
 
 // Documents are handed out one at a time to `num_threads` native threads, the calling thread among them. Between
-// its own documents the calling thread turns every finished one, in order, into a Python list (under the GIL, which
-// it takes only for that), so that building the lists, which only it may do, overlaps the encoding instead of
+// its own documents the calling thread turns every finished one, in order, into a Python list or buffer (under the
+// GIL, which it takes only for that), so that building them, which only it may do, overlaps the encoding instead of
 // following it.
+template <auto Convert>
 py::list encode_ordinary_batch(const Encoder& enc, const py::list& texts, int num_threads) {
     const size_t n = texts.size();
     std::vector<std::string_view> inputs;
@@ -119,7 +128,7 @@ py::list encode_ordinary_batch(const Encoder& enc, const py::list& texts, int nu
                 if (failed) return;  // a document another thread gave up on will never be done
                 std::this_thread::yield();
             }
-            out[converted] = to_list(enc, results[converted]);
+            out[converted] = Convert(enc, results[converted]);
             std::vector<Rank>().swap(results[converted]);
         }
     };
@@ -184,9 +193,14 @@ PYBIND11_MODULE(_bpe, m) {
              "tokens). Pieces of at least long_piece_len bytes are encoded in windows of `window` bytes whose last "
              "`margin` bytes are redone with the next window (window=0: by backtracking the whole piece); shorter "
              "ones by merging in rank order. Every setting gives the same ids; tests vary them to reach each path.")
-        .def("encode_ordinary", &encode_ordinary, py::arg("text"), "ids of a str, with no special-token handling")
-        .def("encode_ordinary_batch", &encode_ordinary_batch, py::arg("texts"), py::arg("num_threads") = 8,
+        .def("encode_ordinary", &encode_ordinary<to_list>, py::arg("text"),
+             "ids of a str, with no special-token handling")
+        .def("encode_ordinary_batch", &encode_ordinary_batch<to_list>, py::arg("texts"), py::arg("num_threads") = 8,
              "encode_ordinary over a list of str, in native threads")
+        .def("encode_ordinary_buffer", &encode_ordinary<to_buffer>, py::arg("text"),
+             "encode_ordinary's ids as native uint32 in a bytearray (for numpy.frombuffer)")
+        .def("encode_ordinary_batch_buffers", &encode_ordinary_batch<to_buffer>, py::arg("texts"),
+             py::arg("num_threads") = 8, "encode_ordinary_batch with each document's ids as encode_ordinary_buffer's")
         .def("decode_bytes", &decode_bytes, py::arg("ids"), "the bytes of a sequence of ids")
         .def_property_readonly("n_vocab", &Encoder::n_vocab);
 }

@@ -21,7 +21,10 @@ import warnings
 from collections.abc import Collection, Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from importlib import resources
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # GPT-2's pre-tokenisation: contractions, letters, numbers, other symbols, then white space (a run of spaces before a
 # word leaves its last space to the word).
@@ -93,12 +96,22 @@ class _TiktokenCore:
         return self.enc.encode_ordinary(text)
 
     def encode_ordinary_batch(self, texts: list[str], num_threads: int) -> list[list[int]]:
+        return self._map(self.encode_ordinary, texts, num_threads)
+
+    def encode_ordinary_buffer(self, text: str):
+        return self.enc.encode_to_numpy(text, disallowed_special=())
+
+    def encode_ordinary_batch_buffers(self, texts: list[str], num_threads: int) -> list:
+        return self._map(self.encode_ordinary_buffer, texts, num_threads)
+
+    @staticmethod
+    def _map(fn, texts: list[str], num_threads: int) -> list:
         if num_threads <= 1 or len(texts) <= 1:
-            return [self.encode_ordinary(t) for t in texts]
+            return [fn(t) for t in texts]
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(num_threads) as pool:
-            return list(pool.map(self.encode_ordinary, texts))
+            return list(pool.map(fn, texts))
 
     def decode_bytes(self, ids: list[int]) -> bytes:
         _check_range(ids, self.n_vocab)
@@ -117,6 +130,14 @@ class _PythonCore:
 
     def encode_ordinary_batch(self, texts: list[str], num_threads: int) -> list[list[int]]:
         return [self.bpe.encode_ordinary(t) for t in texts]
+
+    def encode_ordinary_buffer(self, text: str):
+        import numpy as np
+
+        return np.asarray(self.bpe.encode_ordinary(text), dtype=np.uint32)
+
+    def encode_ordinary_batch_buffers(self, texts: list[str], num_threads: int) -> list:
+        return [self.encode_ordinary_buffer(t) for t in texts]
 
     def decode_bytes(self, ids: list[int]) -> bytes:
         _check_range(ids, self.n_vocab)
@@ -260,6 +281,47 @@ class Tokenizer:
             return self._core.encode_ordinary_batch(texts, num_threads)
         except UnicodeEncodeError:
             return self._core.encode_ordinary_batch([_fix_surrogates(t) for t in texts], num_threads)
+
+    # Each backend hands back uint32 ids in a buffer (the C++ one a bytearray, filled without a Python int per token:
+    # on English text those ints, and numpy's reading of them, cost as much as the encoding).
+
+    def encode_to_numpy(
+        self,
+        text: str,
+        *,
+        allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
+        disallowed_special: Literal["all"] | Collection[str] = "all",
+    ) -> np.ndarray:
+        """`encode`, as a numpy uint32 array (tiktoken's `encode_to_numpy`)."""
+        import numpy as np
+
+        allowed, disallowed = self._policy(allowed_special, disallowed_special)
+        self._check(text, disallowed)
+        if not allowed:
+            return self._ordinary_numpy(text)
+        parts = [np.array([p], dtype=np.uint32) if isinstance(p, int) else self._ordinary_numpy(p)
+                 for p in self._split(text, allowed)]
+        return np.concatenate(parts)
+
+    def encode_ordinary_batch_to_numpy(self, texts: Sequence[str], *, num_threads: int = 8) -> list[np.ndarray]:
+        """`encode_ordinary_batch`, each text's ids as a numpy uint32 array: the form training data is stored in."""
+        import numpy as np
+
+        texts = list(texts)
+        try:
+            buffers = self._core.encode_ordinary_batch_buffers(texts, num_threads)
+        except UnicodeEncodeError:
+            buffers = self._core.encode_ordinary_batch_buffers([_fix_surrogates(t) for t in texts], num_threads)
+        return [np.frombuffer(b, dtype=np.uint32) for b in buffers]
+
+    def _ordinary_numpy(self, text: str) -> np.ndarray:
+        import numpy as np
+
+        try:
+            buffer = self._core.encode_ordinary_buffer(text)
+        except UnicodeEncodeError:
+            buffer = self._core.encode_ordinary_buffer(_fix_surrogates(text))
+        return np.frombuffer(buffer, dtype=np.uint32)
 
     # -- decoding --------------------------------------------------------------------------------------------------
 

@@ -82,6 +82,24 @@ def test_every_backend_gives_the_same_ids(backend):
     assert Tokenizer(backend).encode(text) == Tokenizer("tiktoken").encode(text)
 
 
+@pytest.mark.parametrize("backend", ["cpp", "tiktoken", "python"])
+def test_numpy_ids_are_the_list_ids(backend):
+    import numpy as np
+
+    tok = Tokenizer(backend)
+    texts = ["It's 3.14 o'clock — naïve 🤖\n\n  end ", "", "lone \ud800 surrogate", "0123456789" * 20, "a b " * 50]
+    for text in texts:
+        ids = tok.encode_to_numpy(text)
+        assert ids.dtype == np.uint32 and ids.tolist() == tok.encode(text)
+    special = "one<|endoftext|>two"
+    with pytest.raises(ValueError, match="special token"):
+        tok.encode_to_numpy(special)
+    assert tok.encode_to_numpy(special, allowed_special="all").tolist() == tok.encode(special, allowed_special="all")
+    assert tok.encode_to_numpy(special, disallowed_special=()).tolist() == tok.encode_ordinary(special)
+    batch = tok.encode_ordinary_batch_to_numpy(texts + [special], num_threads=2)
+    assert [a.tolist() for a in batch] == tok.encode_ordinary_batch(texts + [special], num_threads=2)
+
+
 def test_unknown_backend(tok):
     with pytest.raises(ValueError, match="unknown tokenizer backend 'rust'"):
         Tokenizer(backend="rust")
