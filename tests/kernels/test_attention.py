@@ -21,6 +21,8 @@ from gpt2tui.kernels import (  # noqa: E402
 )
 from gpt2tui.kernels.attention import attention_dropout_mask, causal_attention  # noqa: E402
 
+from .compiled import sm90  # noqa: E402
+
 ON_CUDA = torch.cuda.is_available()
 # Triton 3.9's interpreter multiplies bfloat16 tiles wrongly (it reads the raw bits); bfloat16 is checked on CUDA.
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if ON_CUDA else [])
@@ -202,39 +204,20 @@ def test_bad_dropout_probability(device):
         causal_attention(q, k, v, dropout_p=1.0)
 
 
-_DKDV_TTGIR = """
-import sys
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from gpt2tui.kernels import attention
-fn = attention._attn_bwd_dkdv_kernel
-types = {n: "*fp32" for n in ("Q", "K", "V", "DO", "LSE", "DELTA", "DK", "DV")}
-types.update(qk_scale="fp32", sm_scale="fp32", dropout_p="fp32")
-const = {"BLOCK_M": 32, "BLOCK_N": 64, "D": 16, "DROPOUT": False, "PRECISION": "ieee", "COMPENSATE": True}
-sig = {n: "constexpr" if n in const else types.get(n, "i32") for n in fn.arg_names}
-src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(n),): v for n, v in const.items()})
-sys.stdout.write(triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm["ttgir"])
-"""
-
-
 def test_float32_backward_keeps_its_compensated_sums_apart_from_the_dots():
     # The float32 dK/dV sums are Kahan-compensated so that their error does not grow with T (see `_accumulate`); were
-    # Triton to fold `total + tile` back into `tl.dot`'s accumulator, they would be one FMA chain again. Compiled for
-    # sm_90 here (Triton ships ptxas; no GPU needed): the dots that make dV and dK must start from zero.
-    import os
+    # Triton to fold `total + tile` back into `tl.dot`'s accumulator, they would be one FMA chain again. In the sm_90
+    # build, the dots that make dV and dK must start from zero.
     import re
-    import subprocess
-    import sys
 
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-c", _DKDV_TTGIR], env=env, capture_output=True, text=True, timeout=300)
-    if run.returncode != 0:
-        pytest.skip(f"cannot compile for sm_90 here: {run.stderr.strip().splitlines()[-1:]}")
-    zeros = set(re.findall(r"(%cst\w*) = arith.constant dense<0\.0+e\+00> : tensor<64x16xf32", run.stdout))
+    types = {n: "*fp32" for n in ("Q", "K", "V", "DO", "LSE", "DELTA", "DK", "DV")}
+    types.update(qk_scale="fp32", sm_scale="fp32", dropout_p="fp32")
+    const = {"BLOCK_M": 32, "BLOCK_N": 64, "D": 16, "DROPOUT": False, "PRECISION": "ieee", "COMPENSATE": True}
+    ttgir = sm90("attention", "_attn_bwd_dkdv_kernel", types, const, "ttgir")
+    zeros = set(re.findall(r"(%cst\w*) = arith.constant dense<0\.0+e\+00> : tensor<64x16xf32", ttgir))
     # (BLOCK_N, BLOCK_M) x (BLOCK_M, D): the dots that make dV and dK tiles
-    accumulators = re.findall(r"tt\.dot %\S+, %\S+, (%\S+) : tensor<64x32xf32", run.stdout)
-    assert accumulators and zeros, run.stdout[:2000]
+    accumulators = re.findall(r"tt\.dot %\S+, %\S+, (%\S+) : tensor<64x32xf32", ttgir)
+    assert accumulators and zeros, ttgir[:2000]
     assert set(accumulators) <= zeros, f"a dK/dV dot accumulates into a running sum: {accumulators}"
 
 

@@ -17,6 +17,8 @@ from gpt2tui.kernels.decode import choose_num_splits, decode_attention  # noqa: 
 from gpt2tui.kernels.reference import decode_attention_ref  # noqa: E402
 from gpt2tui.kernels.sdpa import decode_attention_sdpa  # noqa: E402
 
+from .compiled import sm90  # noqa: E402
+
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # All three dtypes run in the interpreter too (bf16 products go through fp32 there; see kernels/decode.py `_dot`).
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -181,35 +183,14 @@ def test_a_fused_merge_leaves_its_tickets_at_zero_and_agrees_with_the_merge_kern
     assert (outs["fused"].double() - outs["kernel"].double()).abs().max().item() <= _tol(q, k, v, L, want)
 
 
-_FUSED_PTX = """
-import re, sys
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from gpt2tui.kernels import decode
-fn = decode._decode_split_kernel
-types = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "Out": "*bf16", "OPart": "*fp32", "LSE": "*fp32", "Lens": "*i32",
-         "Tickets": "*i32", "qk_scale": "fp32"}
-const = {"HEAD_DIM": 64, "BLOCK_M": 16, "BLOCK_N": 64, "DIRECT": False, "FUSED": True, "UPCAST_DOT": False}
-sig = {n: "constexpr" if n in const else types.get(n, "i32") for n in fn.arg_names}
-src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(n),): v for n, v in const.items()})
-sys.stdout.write(triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm["ptx"])
-"""
-
-
 def test_the_fused_merge_compiles_to_a_barrier_then_an_acquire_release_ticket():
-    # What the interpreter cannot check: the order on a GPU. Compiled for sm_90 here (Triton ships ptxas; no GPU
-    # needed), the ticket must be a gpu-scope acq_rel atomic after a CTA barrier (every thread's partial stores,
-    # then thread 0's ticket: a grid-wide reduction's pattern), and the merge must read the partials past L1.
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-c", _FUSED_PTX], env=env, capture_output=True, text=True, timeout=300)
-    if run.returncode != 0:
-        pytest.skip(f"cannot compile for sm_90 here: {run.stderr.strip().splitlines()[-1:]}")
-    ptx = run.stdout
+    # What the interpreter cannot check: the order on a GPU. In the sm_90 build the ticket must be a gpu-scope acq_rel
+    # atomic after a CTA barrier (every thread's partial stores, then thread 0's ticket: a grid-wide reduction's
+    # pattern), and the merge must read the partials past L1.
+    types = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "Out": "*bf16", "OPart": "*fp32", "LSE": "*fp32",
+             "Lens": "*i32", "Tickets": "*i32", "qk_scale": "fp32"}
+    const = {"HEAD_DIM": 64, "BLOCK_M": 16, "BLOCK_N": 64, "DIRECT": False, "FUSED": True, "UPCAST_DOT": False}
+    ptx = sm90("decode", "_decode_split_kernel", types, const, "ptx")
     ticket = ptx.find("atom.global.gpu.acq_rel.add")
     assert ticket > 0, "the ticket is not an acquire/release atomic at gpu scope"
     assert "bar.sync" in ptx[:ticket], "no CTA barrier before the ticket"
