@@ -56,6 +56,26 @@ static inline bool equal_bytes(const uint8_t* a, const uint8_t* b, size_t n) {
     return n == 0 || load_tail(a, n) == load_tail(b, n);
 }
 
+// dst[0, n) = src[0, n) for n <= 24 (a piece the cache keeps), in fixed-size moves that overlap rather than reach past
+// n: a memcpy of variable length is a library call, once per piece of text like base64.
+static inline void copy_short(uint8_t* dst, const uint8_t* src, size_t n) {
+    if (n >= 8) {
+        const uint64_t first = load_u64(src), last = load_u64(src + n - 8);
+        if (n > 16) {
+            const uint64_t middle = load_u64(src + 8);
+            std::memcpy(dst + 8, &middle, 8);
+        }
+        std::memcpy(dst, &first, 8);
+        std::memcpy(dst + n - 8, &last, 8);
+    } else if (n >= 4) {
+        const uint32_t first = uint32_t(load_u32(src)), last = uint32_t(load_u32(src + n - 4));
+        std::memcpy(dst, &first, 4);
+        std::memcpy(dst + n - 4, &last, 4);
+    } else if (n > 0) {
+        dst[0] = src[0], dst[n / 2] = src[n / 2], dst[n - 1] = src[n - 1];
+    }
+}
+
 // A short multiply-xorshift hash, eight bytes at a time: pieces are short, so speed beats avalanche quality.
 static inline uint64_t hash_bytes(const uint8_t* p, size_t n) {
     uint64_t h = 0x9E3779B97F4A7C15ULL ^ (n * 0xC2B2AE3D27D4EB4FULL);
@@ -679,7 +699,7 @@ void Encoder::encode_piece(const uint8_t* p, size_t n, std::vector<Rank>& out, P
     const uint64_t key = h ^ cache_salt_;
     PieceCache::Slot& slot = cache.slots[key & (PieceCache::kSlots - 1)];
     if (slot.hash == key && slot.n_bytes == n && equal_bytes(slot.bytes, p, n)) {
-        out.insert(out.end(), slot.ids, slot.ids + slot.n_ids);
+        for (size_t k = 0; k < slot.n_ids; ++k) out.push_back(slot.ids[k]);  // a word is 1-3 ids: no range insert
         return;
     }
     const size_t start = out.size();
@@ -689,8 +709,8 @@ void Encoder::encode_piece(const uint8_t* p, size_t n, std::vector<Rank>& out, P
         slot.hash = key;
         slot.n_bytes = uint8_t(n);
         slot.n_ids = uint8_t(count);
-        std::memcpy(slot.bytes, p, n);
-        std::copy(out.begin() + start, out.end(), slot.ids);
+        copy_short(slot.bytes, p, n);
+        for (size_t k = 0; k < count; ++k) slot.ids[k] = out[start + k];
     }
 }
 
