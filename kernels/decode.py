@@ -417,8 +417,9 @@ def decode_attention(
         raise ValueError(f"decode_attention: max_len {max_len} must lie in [{q.shape[2]} (n), {S_max} (S_max)]")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     q, k_cache, v_cache = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k_cache, v_cache))
-    with torch.no_grad():
-        if q.device.type == "cuda":
-            with torch.cuda.device(q.device):
-                return _launch(q, k_cache, v_cache, cache_lens, scale, max_len, num_splits)
-        return _launch(q, k_cache, v_cache, cache_lens, scale, max_len, num_splits)
+    # Triton launches on the current device; switching costs host time on every layer's call, so only when needed.
+    # (No torch.no_grad(): the kernels record nothing for autograd, and the buffers they fill never require grad.)
+    if q.device.type == "cuda" and q.device.index != torch.cuda.current_device():
+        with torch.cuda.device(q.device):
+            return _launch(q, k_cache, v_cache, cache_lens, scale, max_len, num_splits)
+    return _launch(q, k_cache, v_cache, cache_lens, scale, max_len, num_splits)
