@@ -21,8 +21,9 @@ Fused merge (opt-in, `GPT2TUI_DECODE_MERGE=fused`): the splits of a query block 
 Each split program, after its partial stores and a barrier, takes a ticket from a per-(row·head, query block) counter
 with an acquire/release atomic; the one that draws the last ticket reads every split's partials (past L1) and writes
 the output, then resets the counter for the next launch: the pattern of a grid-wide reduction. It saves the second
-launch, which in a CUDA graph is most of a batch-1 decode's time. Checked in the interpreter, which runs programs one
-at a time; its speed and its memory ordering on a GPU await a GPU run (`make gpu-check` measures it beside the default).
+launch, which in a CUDA graph is most of a batch-1 decode's time. The interpreter, which runs programs one at a time,
+checks the counting, merging and reset; the memory order is checked in the PTX of an sm_90 build (a test compiles it
+on the CPU). Its speed awaits a GPU run (`make gpu-check` measures it beside the default); until then it is opt-in.
 
 Inference only: the output carries no autograd graph (no backward is defined), whatever `requires_grad` the inputs have.
 """
