@@ -38,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _cdiv
+from . import AttentionBackendError, _cdiv
 
 __all__ = ["decode_attention", "choose_num_splits"]
 
@@ -54,7 +54,7 @@ MAX_SPLITS = 64
 # as in a grid-wide reduction). $GPT2TUI_DECODE_MERGE chooses, read at import.
 MERGE = os.environ.get("GPT2TUI_DECODE_MERGE", "kernel")
 if MERGE not in ("kernel", "fused"):
-    raise ValueError(f"GPT2TUI_DECODE_MERGE must be 'kernel' or 'fused', got {MERGE!r}")
+    raise AttentionBackendError(f"$GPT2TUI_DECODE_MERGE is {MERGE!r}; set it to 'kernel' or 'fused', or unset it")
 PROGRAMS_PER_SM = 2  # the split heuristic's target occupancy
 INTERPRETER_SMS = 4  # the "SM count" the heuristic assumes off CUDA (the interpreter runs programs one by one)
 

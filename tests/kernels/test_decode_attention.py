@@ -198,6 +198,18 @@ def test_the_fused_merge_compiles_to_a_barrier_then_an_acquire_release_ticket():
     assert "atom.global.gpu.acq_rel.exch" in ptx[ticket:], "the ticket is not reset"
 
 
+def test_an_unknown_merge_setting_is_a_clear_error():
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, GPT2TUI_DECODE_MERGE="atomic", TRITON_INTERPRET="1")
+    run = subprocess.run([sys.executable, "-c", "import gpt2tui.kernels.decode"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode != 0
+    assert "AttentionBackendError: $GPT2TUI_DECODE_MERGE is 'atomic'; set it to 'kernel' or 'fused'" in run.stderr
+
+
 def test_max_len_from_device_and_int32_lengths():
     lens = (9, 70)
     q, k, v, L = _inputs(2, 2, 3, 80, 16, lens, torch.float32, seed=5)
