@@ -12,6 +12,7 @@ The groups, each with the fast path beside its baseline:
   ships it (``pydoc_data.topics``, ~0.5 MB), single-threaded: the same reference without the loop;
 - ``tokenizer-encode-numpy``: the mixed text to a numpy uint32 array: `encode_to_numpy` (ours, then tiktoken's), and
   ours through a list and `numpy.asarray` (how training data was made before `encode_ordinary_batch_to_numpy`);
+- ``tokenizer-decode``: the mixed text's ids back to text (`decode`), MB/s of the text;
 - ``tokenizer-pathological-*``: 1 MB worst cases (one letter repeated, random letters, random digits, base64, random
   Cyrillic). Where one tiktoken call on 1 MB would take more than ~30 s, tiktoken is measured on a shorter input
   and ``extra_info["n_bytes"]`` says so.
@@ -174,6 +175,16 @@ def test_encode_to_numpy(benchmark, path, mixed_text):
             return engine.encode_to_numpy(mixed_text)
     ids = benchmark.pedantic(run, rounds=5, warmup_rounds=1)
     assert ids.dtype == np.uint32 and len(ids) > 100_000
+    _report(benchmark, _utf8_len([mixed_text]), n_tokens=len(ids), threads=1)
+
+
+@pytest.mark.benchmark(group="tokenizer-decode")
+@pytest.mark.parametrize("engine", ENGINES)
+def test_decode(benchmark, engine, mixed_text):
+    enc = _engines()[engine]
+    ids = enc.encode(mixed_text)
+    text = benchmark.pedantic(enc.decode, args=(ids,), rounds=5, warmup_rounds=1)
+    assert text == mixed_text
     _report(benchmark, _utf8_len([mixed_text]), n_tokens=len(ids), threads=1)
 
 

@@ -158,18 +158,33 @@ py::list encode_ordinary_batch(const Encoder& enc, const py::list& texts, int nu
     return out;
 }
 
-py::bytes decode_bytes(const Encoder& enc, const std::vector<int64_t>& ids) {
-    std::vector<Rank> ranks(ids.size());
-    for (size_t k = 0; k < ids.size(); ++k) {
-        if (ids[k] < 0 || ids[k] >= int64_t(enc.n_vocab())) {
-            throw py::value_error("token id " + std::to_string(ids[k]) + " is out of range for this vocabulary (0 to " +
-                                  std::to_string(enc.n_vocab() - 1) + ")");
+// The bytes of a sequence of ids. Each is read as a C integer straight from the list (or tuple; another sequence is
+// copied into one first): a conversion through a vector of int64 first, or int() on each in Python, cost twice the
+// lookups and the join. A non-integer raises TypeError; an id outside the vocabulary, however large, ValueError.
+py::bytes decode_bytes(const Encoder& enc, const py::handle& ids) {
+    PyObject* seq = PySequence_Fast(ids.ptr(), "token ids must be a sequence of ints");
+    if (seq == nullptr) throw py::error_already_set();
+    const py::object owned = py::reinterpret_steal<py::object>(seq);
+    const size_t n = size_t(PySequence_Fast_GET_SIZE(seq));
+    PyObject** items = PySequence_Fast_ITEMS(seq);
+    std::vector<Rank> ranks(n);
+    const long long limit = (long long)enc.n_vocab();
+    for (size_t k = 0; k < n; ++k) {
+        int overflow = 0;
+        const long long id = PyLong_AsLongLongAndOverflow(items[k], &overflow);
+        if (id == -1 && PyErr_Occurred()) throw py::error_already_set();
+        if (overflow != 0 || id < 0 || id >= limit) {
+            throw py::value_error("token id " + std::string(py::str(items[k])) +
+                                  " is out of range for this vocabulary (0 to " + std::to_string(limit - 1) + ")");
         }
-        ranks[k] = Rank(ids[k]);
+        ranks[k] = Rank(id);
     }
     std::string out;
     int64_t bad = -1;
-    enc.decode(ranks.data(), ranks.size(), out, bad);
+    {
+        py::gil_scoped_release release;
+        enc.decode(ranks.data(), ranks.size(), out, bad);
+    }
     return py::bytes(out);
 }
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import codecs
 import functools
+import operator
 import re
 import warnings
 from collections.abc import Collection, Iterable, Sequence
@@ -326,13 +327,12 @@ class Tokenizer:
     # -- decoding --------------------------------------------------------------------------------------------------
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
-        ids = [int(i) for i in ids]
-        try:
+        if self.backend == "cpp":
+            # The native core reads the ids from a list or tuple itself (and checks their range).
+            if not isinstance(ids, (list, tuple)):
+                ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)  # numpy arrays, torch tensors
             return self._core.decode_bytes(ids)
-        except (TypeError, OverflowError):
-            # The native core takes 64-bit ids; anything wider is out of range all the same, and says so.
-            _check_range(ids, self.n_vocab)
-            raise
+        return self._core.decode_bytes([operator.index(i) for i in ids])
 
     def decode(self, ids: Iterable[int], errors: str = "replace") -> str:
         """Text of `ids`. A token sequence can end inside a UTF-8 character; `errors="replace"` shows that as U+FFFD,

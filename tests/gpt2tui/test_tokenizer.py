@@ -100,6 +100,20 @@ def test_numpy_ids_are_the_list_ids(backend):
     assert [a.tolist() for a in batch] == tok.encode_ordinary_batch(texts + [special], num_threads=2)
 
 
+@pytest.mark.parametrize("backend", ["cpp", "tiktoken", "python"])
+def test_decode_takes_any_sequence_of_integers_and_nothing_else(backend):
+    import numpy as np
+    import torch
+
+    tok = Tokenizer(backend)
+    ids = tok.encode("Hello world, again")
+    for given in (ids, tuple(ids), iter(ids), np.array(ids), torch.tensor(ids), [np.int64(i) for i in ids]):
+        assert tok.decode(given) == "Hello world, again"
+    for bad in ([1.5], ["7"], [None]):
+        with pytest.raises(TypeError):
+            tok.decode(bad)
+
+
 def test_unknown_backend(tok):
     with pytest.raises(ValueError, match="unknown tokenizer backend 'rust'"):
         Tokenizer(backend="rust")
