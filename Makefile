@@ -39,7 +39,8 @@ bench: $(STAMP)
 	$(BIN)/python -m pytest -q benchmarks --benchmark-only --benchmark-columns=min,median,mean,rounds
 
 # On a GPU machine (no network there): its system Python already has torch, triton, transformers and pytest, so
-# install this checkout into it without dependencies, then run the CUDA tests and the benchmarks.
+# install this checkout into it without dependencies, then run the CUDA tests, the benchmarks, and a profile of where a
+# training step's attention spends its time (BENCH_JSON=path keeps the benchmarks' figures).
 gpu-check:
 	$(PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
 	@# Every step runs even if an earlier one fails (a failing test must not hide the figures); the exit says.
@@ -48,6 +49,7 @@ gpu-check:
 	$(PYTHON) -m pytest -q -m gpu tests --ignore=tests/kernels || [ $$? -eq 5 ] || status=1; \
 	$(PYTHON) -m pytest -q benchmarks/bench_attention.py --benchmark-columns=min,median,mean,rounds \
 		$(if $(BENCH_JSON),--benchmark-json=$(BENCH_JSON)) || status=1; \
+	$(PYTHON) benchmarks/profile_attention.py || status=1; \
 	exit $$status
 
 clean:
