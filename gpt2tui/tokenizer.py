@@ -114,8 +114,8 @@ class _TiktokenCore:
         with ThreadPoolExecutor(num_threads) as pool:
             return list(pool.map(fn, texts))
 
-    def decode_bytes(self, ids: list[int]) -> bytes:
-        _check_range(ids, self.n_vocab)
+    def decode_bytes(self, ids: Sequence[int]) -> bytes:
+        ids = _checked_ids(ids, self.n_vocab)
         return self.enc.decode_bytes(ids)
 
 
@@ -140,15 +140,29 @@ class _PythonCore:
     def encode_ordinary_batch_buffers(self, texts: list[str], num_threads: int) -> list:
         return [self.encode_ordinary_buffer(t) for t in texts]
 
-    def decode_bytes(self, ids: list[int]) -> bytes:
-        _check_range(ids, self.n_vocab)
+    def decode_bytes(self, ids: Sequence[int]) -> bytes:
+        ids = _checked_ids(ids, self.n_vocab)
         return self.bpe.decode_bytes(ids)
 
 
-def _check_range(ids: list[int], n_vocab: int) -> None:
+def _checked_ids(ids: Sequence[int], n_vocab: int) -> list[int]:
+    """The ids as Python ints (TypeError for anything that is not an integer), each in range, as the native core
+    checks them."""
+    ids = [operator.index(i) for i in ids]
     bad = next((i for i in ids if not 0 <= i < n_vocab), None)
     if bad is not None:
         raise ValueError(f"token id {bad} is out of range for this vocabulary (0 to {n_vocab - 1})")
+    return ids
+
+
+def _repairing(encode, texts, *args):
+    """`encode(texts, *args)` (one str or a list of them), again with lone surrogates repaired if it could not encode
+    them: a Python str may hold UTF-16 surrogates, which have no UTF-8 form."""
+    try:
+        return encode(texts, *args)
+    except UnicodeEncodeError:
+        fixed = _fix_surrogates(texts) if isinstance(texts, str) else [_fix_surrogates(t) for t in texts]
+        return encode(fixed, *args)
 
 
 def _fix_surrogates(text: str) -> str:
@@ -193,10 +207,7 @@ class Tokenizer:
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Token ids of `text`, treating special-token text as plain text."""
-        try:
-            return self._core.encode_ordinary(text)
-        except UnicodeEncodeError:
-            return self._core.encode_ordinary(_fix_surrogates(text))
+        return _repairing(self._core.encode_ordinary, text)
 
     def _policy(self, allowed_special, disallowed_special) -> tuple[frozenset[str], frozenset[str]]:
         """The special tokens to encode as such, and those whose text must not appear."""
@@ -278,10 +289,7 @@ class Tokenizer:
         return self._encode_ordinary_batch(list(texts), num_threads)
 
     def _encode_ordinary_batch(self, texts: list[str], num_threads: int) -> list[list[int]]:
-        try:
-            return self._core.encode_ordinary_batch(texts, num_threads)
-        except UnicodeEncodeError:
-            return self._core.encode_ordinary_batch([_fix_surrogates(t) for t in texts], num_threads)
+        return _repairing(self._core.encode_ordinary_batch, texts, num_threads)
 
     # Each backend hands back uint32 ids in a buffer (the C++ one a bytearray, filled without a Python int per token:
     # on English text those ints, and numpy's reading of them, cost as much as the encoding).
@@ -308,31 +316,21 @@ class Tokenizer:
         """`encode_ordinary_batch`, each text's ids as a numpy uint32 array: the form training data is stored in."""
         import numpy as np
 
-        texts = list(texts)
-        try:
-            buffers = self._core.encode_ordinary_batch_buffers(texts, num_threads)
-        except UnicodeEncodeError:
-            buffers = self._core.encode_ordinary_batch_buffers([_fix_surrogates(t) for t in texts], num_threads)
+        buffers = _repairing(self._core.encode_ordinary_batch_buffers, list(texts), num_threads)
         return [np.frombuffer(b, dtype=np.uint32) for b in buffers]
 
     def _ordinary_numpy(self, text: str) -> np.ndarray:
         import numpy as np
 
-        try:
-            buffer = self._core.encode_ordinary_buffer(text)
-        except UnicodeEncodeError:
-            buffer = self._core.encode_ordinary_buffer(_fix_surrogates(text))
-        return np.frombuffer(buffer, dtype=np.uint32)
+        return np.frombuffer(_repairing(self._core.encode_ordinary_buffer, text), dtype=np.uint32)
 
     # -- decoding --------------------------------------------------------------------------------------------------
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
-        if self.backend == "cpp":
-            # The native core reads the ids from a list or tuple itself (and checks their range).
-            if not isinstance(ids, (list, tuple)):
-                ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)  # numpy arrays, torch tensors
-            return self._core.decode_bytes(ids)
-        return self._core.decode_bytes([operator.index(i) for i in ids])
+        # Every core reads a list or tuple of integers and checks their range (the native one in C++, per id).
+        if not isinstance(ids, (list, tuple)):
+            ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)  # numpy arrays, torch tensors, iterators
+        return self._core.decode_bytes(ids)
 
     def decode(self, ids: Iterable[int], errors: str = "replace") -> str:
         """Text of `ids`. A token sequence can end inside a UTF-8 character; `errors="replace"` shows that as U+FFFD,
