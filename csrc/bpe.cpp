@@ -793,41 +793,53 @@ bool Encoder::valid_pair(Rank left, Rank right) const {
     }
 }
 
-bool Encoder::backtrack(const uint8_t* p, size_t n, std::vector<Rank>& out) const {
+namespace {
+// The walk both backtracking encoders take, over whichever tables answer its questions: `longest(pos)`, the longest
+// token at pos (or `none` at the end); `valid(a, b)`, whether BPE keeps [a, b] as they are; `shorter(t)`, the longest
+// token that is a proper prefix of t (or `none`); `length(t)`. Tokens go to out[start, ...); false, with out cut back
+// to start, if even the first position leads nowhere (not for a BPE vocabulary: the caller answers otherwise).
+template <class Token, class Longest, class Valid, class Shorter, class Length>
+inline bool backtrack_walk(size_t n, std::vector<Token>& out, std::vector<uint64_t>& dead, Token none, Longest longest,
+                           Valid valid, Shorter shorter, Length length) {
     const size_t start = out.size();
-    Scratch& scratch = thread_scratch();
-    std::vector<uint64_t>& dead = scratch.dead;
     dead.assign((n + 64) / 64, 0);
-    auto is_dead = [&](size_t pos) { return (dead[pos >> 6] >> (pos & 63)) & 1; };
     size_t pos = 0;
-    Rank next = longest_prefix(p, n);
-    while (next != kNoRank) {
-        Rank token = next;
-        const Rank last = out.size() > start ? out.back() : kNoRank;
+    Token next = longest(size_t(0));
+    while (next != none) {
+        Token token = next;
+        const Token last = out.size() > start ? out.back() : none;
         for (;;) {
-            const size_t end = pos + token_len_[token];
-            if (!is_dead(end) && (last == kNoRank || valid_pair(last, token))) {
+            const size_t end = pos + length(token);
+            if (!((dead[end >> 6] >> (end & 63)) & 1) && (last == none || valid(last, token))) {
                 out.push_back(token);
                 pos = end;
-                next = pos < n ? longest_prefix(p + pos, n - pos) : kNoRank;
+                next = pos < n ? longest(pos) : none;
                 break;
             }
-            if (next_prefix_[token] != kNoRank) {
-                token = next_prefix_[token];
+            if (shorter(token) != none) {
+                token = shorter(token);
                 continue;
             }
-            if (last == kNoRank) {  // cannot happen for a BPE vocabulary; let the merge loop answer instead
+            if (last == none) {
                 out.resize(start);
                 return false;
             }
             dead[pos >> 6] |= uint64_t(1) << (pos & 63);
             out.pop_back();
-            pos -= token_len_[last];
+            pos -= length(last);
             next = last;
             break;
         }
     }
     return true;
+}
+}  // namespace
+
+bool Encoder::backtrack(const uint8_t* p, size_t n, std::vector<Rank>& out) const {
+    return backtrack_walk(
+        n, out, thread_scratch().dead, kNoRank, [&](size_t pos) { return longest_prefix(p + pos, n - pos); },
+        [this](Rank a, Rank b) { return valid_pair(a, b); }, [this](Rank t) { return next_prefix_[t]; },
+        [this](Rank t) { return size_t(token_len_[t]); });
 }
 
 // Digits: the same walk as backtrack's, over tables that answer each of its questions with one or two loads. On random
@@ -858,8 +870,7 @@ void Encoder::build_digit_tables() {
         d->rank.push_back(Rank(r));
         d->len.push_back(uint16_t(t.size()));
     }
-    const size_t K = d->rank.size();
-    if (K < 10) return;  // a vocabulary without every digit as a token: not worth a path of its own
+    const size_t K = d->rank.size();  // at least the ten digits: every single byte is a token
     d->next_prefix.assign(K, D::kNone);
     for (size_t a = 0; a < K; ++a) {
         const std::string& t = decode_[d->rank[a]];
@@ -917,35 +928,11 @@ bool Encoder::backtrack_digits(const uint8_t* p, size_t n, std::vector<Rank>& ou
         return is_valid;
     };
     Scratch& scratch = thread_scratch();
-    std::vector<uint64_t>& dead = scratch.dead;
-    dead.assign((n + 64) / 64, 0);
     std::vector<uint16_t>& st = scratch.digits;
     st.clear();
-    size_t pos = 0;
-    uint16_t next = longest(0);
-    while (next != kNone) {
-        uint16_t token = next;
-        const uint16_t last = st.empty() ? kNone : st.back();
-        for (;;) {
-            const size_t end = pos + d->len[token];
-            if (!((dead[end >> 6] >> (end & 63)) & 1) && (last == kNone || valid(last, token))) {
-                st.push_back(token);
-                pos = end;
-                next = pos < n ? longest(pos) : kNone;
-                break;
-            }
-            if (d->next_prefix[token] != kNone) {
-                token = d->next_prefix[token];
-                continue;
-            }
-            if (last == kNone) return false;  // as in backtrack: not for a BPE vocabulary
-            dead[pos >> 6] |= uint64_t(1) << (pos & 63);
-            st.pop_back();
-            pos -= d->len[last];
-            next = last;
-            break;
-        }
-    }
+    if (!backtrack_walk(n, st, scratch.dead, kNone, longest, valid, [d](uint16_t t) { return d->next_prefix[t]; },
+                        [d](uint16_t t) { return size_t(d->len[t]); }))
+        return false;
     const size_t start = out.size();
     out.resize(start + st.size());
     for (size_t k = 0; k < st.size(); ++k) out[start + k] = d->rank[st[k]];
