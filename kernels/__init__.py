@@ -151,7 +151,9 @@ def decode_attention(
 
     The new queries' keys and values are already written to the cache and counted in ``cache_lens``; query ``i`` of
     ``n`` in row ``b`` sits at position ``cache_lens[b] - n + i`` and sees the keys up to it. ``max_len``, if given,
-    must equal ``max(cache_lens)``: it lets every path read only the filled part without syncing the device.
+    must equal ``max(cache_lens)``: it lets every path read only the filled part without syncing the device. Without
+    it every path reads the whole cache, masked by ``cache_lens``, and still never syncs: the form a decode step
+    captured in a CUDA graph uses, since its lengths change on the device between replays.
     """
     chosen = _backend_for(q, backend)
     if chosen == "triton":

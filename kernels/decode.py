@@ -395,8 +395,9 @@ def decode_attention(
             written): query ``i`` of ``n`` in row ``b`` sits at ``cache_lens[b] - n + i`` and sees keys at positions up
             to its own. Every row must hold at least ``n`` keys (not checked: that would sync the device).
         scale: score scale; defaults to ``1/sqrt(D)``.
-        max_len: host int equal to ``max(cache_lens)`` if the caller knows it (it sizes the key splits without a device
-            sync); a smaller value silently drops keys. ``None`` reads ``cache_lens.max()`` from the device.
+        max_len: host int at least ``max(cache_lens)``, best equal to it: it sizes the key splits, and a smaller
+            value silently drops keys. ``None`` takes the whole cache, ``S_max``: splits that lie past a row's length
+            end at once, and nothing is read from the device, so the call can be captured in a CUDA graph.
         num_splits: force this many key splits (tests); ``None`` chooses with :func:`choose_num_splits`.
 
     Returns:
@@ -411,9 +412,7 @@ def decode_attention(
     """
     _check(q, k_cache, v_cache, cache_lens, num_splits)
     S_max = k_cache.shape[2]
-    if max_len is None:
-        max_len = int(cache_lens.max().item()) if cache_lens.numel() else q.shape[2]
-    max_len = int(max_len)
+    max_len = S_max if max_len is None else int(max_len)
     if not q.shape[2] <= max_len <= S_max:
         raise ValueError(f"decode_attention: max_len {max_len} must lie in [{q.shape[2]} (n), {S_max} (S_max)]")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
