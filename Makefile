@@ -46,9 +46,11 @@ gpu-check:
 	@# Every step runs even if an earlier one fails (a failing test must not hide the figures); the exit says.
 	status=0; \
 	$(PYTHON) -m pytest -q tests/kernels || status=1; \
-	$(PYTHON) -m pytest -q -m gpu tests --ignore=tests/kernels || [ $$? -eq 5 ] || status=1; \
+	GPT2TUI_TRITON_AUTOTUNE=0 $(PYTHON) -m pytest -q -m gpu tests --ignore=tests/kernels || [ $$? -eq 5 ] || status=1; \
 	$(PYTHON) -m pytest -q benchmarks/bench_attention.py --benchmark-columns=min,median,mean,rounds \
 		$(if $(BENCH_JSON),--benchmark-json=$(BENCH_JSON)) || status=1; \
+	$(PYTHON) -m pytest -q -m gpu benchmarks/bench_generate.py --benchmark-columns=min,median,mean,rounds \
+		$(if $(BENCH_JSON),--benchmark-json=$(basename $(BENCH_JSON))-generate.json) || status=1; \
 	$(PYTHON) benchmarks/profile_attention.py || status=1; \
 	exit $$status
 

@@ -86,6 +86,41 @@ def test_all_three_agree(models, prompt):
     assert ours == theirs
 
 
+# -- on CUDA: each decode step launched from Python, or replayed from a CUDA graph ---------------------------------
+# At batch 1 a 124M decode step is ~120 small kernels; launched one by one from Python the GPU mostly waits for the
+# host. `Decoder(cuda_graph=True)` captures the step once and replays it (gpt2tui/decode_graph.py). Same weights,
+# prompt and tokens both ways, in bfloat16, for each attention backend the model can dispatch to on CUDA.
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.fixture(scope="module")
+def cuda_model():
+    from gpt2tui import GPT2, GPT2Config
+
+    torch.manual_seed(0)  # random 124M weights of our own: the GPU machine has no `transformers` to write them
+    return GPT2(GPT2Config.from_preset("gpt2")).to("cuda", torch.bfloat16).eval()
+
+
+def _decode_cuda(model, prompt, graphed):
+    out = [step[0] for step in Decoder(model, [prompt], PARAMS, eos_id=50256, cuda_graph=graphed)]
+    torch.cuda.synchronize()
+    return out
+
+
+@cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("graphed", [False, True], ids=["eager", "cuda-graph"])
+@pytest.mark.parametrize("backend", ["triton", "sdpa"])
+def test_decode_cuda(benchmark, monkeypatch, cuda_model, prompt, backend, graphed):
+    benchmark.group = f"generate-124m-cuda-bf16-{backend}"
+    monkeypatch.setenv("GPT2TUI_ATTENTION", backend)  # the dispatch rule's override
+    out = benchmark.pedantic(lambda: _decode_cuda(cuda_model, prompt, graphed), rounds=5, warmup_rounds=1)
+    assert len(out) == NEW_TOKENS
+    _report(benchmark, NEW_TOKENS)
+    benchmark.extra_info["device"] = torch.cuda.get_device_name()
+
+
 # -- the chat app's path: ChatSession against the raw Stream ------------------------------------------------------
 # The app streams through `ChatSession.reply` (prompt rendering with the chat template, the context policy, a
 # ReplyStream wrapping the Stream). These pairs measure the same model, the same prompt ids and the same sampling

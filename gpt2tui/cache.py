@@ -89,8 +89,13 @@ class KVCache:
             self.v[layer, :, :, s : s + n] = v
         else:
             rows = torch.arange(self.batch_size, device=self.device)[:, None]  # (B, 1)
-            self.k[layer][rows, :, self._pos] = k.transpose(1, 2)  # indexed view is (B, n, H, D)
-            self.v[layer][rows, :, self._pos] = v.transpose(1, 2)
+            self.scatter(layer, rows, self._pos, k, v)
+
+    def scatter(self, layer: int, rows: torch.Tensor, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store `(B, H, n, D)` keys and values of one layer at device positions `pos` `(B, n)` of rows `(B, 1)`: no
+        host value in the indexing, so a CUDA graph can capture it."""
+        self.k[layer][rows, :, pos] = k.transpose(1, 2)  # indexed view is (B, n, H, D)
+        self.v[layer][rows, :, pos] = v.transpose(1, 2)
 
     def commit(self) -> None:
         n, before = self._step

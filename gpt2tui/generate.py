@@ -6,7 +6,8 @@ Layers, bottom up:
   temperature, top-k, top-p; greedy when temperature is 0).
 - `Decoder`: the token engine. A batch of prompts is right-padded and prefilled (optionally in chunks) into a static
   `KVCache`; the cache then keeps each row's true length, so rows continue from their own positions and nobody
-  attends to padding. Finished rows are dropped from the batch, so the rest run faster.
+  attends to padding. Finished rows are dropped from the batch, so the rest run faster. On CUDA its one-token steps
+  can replay from a CUDA graph (`decode_graph.py`; `cuda_graph=True` or $GPT2TUI_CUDA_GRAPH=1).
 - `generate_ids_nocache`: the plain loop (the whole sequence through the model for every token), the oracle the
   cached engine must match token for token.
 - `Stream` / `stream` / `generate`: text. Stop strings are honoured across token boundaries: text that could be the
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .cache import KVCache
+from .decode_graph import GraphedDecodeStep, graphs_requested
 from .model import GPT2
 from .tokenizer import StreamDecoder, Tokenizer
 
@@ -136,6 +138,7 @@ class Decoder:
         eos_id: int | None = None,
         n_vocab: int | None = None,
         prefill_chunk: int | None = None,
+        cuda_graph: bool | None = None,
     ):
         if not prompts:
             raise ValueError("no prompts to generate from")
@@ -144,6 +147,7 @@ class Decoder:
         self.eos_id = eos_id
         self.n_vocab = n_vocab
         self.prefill_chunk = prefill_chunk
+        self.cuda_graph = graphs_requested(model.device, cuda_graph)
         ctx = model.config.context_length
         bos = eos_id if eos_id is not None else 0
         fitted = [fit_prompt(p, ctx, params.max_new_tokens, bos) for p in prompts]
@@ -178,6 +182,7 @@ class Decoder:
             for b, p in enumerate(self.prompts):
                 seen[b, torch.tensor(p, device=device)] = True
         generator = _generator(params, device)
+        decode = self._decode_step(cache)
         while rows:
             if self.n_vocab is not None and logits.shape[-1] > self.n_vocab:
                 logits[:, self.n_vocab :] = float("-inf")  # padded vocabulary rows the tokenizer cannot decode
@@ -203,10 +208,17 @@ class Decoder:
                 next_ids = next_ids[keep]
                 seen = seen[keep] if seen is not None else None
                 rows = [rows[b] for b in keep]
+                decode = self._decode_step(cache)  # a graph holds the old cache's addresses
             if seen is not None:
                 seen.scatter_(1, next_ids[:, None], True)
-            h = model.hidden(next_ids[:, None], cache)  # (B, 1, C)
-            logits = model.head(h[:, -1])  # (B, V)
+            logits = decode(next_ids)  # (B, V)
+
+    def _decode_step(self, cache: KVCache):
+        """One token per row → logits `(B, V)`: eager, or replayed from a CUDA graph (`decode_graph.py`)."""
+        if self.cuda_graph:
+            return GraphedDecodeStep(self.model, cache)
+        model = self.model
+        return lambda next_ids: model.head(model.hidden(next_ids[:, None], cache)[:, -1])  # (B, V)
 
     def _prefill(self, cache: KVCache, lens: list[int]) -> torch.Tensor:
         """Run the right-padded prompts through the model in chunks; logits `(B, V)` at each row's last token."""

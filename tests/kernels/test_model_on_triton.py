@@ -99,3 +99,30 @@ def test_kv_cached_generation_equals_the_reference_path(device, kernel_calls):
         outs[backend] = rows
     assert outs["triton"] == outs["reference"]
     assert kernel_calls["causal"] > 0 and kernel_calls["decode"] > 0
+
+
+def test_graphed_decode_on_triton_equals_eager(device, kernel_calls, monkeypatch):
+    """Decode steps replayed from a graph, on the Triton path: the same tokens as eager steps, and (on the CPU,
+    through the op-tracing stand-in) no host value captured. On CUDA it is a real CUDA graph."""
+    from gpt2tui import decode_graph
+    from tests.gpt2tui.graphs import ReplayByCalling
+
+    if device == "cpu":
+        ReplayByCalling.instances = []
+        monkeypatch.setattr(decode_graph, "CUDAGraph", ReplayByCalling)
+    prompts = [[5, 17, 33], list(range(1, 30)), [7] * 12]
+    params = SamplingParams(max_new_tokens=8, temperature=0)
+    model = _model("triton", device).eval()
+    outs = {}
+    for graphed in (False, True):
+        rows = {i: [] for i in range(len(prompts))}
+        decoder = Decoder(model, prompts, params, eos_id=96, n_vocab=97)
+        decoder.cuda_graph = graphed
+        for step in decoder:
+            for row, token in step.items():
+                rows[row].append(token)
+        outs[graphed] = rows
+    assert outs[True] == outs[False]
+    assert kernel_calls["decode"] > 0
+    if device == "cpu":
+        assert [g.replays for g in ReplayByCalling.instances] == [6]
