@@ -1,19 +1,21 @@
-"""The host's share of the Triton attention: the Python around each kernel launch, timed on the CPU.
+"""The host's share of the Triton attention: the Python around and inside each kernel launch, timed on the CPU.
 
     .venv/bin/python -m pytest benchmarks/bench_attention_host.py --benchmark-only
 
-On a GPU the forward+backward step waits for the host (RESULTS.md, attention, third run), so every microsecond of
-Python between launches counts. Here Triton's launcher itself (`JITFunction.run`, which needs a GPU) is replaced by a
-no-op, and the autotuner's benchmarking by a constant, so what is timed is the rest: our launchers, Triton's
-`Autotuner.run`, and autograd. Groups, each with the fast path beside its baseline:
+On a GPU a forward+backward step at GPT-2's shape waited for the host (RESULTS.md, attention, third run), so every
+microsecond of Python between launches counts, and it can be timed anywhere: a stand-in driver
+(`tests/kernels/standin_driver.py`) has the kernels really compiled for sm_90 and records their launches instead of
+making them, so all of Triton's host path runs, up to its C launcher. The autotuner's timing of candidates is replaced
+by a constant. Each group puts the fast path beside its baselines:
 
-- ``attention-host-launch``: one autotuned launch of the dK/dV kernel, through `Autotuner.run` on every call (the
-  baseline) or through `attention._launch`, which calls the kernel with the tuned config once a key is tuned;
+- ``attention-host-launch``: one launch of the dK/dV kernel: through `Autotuner.run` (which rebuilds a dict of every
+  argument on each call), through `JITFunction.run` with the tuned config, or through `launch.Launcher`, which
+  launches the compiled specialization directly (ours);
 - ``attention-host-step``: a whole forward+backward at GPT-2 124M's shape (B=8, H=12, T=1024, D=64, bfloat16) through
-  `causal_attention` and autograd, with every launch going through the autotuner (baseline) or `_launch`;
-- ``attention-host-decode``: one layer's `decode_attention` at batch 1 (one query, H=12, D=64, 1024 cached tokens),
-  its block arithmetic done by `triton.cdiv` (baseline: a constexpr function in recent Triton, ~2 µs a call on the
-  host) or by plain integer division.
+  `causal_attention` and autograd, with the same three paths for its four launches;
+- ``attention-host-decode``: one layer's `decode_attention` at batch 1 (one query, 1024 cached tokens, 8 splits, two
+  launches): block arithmetic by `triton.cdiv` (a constexpr function in recent Triton, ~2 µs a call on the host) and
+  launches by `JITFunction.run`, plain integer division with `JITFunction.run`, or integer division and `Launcher`.
 
 The kernels are decorated for a GPU, with the whole tuning space, so the module skips where Triton's interpreter is on.
 """
@@ -33,74 +35,88 @@ from gpt2tui.kernels import decode as DEC  # noqa: E402
 B, H, T, D = 8, 12, 1024, 64
 DTYPE = torch.bfloat16
 TUNED = (A._attn_fwd, A._attn_bwd_dkdv, A._attn_bwd_dq)
+LAUNCHERS = (*A._LAUNCHERS.values(), A._launch_delta, DEC._launch_split, DEC._launch_merge)
+PATHS = ["Autotuner.run", "JITFunction.run", "Launcher"]
 
 
 @pytest.fixture
-def no_launch(monkeypatch):
-    """Kernels that do nothing, and an autotuner whose first call picks its first config without timing any."""
-    def noop(*args, **kwargs):
-        return None
+def stand_in(monkeypatch):
+    """Triton's host path for real, against a driver that compiles for sm_90 and launches nothing."""
+    from tests.kernels.standin_driver import RecordingLauncher, install, uninstall
 
+    previous = install()
+    monkeypatch.setattr(RecordingLauncher, "__call__", lambda self, *args: None)  # keep nothing: time only
     for tuner in TUNED:
-        monkeypatch.setattr(tuner.fn, "run", noop)
         monkeypatch.setattr(tuner, "_bench", lambda *args, **kwargs: [1.0])
-    monkeypatch.setattr(A._attn_bwd_delta_kernel, "run", noop)
     monkeypatch.setattr(A, "_TUNED", {})
+    for launcher in LAUNCHERS:
+        monkeypatch.setattr(launcher, "compiled", {})
+    yield
+    uninstall(previous)
 
 
-def _through_autotuner(tuner, grid, key, *args, **kwargs):
-    tuner[grid](*args, **kwargs)
+def _take(monkeypatch, path):
+    """Route every launch the way `path` names."""
+    if path == "Autotuner.run":
+        monkeypatch.setattr(A, "_launch", lambda tuner, grid, key, *args, **kwargs: tuner[grid](*args, **kwargs))
+    if path != "Launcher":
+        for launcher in LAUNCHERS:
+            monkeypatch.setattr(launcher, "direct", False)
 
 
 @pytest.mark.benchmark(group="attention-host-launch")
-@pytest.mark.parametrize("path", ["autotuner", "cached"])
-def test_launch_dkdv(benchmark, no_launch, path):
+@pytest.mark.parametrize("path", PATHS)
+def test_launch_dkdv(benchmark, stand_in, monkeypatch, path):
+    _take(monkeypatch, path)
     q, k, v, do, dk, dv = (torch.empty(B, H, T, D, dtype=DTYPE) for _ in range(6))
     lse, delta = torch.empty(B * H, T), torch.empty(B * H, T)
     common = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *q.stride()[:3],
-              H, T, triton.next_power_of_2(T), 0.18, 0.125, 0, 0.0)
+              H, T, T, 0.18, 0.125, 0, 0.0)
     meta = dict(D=D, DROPOUT=False, PRECISION="tf32", COMPENSATE=False)
-    launch = _through_autotuner if path == "autotuner" else A._launch
-    key = ("dkdv", triton.next_power_of_2(T), D, False, DTYPE)
+    key = ("dkdv", T, D, False, DTYPE)
 
     def grid(meta):
-        return (B * H, triton.cdiv(T, meta["BLOCK_N"]))
+        return (B * H, -(-T // meta["BLOCK_N"]))
 
     def call():
-        launch(A._attn_bwd_dkdv, grid, key, q, k, v, do, lse, delta, dk, dv, *common, **meta)
+        A._launch(A._attn_bwd_dkdv, grid, key, q, k, v, do, lse, delta, dk, dv, *common, **meta)
 
-    call()  # tunes
+    call()  # tunes and compiles
+    call()  # the direct launcher's first sight of the specialization
     benchmark.pedantic(call, rounds=200, iterations=20, warmup_rounds=5)
 
 
 @pytest.mark.benchmark(group="attention-host-step")
-@pytest.mark.parametrize("path", ["autotuner", "cached"])
-def test_forward_backward_step(benchmark, no_launch, monkeypatch, path):
-    if path == "autotuner":
-        monkeypatch.setattr(A, "_launch", _through_autotuner)
+@pytest.mark.parametrize("path", PATHS)
+def test_forward_backward_step(benchmark, stand_in, monkeypatch, path):
+    _take(monkeypatch, path)
     q, k, v = (torch.randn(B, H, T, D, dtype=DTYPE, requires_grad=True) for _ in range(3))
     do = torch.randn(B, H, T, D, dtype=DTYPE)
 
     def step():
         torch.autograd.grad(A.causal_attention(q, k, v), (q, k, v), do)
 
-    step()  # tunes
+    step()
+    step()
     benchmark.pedantic(step, rounds=100, iterations=10, warmup_rounds=5)
 
 
 @pytest.mark.benchmark(group="attention-host-decode")
-@pytest.mark.parametrize("path", ["triton.cdiv", "int division"])
-def test_decode_call(benchmark, monkeypatch, path):
-    def noop(*args, **kwargs):
-        return None
-
-    monkeypatch.setattr(DEC._decode_split_kernel, "run", noop)
-    monkeypatch.setattr(DEC._decode_merge_kernel, "run", noop)
+@pytest.mark.parametrize("path", ["triton.cdiv", "int division", "int division + Launcher"])
+def test_decode_call(benchmark, stand_in, monkeypatch, path):
     monkeypatch.setattr(DEC, "_INTERPRETED", True)  # lets CPU tensors past the device check; nothing runs anyway
+    monkeypatch.setattr(DEC, "_device_sms", lambda device: 132)  # an H100/H200: 1024 keys in 8 splits
     if path == "triton.cdiv":
         monkeypatch.setattr(DEC, "_cdiv", triton.cdiv)
+    if path != "int division + Launcher":
+        _take(monkeypatch, "JITFunction.run")
     q = torch.randn(1, H, 1, D, dtype=DTYPE)
     k, v = (torch.randn(1, H, 1024, D, dtype=DTYPE) for _ in range(2))
     lens = torch.tensor([1024])
-    benchmark.pedantic(lambda: DEC.decode_attention(q, k, v, lens, max_len=1024), rounds=200, iterations=20,
-                       warmup_rounds=5)
+
+    def call():
+        DEC.decode_attention(q, k, v, lens, max_len=1024)
+
+    call()
+    call()
+    benchmark.pedantic(call, rounds=200, iterations=20, warmup_rounds=5)

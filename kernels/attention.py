@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from . import _cdiv, _interpreting, _next_power_of_2
+from .launch import Launcher
 
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (16, 32, 64, 128)
@@ -98,7 +99,7 @@ def _fwd_tiles(
     return acc, l_i, m_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])
 def _attn_fwd_kernel(
     Q, K, V, OUT, LSE,
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
@@ -193,7 +194,7 @@ def _dkdv_tiles(
     return dk, dv, c_dk, c_dv
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])
 def _attn_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV,
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
@@ -258,7 +259,7 @@ def _dq_tiles(
     return dq, c_dq
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed"])
 def _attn_bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ,
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
@@ -357,8 +358,12 @@ def _launch(tuner, grid, key: tuple, *args, **kwargs) -> None:
         tuner[grid](*args, **kwargs)
         _TUNED[key] = tuner.best_config.all_kwargs()
     else:
-        tuner.fn[grid](*args, **kwargs, **config)
+        _LAUNCHERS[tuner](grid(config), *args, **kwargs, **config)
 
+
+# The seed is the one argument that changes from call to call (with dropout): it is not specialized on (see launch.py).
+_LAUNCHERS = {tuner: Launcher(tuner.fn, volatile=("seed",)) for tuner in (_attn_fwd, _attn_bwd_dkdv, _attn_bwd_dq)}
+_launch_delta = Launcher(_attn_bwd_delta_kernel)
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -412,8 +417,8 @@ def _backward(do, q, k, v, o, lse, sm_scale: float, dropout_p: float, seed: int)
     B, H, T, D = q.shape
     delta = _empty((B * H, T), torch.float32, q.device)  # (B·H, T)
     block = 64
-    _attn_bwd_delta_kernel[(_cdiv(T, block), B * H)](
-        o, do, delta, *o.stride()[:3], *do.stride()[:3], H, T, BLOCK_M=block, D=D
+    _launch_delta(
+        (_cdiv(T, block), B * H), o, do, delta, *o.stride()[:3], *do.stride()[:3], H, T, BLOCK_M=block, D=D
     )
     dq, dk, dv = (_empty((B, H, T, D), q.dtype, q.device) for _ in range(3))  # (B, H, T, D)
     T_bucket, dropout = _next_power_of_2(T), dropout_p > 0.0

@@ -39,6 +39,7 @@ import triton
 import triton.language as tl
 
 from . import AttentionBackendError, _cdiv
+from .launch import Launcher
 
 __all__ = ["decode_attention", "choose_num_splits"]
 
@@ -284,6 +285,9 @@ def _tickets(device: torch.device, size: int) -> torch.Tensor | None:
     return buf
 
 
+_launch_split, _launch_merge = Launcher(_decode_split_kernel), Launcher(_decode_merge_kernel)
+
+
 def _launch(q, k_cache, v_cache, cache_lens, scale, max_len, num_splits):
     B, H, n, D = q.shape
     S_max = k_cache.shape[2]
@@ -312,8 +316,8 @@ def _launch(q, k_cache, v_cache, cache_lens, scale, max_len, num_splits):
         p_strides, l_strides = o_part.stride()[:3], lse.stride()[:2]
     o_strides = out.stride()[:3]
 
-    _decode_split_kernel[(B * H, m_blocks, splits)](
-        q, k_cache, v_cache, cache_lens, out, o_part, lse,
+    _launch_split(
+        (B * H, m_blocks, splits), q, k_cache, v_cache, cache_lens, out, o_part, lse,
         qk_scale,
         *q.stride()[:3],
         *k_cache.stride()[:3],
@@ -329,8 +333,8 @@ def _launch(q, k_cache, v_cache, cache_lens, scale, max_len, num_splits):
     )  # fmt: skip
     if not direct and tickets is None:
         merge_m = 16
-        _decode_merge_kernel[(B * H, _cdiv(n, merge_m))](
-            o_part, lse, out,
+        _launch_merge(
+            (B * H, _cdiv(n, merge_m)), o_part, lse, out,
             *p_strides,
             *l_strides,
             *o_strides,

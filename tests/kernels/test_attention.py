@@ -222,30 +222,31 @@ def test_float32_backward_keeps_its_compensated_sums_apart_from_the_dots():
 
 
 def test_a_tuned_key_launches_its_config_directly(monkeypatch):
-    # The autotuner runs once per key; later calls of that key launch the kernel with the config it chose.
+    # The autotuner runs once per key; later calls of that key launch the kernel with the config it chose, through
+    # the kernel's direct launcher (launch.py), with the grid that config implies.
     calls = []
 
     class Config:
         def all_kwargs(self):
             return {"BLOCK_M": 64, "num_warps": 4}
 
-    class Launcher:
-        def __init__(self, name):
-            self.name = name
+    class Tuner:
+        best_config = Config()
 
         def __getitem__(self, grid):
-            return lambda *args, **kwargs: calls.append((self.name, grid, args, kwargs))
+            return lambda *args, **kwargs: calls.append(("autotuner", grid, args, kwargs))
 
-    class Tuner(Launcher):
-        best_config = Config()
-        fn = Launcher("kernel")
+    def launcher(grid, *args, **kwargs):
+        calls.append(("kernel", grid, args, kwargs))
 
+    tuner = Tuner()
     monkeypatch.setattr(attention, "_TUNED", {})
-    tuner = Tuner("autotuner")
+    monkeypatch.setattr(attention, "_LAUNCHERS", {tuner: launcher})
+    grid = lambda meta: (3, meta["BLOCK_M"] // 16)  # noqa: E731
     for key in ("a", "a", "b", "a"):
-        attention._launch(tuner, "grid", key, 1, 2, D=16)
+        attention._launch(tuner, grid, key, 1, 2, D=16)
     assert [c[0] for c in calls] == ["autotuner", "kernel", "autotuner", "kernel"]
-    assert calls[1] == ("kernel", "grid", (1, 2), {"D": 16, "BLOCK_M": 64, "num_warps": 4})
+    assert calls[1] == ("kernel", (3, 4), (1, 2), {"D": 16, "BLOCK_M": 64, "num_warps": 4})
 
 
 @pytest.mark.gpu

@@ -1,0 +1,100 @@
+"""Launching our Triton kernels without Triton's per-call Python, once a specialization is compiled.
+
+Why: `kernel[grid](...)` runs `JITFunction.run` on every call: it binds every argument by name, derives the
+specialization key, hashes it with the compile options, and builds launch metadata, ~13 µs of host time on Triton 3.6
+and ~22 µs on 3.9 before its C launcher starts (RESULTS.md). A training step launches four attention kernels per
+layer and an eager decode step two, so that time is often longer than the kernels'.
+
+How: the first call of each specialization goes through Triton, which compiles and returns the `CompiledKernel`;
+later calls launch that kernel through its own `kernel[grid](*args)` runner, which does only the C launch (~3 µs).
+The one thing to get right is *which* compiled kernel a call may reuse. Triton specializes on each tensor's dtype and
+16-byte alignment and on integer values (== 1, divisible by 16, 32- or 64-bit); this key is finer: tensors by dtype,
+alignment and device, other arguments by exact value, the launch options and constexprs by value. So two calls that
+share a key share Triton's specialization too. The only integers not keyed by value are the `volatile` ones (a dropout seed,
+new every step), which the kernels mark `do_not_specialize`, so Triton does not specialize on them either; they are
+keyed by their width.
+
+Off under Triton's interpreter (it compiles nothing), before Triton 3.3 (whose launcher took a different argument
+list), and when $GPT2TUI_TRITON_LAUNCH is "triton" (every call through `JITFunction.run`, as a check).
+"""
+
+from __future__ import annotations
+
+import os
+from operator import itemgetter
+
+import torch
+import triton
+
+from . import _interpreting
+
+ENV_VAR = "GPT2TUI_TRITON_LAUNCH"
+_MAX_KERNELS = 512  # per kernel; a run that keeps changing shapes starts over rather than growing without bound
+
+
+def _enabled() -> bool:
+    value = os.environ.get(ENV_VAR, "direct")
+    if value not in ("direct", "triton"):
+        from . import AttentionBackendError
+
+        raise AttentionBackendError(f"${ENV_VAR} is {value!r}; set it to 'direct' or 'triton', or unset it")
+    major, minor = (int(x) for x in triton.__version__.split(".")[:2])
+    return value == "direct" and not _interpreting() and (major, minor) >= (3, 3)
+
+
+class Launcher:
+    """`Launcher(kernel)(grid, *args, **kwargs)` launches like `kernel[grid](*args, **kwargs)`.
+
+    `grid` is a tuple of up to three ints. Runtime arguments are positional, in the kernel's order, with the same
+    kind of argument (tensor, int, float) at each position on every call; constexprs and launch options (num_warps,
+    num_stages) are keywords, every constexpr given (none left to its default).
+    """
+
+    def __init__(self, kernel, volatile: tuple[str, ...] = ()):
+        self.kernel = kernel
+        self.names = kernel.arg_names
+        self.volatile = tuple(self.names.index(name) for name in volatile)
+        self.compiled: dict[tuple, object] = {}
+        self.direct = _enabled()
+        self._layout = None  # (argument count, tensor getter, plain-value getter), from the first call
+
+    def _getters(self, args: tuple):
+        tensors = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+        plain = [i for i in range(len(args)) if i not in tensors and i not in self.volatile]
+        # itemgetter picks in C; wrapped so that one position still gives a tuple
+        pick = lambda idx: (lambda a, g=itemgetter(*idx): g(a) if len(idx) > 1 else (g(a),)) if idx else (  # noqa: E731
+            lambda a: ())
+        return len(args), pick(tensors), pick(plain)
+
+    def key(self, args: tuple, kwargs: dict) -> tuple:
+        """Finer than Triton's specialization: each tensor's dtype and 16-byte alignment, the device, every other
+        argument by value (floats too: they are constant per model, and a float is never specialized), volatile ints
+        by width, and the keywords."""
+        if self._layout is None or self._layout[0] != len(args):
+            self._layout = self._getters(args)
+        _, tensors, plain = self._layout
+        ts = tensors(args)
+        return (
+            ts[0].device,
+            tuple([(t.dtype, t.data_ptr() % 16 == 0) for t in ts]),
+            plain(args),
+            tuple([-(2**31) <= args[i] < 2**31 for i in self.volatile]),
+            tuple(kwargs.items()),
+        )
+
+    def __call__(self, grid: tuple, *args, **kwargs) -> None:
+        if not self.direct:
+            self.kernel[grid](*args, **kwargs)
+            return
+        key = self.key(args, kwargs)
+        hit = self.compiled.get(key)
+        if hit is None:
+            compiled = self.kernel[grid](*args, **kwargs)  # Triton binds, compiles if needed, and launches
+            if compiled is not None:  # None: Triton was only asked to warm up, or is stubbed out
+                if len(self.compiled) >= _MAX_KERNELS:
+                    self.compiled.clear()
+                # The launcher takes the constexprs too, after the runtime arguments; they are part of the key.
+                self.compiled[key] = compiled, tuple(kwargs[name] for name in self.names[len(args):])
+            return
+        compiled, constexprs = hit
+        compiled[(*grid, 1, 1)[:3]](*args, *constexprs)

@@ -1,0 +1,137 @@
+"""Direct launches (kernels/launch.py) hand Triton's C launcher exactly what `JITFunction.run` would, and reuse a
+compiled kernel only where Triton's specialization would be the same.
+
+Checked without a GPU: a subprocess compiles the real kernels for sm_90 behind a stand-in driver whose launcher
+records its arguments (`standin_driver.py`). The first call of a specialization goes through Triton; the second,
+through our launcher; the recorded launches must match argument for argument. On CUDA every kernel test runs the
+direct path for real.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+_SCRIPT = r"""
+import json, os, sys
+sys.path.insert(0, os.getcwd())
+from tests.kernels.standin_driver import RecordingLauncher, install
+install()
+import torch
+from gpt2tui.kernels import attention as A, decode as DEC
+
+def describe(launch):
+    name, args = launch
+    # (grid x, y, z, stream, function, packed metadata, launch metadata, enter hook, exit hook, *kernel arguments);
+    # launch metadata is a fresh object on every launch, so only its contents count.
+    meta = args[6]
+    def one(a):
+        if isinstance(a, torch.Tensor):
+            return ["tensor", list(a.shape), list(a.stride()), str(a.dtype), a.data_ptr() % 16]
+        return repr(a)
+    return [name, [one(a) for a in args[:6]], repr(sorted(meta.data.items())) if meta is not None else None,
+            [one(a) for a in args[7:]]]
+
+def take():
+    out = [describe(x) for x in RecordingLauncher.launches]
+    RecordingLauncher.launches.clear()
+    return out
+
+report = {}
+torch.manual_seed(0)
+q, k, v = (torch.randn(2, 3, 45, 32, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+do = torch.randn(2, 3, 45, 32, dtype=torch.bfloat16)
+for dropout in (0.0, 0.1):
+    steps = []
+    for seed in (11, 12):  # with dropout the seed changes; the compiled kernels must not
+        torch.autograd.grad(A.causal_attention(q, k, v, dropout_p=dropout, seed=seed), (q, k, v), do)
+        steps.append(take())
+    report[f"step-{dropout}"] = steps
+report["compiled"] = {name: len(l.compiled) for name, l in
+                      [(str(t.fn.fn.__name__), l) for t, l in A._LAUNCHERS.items()] + [("delta", A._launch_delta)]}
+
+# A tensor that is not 16-byte aligned must not reuse the kernel compiled for aligned ones.
+o = torch.empty(2 * 3 * 45 * 32 + 1, dtype=torch.bfloat16)[1:].view(2, 3, 45, 32)
+delta = torch.empty(6, 45)
+for _ in range(2):
+    A._launch_delta((1, 6), o, do, delta, *o.stride()[:3], *do.stride()[:3], 3, 45, BLOCK_M=64, D=32)
+report["misaligned"] = take()
+report["delta_kernels"] = len(A._launch_delta.compiled)
+report["delta_distinct"] = len({id(c) for c in A._launch_delta.compiled.values()})
+
+# Decode: split into 3 and merged by the second kernel, then one split writing directly.
+qd = torch.randn(2, 3, 1, 32, dtype=torch.float16)
+kc, vc = (torch.randn(2, 3, 300, 32, dtype=torch.float16) for _ in range(2))
+lens = torch.tensor([100, 300])
+for splits in (3, 1):
+    for _ in range(2):
+        DEC._launch(qd, kc, vc, lens, 0.17, 300, splits)
+    report[f"decode-{splits}"] = take()
+print(json.dumps(report))
+"""
+
+
+@pytest.fixture(scope="module")
+def report():
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "GPT2TUI_TRITON_LAUNCH")}
+    env["GPT2TUI_TRITON_AUTOTUNE"] = "0"  # one config: the stand-in cannot time candidates
+    run = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=600)
+    if run.returncode != 0:
+        tail = run.stderr.strip().splitlines()[-1:]
+        if "ptxas" in run.stderr or "GPUTarget" in run.stderr:
+            pytest.skip(f"cannot compile for sm_90 here: {tail}")
+        raise AssertionError(run.stderr[-4000:])
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("dropout", ["0.0", "0.1"])
+def test_a_training_step_launches_what_triton_would(report, dropout):
+    """Step 1 (seed 11) goes through Triton, step 2 (seed 12) launches directly: the launcher sees the same grid,
+    metadata, hooks and arguments, but for the seed, passed through as given."""
+    through_triton, direct = report[f"step-{dropout}"]
+    names = [launch[0] for launch in through_triton]
+    assert names == ["_attn_fwd_kernel", "_attn_bwd_delta_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel"]
+    for a, b in zip(through_triton, direct, strict=True):
+        assert a[:3] == b[:3]
+        changed = [(x, y) for x, y in zip(a[3], b[3], strict=True) if x != y]
+        assert changed == ([] if a[0] == "_attn_bwd_delta_kernel" else [("11", "12")]), a[0]
+
+
+def test_each_kernel_compiles_once_per_dropout_setting_not_per_seed(report):
+    assert report["compiled"] == {"_attn_fwd_kernel": 2, "_attn_bwd_dkdv_kernel": 2, "_attn_bwd_dq_kernel": 2,
+                                  "delta": 1}
+
+
+def test_a_misaligned_tensor_gets_its_own_kernel(report):
+    first, second = report["misaligned"]
+    assert first == second and first[3][2][-1] == 2  # after the two hooks, O: 2 bytes past a 16-byte boundary
+    assert report["delta_kernels"] == 2 and report["delta_distinct"] == 2
+
+
+@pytest.mark.parametrize("splits", ["3", "1"])
+def test_decode_launches_what_triton_would(report, splits):
+    launches = report[f"decode-{splits}"]
+    per_call = 2 if splits == "3" else 1
+    assert len(launches) == 2 * per_call
+    assert launches[:per_call] == launches[per_call:]
+
+
+@pytest.mark.parametrize("value", ["triton", "fast"])
+def test_the_switch_sends_launches_through_triton_or_says_what_is_wrong(value):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["GPT2TUI_TRITON_LAUNCH"] = value
+    code = "from gpt2tui.kernels import attention as A; print(A._launch_delta.direct)"
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    if value == "triton":
+        assert run.returncode == 0 and run.stdout.strip() == "False", run.stderr[-2000:]
+    else:
+        assert run.returncode != 0
+        assert "AttentionBackendError: $GPT2TUI_TRITON_LAUNCH is 'fast'; set it to 'direct' or 'triton'" in run.stderr
