@@ -10,9 +10,9 @@ later calls launch that kernel through its own `kernel[grid](*args)` runner, whi
 The one thing to get right is *which* compiled kernel a call may reuse. Triton specializes on each tensor's dtype and
 16-byte alignment and on integer values (== 1, divisible by 16, 32- or 64-bit); this key is finer: tensors by dtype,
 alignment and device, other arguments by exact value, the launch options and constexprs by value. So two calls that
-share a key share Triton's specialization too. The only integers not keyed by value are the `volatile` ones (a dropout seed,
-new every step), which the kernels mark `do_not_specialize`, so Triton does not specialize on them either; they are
-keyed by their width.
+share a key share Triton's specialization too. The only integers not keyed by value are the `volatile` ones (a
+dropout seed, new every step), which the kernels mark `do_not_specialize`, so Triton does not specialize on them
+either; they are keyed by their width.
 
 Off under Triton's interpreter (it compiles nothing), before Triton 3.3 (whose launcher took a different argument
 list), and when $GPT2TUI_TRITON_LAUNCH is "triton" (every call through `JITFunction.run`, as a check).
@@ -42,6 +42,14 @@ def _enabled() -> bool:
     return value == "direct" and not _interpreting() and (major, minor) >= (3, 3)
 
 
+def _pick(positions: list[int]):
+    """args → the tuple of the args at `positions`. itemgetter picks in C, but gives a bare item for one position."""
+    if not positions:
+        return lambda args: ()
+    get = itemgetter(*positions)
+    return get if len(positions) > 1 else lambda args: (get(args),)
+
+
 class Launcher:
     """`Launcher(kernel)(grid, *args, **kwargs)` launches like `kernel[grid](*args, **kwargs)`.
 
@@ -60,11 +68,8 @@ class Launcher:
 
     def _getters(self, args: tuple):
         tensors = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
-        plain = [i for i in range(len(args)) if i not in tensors and i not in self.volatile]
-        # itemgetter picks in C; wrapped so that one position still gives a tuple
-        pick = lambda idx: (lambda a, g=itemgetter(*idx): g(a) if len(idx) > 1 else (g(a),)) if idx else (  # noqa: E731
-            lambda a: ())
-        return len(args), pick(tensors), pick(plain)
+        plain = [i for i in range(len(args)) if i not in set(tensors) | set(self.volatile)]
+        return len(args), _pick(tensors), _pick(plain)
 
     def key(self, args: tuple, kwargs: dict) -> tuple:
         """Finer than Triton's specialization: each tensor's dtype and 16-byte alignment, the device, every other
