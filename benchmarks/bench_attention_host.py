@@ -12,7 +12,7 @@ by a constant. Each group puts the fast path beside its baselines:
   argument on each call), through `JITFunction.run` with the tuned config, or through `launch.Launcher`, which
   launches the compiled specialization directly (ours);
 - ``attention-host-step``: a whole forward+backward at GPT-2 124M's shape (B=8, H=12, T=1024, D=64, bfloat16) through
-  `causal_attention` and autograd, with the same three paths for its four launches;
+  `causal_attention` and autograd, with the same three paths for its three launches;
 - ``attention-host-decode``: one layer's `decode_attention` at batch 1 (one query, 1024 cached tokens, 8 splits, two
   launches): block arithmetic by `triton.cdiv` (a constexpr function in recent Triton, ~2 µs a call on the host) and
   launches by `JITFunction.run`, plain integer division with `JITFunction.run`, or integer division and `Launcher`.
@@ -35,7 +35,7 @@ from gpt2tui.kernels import decode as DEC  # noqa: E402
 B, H, T, D = 8, 12, 1024, 64
 DTYPE = torch.bfloat16
 TUNED = (A._attn_fwd, A._attn_bwd_dkdv, A._attn_bwd_dq)
-LAUNCHERS = (*A._LAUNCHERS.values(), A._launch_delta, DEC._launch_split, DEC._launch_merge)
+LAUNCHERS = (*A._LAUNCHERS.values(), DEC._launch_split, DEC._launch_merge)
 PATHS = ["Autotuner.run", "JITFunction.run", "Launcher"]
 
 

@@ -8,9 +8,11 @@ The algorithm (FlashAttention-2): one program owns a block of queries and stream
 max `m` and sum `l` of the softmax (online softmax, in base 2: scores are pre-multiplied by `scale·log2(e)` so the
 exponential is one `exp2`). Keys strictly left of the query block need no mask; only the blocks on the diagonal are
 masked, so the causal loop is split in two. The forward saves `lse = m + log2(l)` per query, which is all the backward
-needs to rebuild the probabilities: `P = exp2(S·scale·log2e - lse)`. The backward runs a pre-pass `Δ = rowsum(dO ∘ O)`,
-then one program per key block accumulates dK and dV over the queries that see it, and one program per query block
-accumulates dQ; neither needs atomics.
+needs to rebuild the probabilities: `P = exp2(S·scale·log2e - lse)`. The backward runs two kernels, neither with
+atomics: first one program per query block computes that block's `Δ = rowsum(dO ∘ O)`, stores it and accumulates dQ;
+then one program per key block accumulates dK and dV over the queries that see it, reading the stored Δ. (Δ was a
+pre-pass kernel of its own: a launch and a pass over O and dO more, for a sum the dQ program can make from tiles it
+mostly loads anyway.)
 
 Dropout happens inside the kernels: whether probability (b·h, i, j) is kept is a Philox draw from a seed and the
 counter `((b·H + h)·T + i)·T + j`, so the backward regenerates exactly the forward's mask without storing it, and the
@@ -141,26 +143,6 @@ def _attn_fwd_kernel(
 
 
 @triton.jit
-def _attn_bwd_delta_kernel(
-    OUT, DO, DELTA, stride_ob, stride_oh, stride_ot, stride_db, stride_dh, stride_dt, H, T,
-    BLOCK_M: tl.constexpr, D: tl.constexpr,
-):
-    """Δ_i = Σ_d dO_id · O_id, the row term of the softmax gradient (with dropout too: O already carries the mask)."""
-    start_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D)
-    row_ok = offs_m[:, None] < T
-    o = tl.load(OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :], mask=row_ok, other=0.0)
-    do = tl.load(DO + b * stride_db + h * stride_dh + offs_m[:, None] * stride_dt + offs_d[None, :], mask=row_ok,
-                 other=0.0)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(DELTA + bh.to(tl.int64) * T + offs_m, delta, mask=offs_m < T)
-
-
-@triton.jit
 def _dkdv_tiles(
     dk, dv, c_dk, c_dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot, seed, dropout_p, bh, T,
     qk_scale, offs_n, lo, hi,
@@ -261,14 +243,15 @@ def _dq_tiles(
 
 @triton.jit(do_not_specialize=["seed"])
 def _attn_bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ,
+    Q, K, V, OUT, DO, LSE, DELTA, DQ,
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
-    stride_dob, stride_doh, stride_dot, stride_gb, stride_gh, stride_gt,
+    stride_ob, stride_oh, stride_ot, stride_dob, stride_doh, stride_dot, stride_gb, stride_gh, stride_gt,
     H, T, T_bucket, qk_scale, sm_scale, seed, dropout_p,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
     COMPENSATE: tl.constexpr,
 ):
-    """One query block: dQ = Σ_j dS K · scale over the keys it sees."""
+    """One query block: Δ = rowsum(dO ∘ O), stored for the dK/dV kernel that runs next, then dQ = Σ_j dS K · scale
+    over the keys it sees."""
     bh = tl.program_id(0)
     start_m = tl.num_programs(1) - 1 - tl.program_id(1)  # the last query blocks see the most keys: they launch first
     b = (bh // H).to(tl.int64)
@@ -280,8 +263,12 @@ def _attn_bwd_dq_kernel(
                 mask=row_ok[:, None], other=0.0)
     do = tl.load(DO + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dot + offs_d[None, :],
                  mask=row_ok[:, None], other=0.0)
+    o = tl.load(OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :],
+                mask=row_ok[:, None], other=0.0)
+    # Δ_i = Σ_d dO_id · O_id, the row term of the softmax gradient (with dropout too: O already carries the mask).
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # (BLOCK_M,)
+    tl.store(DELTA + bh.to(tl.int64) * T + offs_m, delta, mask=row_ok)
     lse = tl.load(LSE + bh.to(tl.int64) * T + offs_m, mask=row_ok, other=float("inf"))
-    delta = tl.load(DELTA + bh.to(tl.int64) * T + offs_m, mask=row_ok, other=0.0)
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
     dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
@@ -363,7 +350,6 @@ def _launch(tuner, grid, key: tuple, *args, **kwargs) -> None:
 
 # The seed is the one argument that changes from call to call (with dropout): it is not specialized on (see launch.py).
 _LAUNCHERS = {tuner: Launcher(tuner.fn, volatile=("seed",)) for tuner in (_attn_fwd, _attn_bwd_dkdv, _attn_bwd_dq)}
-_launch_delta = Launcher(_attn_bwd_delta_kernel)
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -415,20 +401,18 @@ def _forward(q, k, v, sm_scale: float, dropout_p: float, seed: int) -> tuple[tor
 
 def _backward(do, q, k, v, o, lse, sm_scale: float, dropout_p: float, seed: int):
     B, H, T, D = q.shape
-    delta = _empty((B * H, T), torch.float32, q.device)  # (B·H, T)
-    block = 64
-    _launch_delta(
-        (_cdiv(T, block), B * H), o, do, delta, *o.stride()[:3], *do.stride()[:3], H, T, BLOCK_M=block, D=D
-    )
+    delta = _empty((B * H, T), torch.float32, q.device)  # (B·H, T), written by the dQ kernel, read by dK/dV's
     dq, dk, dv = (_empty((B, H, T, D), q.dtype, q.device) for _ in range(3))  # (B, H, T, D)
     T_bucket, dropout = _next_power_of_2(T), dropout_p > 0.0
     args = dict(D=D, DROPOUT=dropout, PRECISION=_precision(q.dtype), COMPENSATE=q.dtype == torch.float32)
-    common = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
-              H, T, T_bucket, sm_scale * LOG2E, sm_scale, seed, dropout_p)
-    _launch(_attn_bwd_dkdv, lambda meta: (B * H, _cdiv(T, meta["BLOCK_N"])),
-            ("dkdv", T_bucket, D, dropout, q.dtype), q, k, v, do, lse, delta, dk, dv, *common, **args)
+    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
+    common = (*do.stride()[:3], *dq.stride()[:3], H, T, T_bucket, sm_scale * LOG2E, sm_scale, seed, dropout_p)
+    # dQ first: it leaves Δ behind for dK/dV (kernels on one stream run in order).
     _launch(_attn_bwd_dq, lambda meta: (B * H, _cdiv(T, meta["BLOCK_M"])),
-            ("dq", T_bucket, D, dropout, q.dtype), q, k, v, do, lse, delta, dq, *common, **args)
+            ("dq", T_bucket, D, dropout, q.dtype), q, k, v, o, do, lse, delta, dq, *strides, *o.stride()[:3],
+            *common, **args)
+    _launch(_attn_bwd_dkdv, lambda meta: (B * H, _cdiv(T, meta["BLOCK_N"])),
+            ("dkdv", T_bucket, D, dropout, q.dtype), q, k, v, do, lse, delta, dk, dv, *strides, *common, **args)
     return dq, dk, dv
 
 

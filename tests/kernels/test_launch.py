@@ -54,17 +54,18 @@ for dropout in (0.0, 0.1):
         torch.autograd.grad(A.causal_attention(q, k, v, dropout_p=dropout, seed=seed), (q, k, v), do)
         steps.append(take())
     report[f"step-{dropout}"] = steps
-report["compiled"] = {name: len(l.compiled) for name, l in
-                      [(str(t.fn.fn.__name__), l) for t, l in A._LAUNCHERS.items()] + [("delta", A._launch_delta)]}
+report["compiled"] = {str(t.fn.fn.__name__): len(l.compiled) for t, l in A._LAUNCHERS.items()}
 
-# A tensor that is not 16-byte aligned must not reuse the kernel compiled for aligned ones.
+# A tensor that is not 16-byte aligned must not reuse the kernel compiled for aligned ones: here O, which only the
+# dQ kernel reads (it makes Δ from it). Two backward passes: the first compiles, the second reuses.
 o = torch.empty(2 * 3 * 45 * 32 + 1, dtype=torch.bfloat16)[1:].view(2, 3, 45, 32)
-delta = torch.empty(6, 45)
+lse = torch.empty(6, 45)
 for _ in range(2):
-    A._launch_delta((1, 6), o, do, delta, *o.stride()[:3], *do.stride()[:3], 3, 45, BLOCK_M=64, D=32)
+    A._backward(do, q.detach(), k.detach(), v.detach(), o, lse, 0.17, 0.0, 0)
 report["misaligned"] = take()
-report["delta_kernels"] = len(A._launch_delta.compiled)
-report["delta_distinct"] = len({id(c) for c in A._launch_delta.compiled.values()})
+dq = A._LAUNCHERS[A._attn_bwd_dq]
+report["dq_kernels"] = len(dq.compiled)
+report["dq_distinct"] = len({id(c) for c, _ in dq.compiled.values()})
 
 # Decode: split into 3 and merged by the second kernel, then one split writing directly.
 qd = torch.randn(2, 3, 1, 32, dtype=torch.float16)
@@ -98,22 +99,23 @@ def test_a_training_step_launches_what_triton_would(report, dropout):
     metadata, hooks and arguments, but for the seed, passed through as given."""
     through_triton, direct = report[f"step-{dropout}"]
     names = [launch[0] for launch in through_triton]
-    assert names == ["_attn_fwd_kernel", "_attn_bwd_delta_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel"]
+    assert names == ["_attn_fwd_kernel", "_attn_bwd_dq_kernel", "_attn_bwd_dkdv_kernel"]
     for a, b in zip(through_triton, direct, strict=True):
         assert a[:3] == b[:3]
         changed = [(x, y) for x, y in zip(a[3], b[3], strict=True) if x != y]
-        assert changed == ([] if a[0] == "_attn_bwd_delta_kernel" else [("11", "12")]), a[0]
+        assert changed == [("11", "12")], a[0]
 
 
 def test_each_kernel_compiles_once_per_dropout_setting_not_per_seed(report):
-    assert report["compiled"] == {"_attn_fwd_kernel": 2, "_attn_bwd_dkdv_kernel": 2, "_attn_bwd_dq_kernel": 2,
-                                  "delta": 1}
+    assert report["compiled"] == {"_attn_fwd_kernel": 2, "_attn_bwd_dkdv_kernel": 2, "_attn_bwd_dq_kernel": 2}
 
 
 def test_a_misaligned_tensor_gets_its_own_kernel(report):
-    first, second = report["misaligned"]
-    assert first == second and first[3][2][-1] == 2  # after the two hooks, O: 2 bytes past a 16-byte boundary
-    assert report["delta_kernels"] == 2 and report["delta_distinct"] == 2
+    launches = report["misaligned"]
+    assert [launch[0] for launch in launches] == ["_attn_bwd_dq_kernel", "_attn_bwd_dkdv_kernel"] * 2
+    assert launches[:2] == launches[2:]
+    assert launches[0][3][2 + 3][-1] == 2  # after the two hooks, Q, K, V, then O: 2 bytes past a 16-byte boundary
+    assert report["dq_kernels"] == 3 and report["dq_distinct"] == 3  # two dropout settings, and the misaligned O
 
 
 @pytest.mark.parametrize("splits", ["3", "1"])
@@ -128,7 +130,7 @@ def test_decode_launches_what_triton_would(report, splits):
 def test_the_switch_sends_launches_through_triton_or_says_what_is_wrong(value):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["GPT2TUI_TRITON_LAUNCH"] = value
-    code = "from gpt2tui.kernels import attention as A; print(A._launch_delta.direct)"
+    code = "from gpt2tui.kernels import attention as A; print(A._LAUNCHERS[A._attn_fwd].direct)"
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     if value == "triton":
         assert run.returncode == 0 and run.stdout.strip() == "False", run.stderr[-2000:]
