@@ -51,6 +51,8 @@ gpu-check:
 		$(if $(BENCH_JSON),--benchmark-json=$(BENCH_JSON)) || status=1; \
 	$(PYTHON) -m pytest -q -m gpu benchmarks/bench_generate.py --benchmark-columns=min,median,mean,rounds \
 		$(if $(BENCH_JSON),--benchmark-json=$(basename $(BENCH_JSON))-generate.json) || status=1; \
+	$(PYTHON) -m pytest -q -m gpu benchmarks/bench_train.py --benchmark-columns=min,median,mean,rounds \
+		$(if $(BENCH_JSON),--benchmark-json=$(basename $(BENCH_JSON))-train.json) || status=1; \
 	$(PYTHON) benchmarks/profile_attention.py || status=1; \
 	exit $$status
 

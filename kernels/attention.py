@@ -373,6 +373,17 @@ def _empty(shape, dtype, device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def _empty_like(t: torch.Tensor) -> torch.Tensor:
+    """An uninitialised `(B, H, T, D)` tensor in `t`'s memory order. A model's q, k, v are `(B, T, H, D)` in memory
+    (heads viewed out of one projection); an output and gradients laid out the same way make the model's
+    `y.transpose(1, 2).contiguous().view(B, T, C)` and autograd's backward of those views free, where a
+    `(B, H, T, D)`-contiguous result costs a copy of each (SDPA's flash kernels do the same)."""
+    B, H, T, D = t.shape
+    if t.stride(1) < t.stride(2):  # heads inside tokens
+        return _empty((B, T, H, D), t.dtype, t.device).transpose(1, 2)
+    return _empty((B, H, T, D), t.dtype, t.device)
+
+
 def _unit_last(t: torch.Tensor) -> torch.Tensor:
     # The kernels take any strides but the head dim's, which must be 1 for vector loads.
     return t if t.stride(-1) == 1 else t.contiguous()
@@ -385,7 +396,7 @@ def _precision(dtype: torch.dtype) -> str:
 
 def _forward(q, k, v, sm_scale: float, dropout_p: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     B, H, T, D = q.shape
-    o = _empty((B, H, T, D), q.dtype, q.device)  # (B, H, T, D)
+    o = _empty_like(q)  # (B, H, T, D)
     lse = _empty((B * H, T), torch.float32, q.device)  # (B·H, T), base 2
     grid = lambda meta: (B * H, _cdiv(T, meta["BLOCK_M"]))  # noqa: E731
     T_bucket, dropout = _next_power_of_2(T), dropout_p > 0.0
@@ -402,7 +413,7 @@ def _forward(q, k, v, sm_scale: float, dropout_p: float, seed: int) -> tuple[tor
 def _backward(do, q, k, v, o, lse, sm_scale: float, dropout_p: float, seed: int):
     B, H, T, D = q.shape
     delta = _empty((B * H, T), torch.float32, q.device)  # (B·H, T), written by the dQ kernel, read by dK/dV's
-    dq, dk, dv = (_empty((B, H, T, D), q.dtype, q.device) for _ in range(3))  # (B, H, T, D)
+    dq, dk, dv = (_empty_like(q) for _ in range(3))  # 3 × (B, H, T, D), one layout: the kernels share its strides
     T_bucket, dropout = _next_power_of_2(T), dropout_p > 0.0
     args = dict(D=D, DROPOUT=dropout, PRECISION=_precision(q.dtype), COMPENSATE=q.dtype == torch.float32)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])

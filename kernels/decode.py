@@ -291,7 +291,12 @@ _launch_split, _launch_merge = Launcher(_decode_split_kernel), Launcher(_decode_
 def _launch(q, k_cache, v_cache, cache_lens, scale, max_len, num_splits):
     B, H, n, D = q.shape
     S_max = k_cache.shape[2]
-    out = torch.empty((B, H, n, D), device=q.device, dtype=q.dtype)  # (B, H, n, D)
+    # In q's memory order, as the fused forward's output (attention._empty_like): the model's transpose-and-view back
+    # to (B, n, C) is then free for a chunked prefill too.
+    if q.stride(1) < q.stride(2):
+        out = torch.empty((B, n, H, D), device=q.device, dtype=q.dtype).transpose(1, 2)  # (B, H, n, D)
+    else:
+        out = torch.empty((B, H, n, D), device=q.device, dtype=q.dtype)  # (B, H, n, D)
     if B == 0 or H == 0:
         return out
     block_m = _block_m(n)

@@ -94,7 +94,32 @@ def test_strided_views_as_the_model_makes_them(device):
     _assert_close_to_reference(q, k, v)
 
 
-def test_every_element_is_written(device, monkeypatch):
+def _model_layout(q, k, v):
+    """q, k, v as the model hands them over: (B, H, T, D) views of one (B, T, 3·H·D) projection."""
+    B, H, T, D = q.shape
+    qkv = torch.cat([t.transpose(1, 2).reshape(B, T, H * D) for t in (q, k, v)], dim=2)
+    return [t.view(B, T, H, D).transpose(1, 2) for t in qkv.split(H * D, dim=2)]
+
+
+def test_output_and_gradients_come_in_the_inputs_memory_order(device):
+    """For the model's views, results are (B, T, H, D) in memory, so its transpose back to (B, T, C) and autograd's
+    view backward cost no copy; for contiguous inputs they are contiguous."""
+    base = _qkv(2, 3, 37, 16, torch.float32, device)
+    for layout in ("contiguous", "model"):
+        q, k, v = (t.requires_grad_() for t in base) if layout == "contiguous" else _model_layout(
+            *(t.clone().requires_grad_() for t in base))
+        out = causal_attention(q, k, v)
+        do = torch.randn_like(out)
+        grads = torch.autograd.grad(out, (q, k, v), do)
+        for t in (out, *grads):
+            assert t.shape == (2, 3, 37, 16)
+            assert (t.transpose(1, 2) if layout == "model" else t).is_contiguous(), layout
+        want = causal_attention_ref(q.double(), k.double(), v.double())
+        assert (out.double() - want).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "model"])
+def test_every_element_is_written(device, monkeypatch, layout):
     """Buffers start as NaN; any element a kernel skipped would surface in the output or a gradient."""
 
     def poisoned(shape, dtype, device):
@@ -103,7 +128,10 @@ def test_every_element_is_written(device, monkeypatch):
 
     monkeypatch.setattr(attention, "_empty", poisoned)
     for T in (1, 31, 70):
-        q, k, v = (t.requires_grad_() for t in _qkv(2, 3, T, 16, torch.float32, device, seed=T))
+        q, k, v = _qkv(2, 3, T, 16, torch.float32, device, seed=T)
+        if layout == "model":
+            q, k, v = _model_layout(q, k, v)
+        q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
         out = causal_attention(q, k, v, dropout_p=0.2, seed=5)
         out.sum().backward()
         for t in (out, q.grad, k.grad, v.grad):

@@ -153,6 +153,7 @@ def test_strided_views(dtype, num_splits, merge):
     L = torch.tensor(lens, device=DEVICE, dtype=torch.int32)
     out = decode_attention(q, k, v, L, max_len=max(lens), num_splits=num_splits)
     _assert_matches(out, q.contiguous(), k.contiguous(), v.contiguous(), L)
+    assert out.transpose(1, 2).is_contiguous()  # in q's memory order: the model's view back to (B, n, C) is free
 
 
 @pytest.mark.parametrize("num_splits", [1, 3])

@@ -68,6 +68,30 @@ def test_a_training_step_has_the_reference_gradients(device):
         assert torch.allclose(got[name], g, rtol=1e-4, atol=1e-6), name
 
 
+def test_an_attention_layer_copies_no_activations_on_the_triton_path(device, kernel_calls):
+    """The kernels read q, k, v where the projection left them and write the output and gradients in that memory
+    order, so neither the layer's transpose back to (B, T, C) nor autograd's backward of the head views copies:
+    one `cat` (the split's backward) is the only data movement outside the kernels and the matmuls."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    attn = _model("triton", device).transformer.h[0].attn
+    x = torch.randn(3, 77, 64, device=device, requires_grad=True)
+    with Ops() as ops:
+        attn(x).sum().backward()
+    assert kernel_calls["causal"] == 1
+    copies = [n for n in ops.names if n in ("clone", "contiguous", "_reshape_copy", "cat")]
+    assert copies == ["cat"], copies
+
+
 def test_training_with_dropout_runs_fused_and_repeats_under_a_seed(device):
     """drop_rate=0.1, the seed's training configuration: attention dropout happens inside the kernel."""
     idx, targets = _batch(device, B=2, T=40)
