@@ -461,7 +461,9 @@ def causal_attention(
     D must be 16, 32, 64 or 128; any T. float32, float16 and bfloat16 inputs accumulate in float32 (float32 inputs
     multiply in full float32, never TF32). `scale` defaults to `1/sqrt(D)`. `dropout_p` drops attention probabilities
     inside the kernel; the mask comes from `seed` (drawn from torch's default generator when None), and the backward
-    regenerates the same mask. `attention_dropout_mask(seed, ...)` returns that mask for checking.
+    regenerates the same mask. `attention_dropout_mask(seed, ...)` returns that mask for checking. The output and the
+    gradients come in q's memory order: for q viewed as `(B, H, T, D)` out of a `(B, T, ...)` projection, they are
+    `(B, T, H, D)` in memory, as SDPA's flash kernels return them.
     """
     _check(q, k, v)
     if not 0.0 <= dropout_p < 1.0:
