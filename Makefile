@@ -39,22 +39,42 @@ bench: $(STAMP)
 	$(BIN)/python -m pytest -q benchmarks --benchmark-only --benchmark-columns=min,median,mean,rounds
 
 # On a GPU machine (no network there): its system Python already has torch, triton, transformers and pytest, so
-# install this checkout into it without dependencies, then run the CUDA tests, the benchmarks, and a profile of where a
-# training step's attention spends its time (BENCH_JSON=path keeps the benchmarks' figures).
+# install this checkout into it without dependencies, then run the CUDA tests (gpu-test), the benchmarks and a profile
+# of where a training step's attention spends its time (gpu-bench). BENCH_JSON=path keeps the benchmarks' figures;
+# LOG_DIR=dir writes each step's output to dir/<step>.log as it runs (a run cut short by a time limit keeps what the
+# finished steps printed) and ends with each log's last lines.
+.PHONY: gpu-test gpu-bench gpu-install
+log = $(if $(LOG_DIR),> $(LOG_DIR)/$(1).log 2>&1)
+logs_tail = $(if $(LOG_DIR),for f in $(1); do echo "== $$f"; tail -n 4 $(LOG_DIR)/$$f.log; done;)
+
+# -k: the benchmarks run even when a test failed.
 gpu-check:
+	$(MAKE) -k gpu-test gpu-bench
+
+gpu-install:
 	$(PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
-	@# Every step runs even if an earlier one fails (a failing test must not hide the figures); the exit says.
+	$(if $(LOG_DIR),mkdir -p $(LOG_DIR))
+
+gpu-test: gpu-install
+	@# Every step runs even if an earlier one fails; the exit says.
 	status=0; \
-	$(PYTHON) -m pytest -q tests/kernels || status=1; \
-	GPT2TUI_TRITON_AUTOTUNE=0 $(PYTHON) -m pytest -q -m gpu tests --ignore=tests/kernels || [ $$? -eq 5 ] || status=1; \
+	$(PYTHON) -m pytest -q tests/kernels $(call log,kernels) || status=1; \
+	GPT2TUI_TRITON_AUTOTUNE=0 $(PYTHON) -m pytest -q -m gpu tests --ignore=tests/kernels $(call log,gpu-marked) \
+		|| [ $$? -eq 5 ] || status=1; \
+	$(call logs_tail,kernels gpu-marked) exit $$status
+
+gpu-bench: gpu-install
+	@# Every step runs even if an earlier one fails (a failing benchmark must not hide the others' figures).
+	status=0; \
 	$(PYTHON) -m pytest -q benchmarks/bench_attention.py --benchmark-columns=min,median,mean,rounds \
-		$(if $(BENCH_JSON),--benchmark-json=$(BENCH_JSON)) || status=1; \
+		$(if $(BENCH_JSON),--benchmark-json=$(BENCH_JSON)) $(call log,bench-attention) || status=1; \
 	$(PYTHON) -m pytest -q -m gpu benchmarks/bench_generate.py --benchmark-columns=min,median,mean,rounds \
-		$(if $(BENCH_JSON),--benchmark-json=$(basename $(BENCH_JSON))-generate.json) || status=1; \
+		$(if $(BENCH_JSON),--benchmark-json=$(basename $(BENCH_JSON))-generate.json) $(call log,bench-generate) \
+		|| status=1; \
 	$(PYTHON) -m pytest -q -m gpu benchmarks/bench_train.py --benchmark-columns=min,median,mean,rounds \
-		$(if $(BENCH_JSON),--benchmark-json=$(basename $(BENCH_JSON))-train.json) || status=1; \
-	$(PYTHON) benchmarks/profile_attention.py || status=1; \
-	exit $$status
+		$(if $(BENCH_JSON),--benchmark-json=$(basename $(BENCH_JSON))-train.json) $(call log,bench-train) || status=1; \
+	$(PYTHON) benchmarks/profile_attention.py $(call log,profile-attention) || status=1; \
+	$(call logs_tail,bench-attention bench-generate bench-train profile-attention) exit $$status
 
 clean:
 	rm -rf build *.egg-info gpt2tui/*.so .pytest_cache .benchmarks
