@@ -22,6 +22,7 @@ mask does not depend on block sizes. The softmax statistics are those of the und
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -427,11 +428,20 @@ def _backward(do, q, k, v, o, lse, sm_scale: float, dropout_p: float, seed: int)
     return dq, dk, dv
 
 
+def _on_device(t: torch.Tensor):
+    # Triton launches on the current device: with q on cuda:1 and cuda:0 current, the kernels would run on cuda:0.
+    # Switching costs host time on every call, so only when needed (autograd's backward thread is on q's already).
+    if t.device.type == "cuda" and t.device.index != torch.cuda.current_device():
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
+
+
 class FlashAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, dropout_p: float, sm_scale: float, seed: int):
         q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
-        o, lse = _forward(q, k, v, sm_scale, dropout_p, seed)
+        with _on_device(q):
+            o, lse = _forward(q, k, v, sm_scale, dropout_p, seed)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.sm_scale, ctx.dropout_p, ctx.seed = sm_scale, dropout_p, seed
         return o
@@ -439,7 +449,8 @@ class FlashAttentionFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = _backward(_unit_last(do), q, k, v, o, lse, ctx.sm_scale, ctx.dropout_p, ctx.seed)
+        with _on_device(q):
+            dq, dk, dv = _backward(_unit_last(do), q, k, v, o, lse, ctx.sm_scale, ctx.dropout_p, ctx.seed)
         return dq, dk, dv, None, None, None
 
 
@@ -478,7 +489,8 @@ def attention_dropout_mask(seed: int, B: int, H: int, T: int, dropout_p: float, 
     """The keep-mask `(B, H, T, T)` (bool) that `causal_attention(..., dropout_p, seed=seed)` applies."""
     mask = _empty((B, H, T, T), torch.int8, device)
     block = 32
-    _dropout_mask_kernel[(_cdiv(T, block), _cdiv(T, block), B * H)](
-        mask, H, T, int(seed), float(dropout_p), BLOCK=block
-    )
+    with _on_device(mask):
+        _dropout_mask_kernel[(_cdiv(T, block), _cdiv(T, block), B * H)](
+            mask, H, T, int(seed), float(dropout_p), BLOCK=block
+        )
     return mask.bool()

@@ -42,6 +42,11 @@ def _enabled() -> bool:
     return value == "direct" and not _interpreting() and (major, minor) >= (3, 3)
 
 
+def _width(value: int) -> int:
+    """Which of Triton's integer types an unspecialized int argument gets: i32, i64, or u64 (2**63 and above)."""
+    return 0 if -(2**31) <= value < 2**31 else 1 if value < 2**63 else 2
+
+
 def _pick(positions: list[int]):
     """args → the tuple of the args at `positions`. itemgetter picks in C, but gives a bare item for one position."""
     if not positions:
@@ -55,7 +60,9 @@ class Launcher:
 
     `grid` is a tuple of up to three ints. Runtime arguments are positional, in the kernel's order, with the same
     kind of argument (tensor, int, float) at each position on every call; constexprs and launch options (num_warps,
-    num_stages) are keywords, every constexpr given (none left to its default).
+    num_stages) are keywords, every constexpr given (none left to its default). The tensors' device must be the
+    current one, as for any Triton launch (Triton loads and launches a kernel on the current device; the key names
+    the tensors').
     """
 
     def __init__(self, kernel, volatile: tuple[str, ...] = ()):
@@ -74,7 +81,7 @@ class Launcher:
     def key(self, args: tuple, kwargs: dict) -> tuple:
         """Finer than Triton's specialization: each tensor's dtype and 16-byte alignment, the device, every other
         argument by value (floats too: they are constant per model, and a float is never specialized), volatile ints
-        by width, and the keywords."""
+        by Triton's integer type for them, and the keywords."""
         if self._layout is None or self._layout[0] != len(args):
             self._layout = self._getters(args)
         _, tensors, plain = self._layout
@@ -83,7 +90,7 @@ class Launcher:
             ts[0].device,
             tuple([(t.dtype, t.data_ptr() % 16 == 0) for t in ts]),
             plain(args),
-            tuple([-(2**31) <= args[i] < 2**31 for i in self.volatile]),
+            tuple([_width(args[i]) for i in self.volatile]),
             tuple(kwargs.items()),
         )
 

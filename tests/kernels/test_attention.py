@@ -249,6 +249,19 @@ def test_float32_backward_keeps_its_compensated_sums_apart_from_the_dots():
     assert set(accumulators) <= zeros, f"a dK/dV dot accumulates into a running sum: {accumulators}"
 
 
+def test_kernels_launch_on_the_tensors_device_not_the_current_one(monkeypatch):
+    # Triton launches on the current device; q on cuda:1 while cuda:0 is current must switch first, and only then.
+    from types import SimpleNamespace
+
+    on_cuda1 = SimpleNamespace(device=torch.device("cuda", 1))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    switch = attention._on_device(on_cuda1)
+    assert isinstance(switch, torch.cuda.device) and switch.idx == 1
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert not isinstance(attention._on_device(on_cuda1), torch.cuda.device)
+    assert not isinstance(attention._on_device(torch.empty(1)), torch.cuda.device)
+
+
 def test_a_tuned_key_launches_its_config_directly(monkeypatch):
     # The autotuner runs once per key; later calls of that key launch the kernel with the config it chose, through
     # the kernel's direct launcher (launch.py), with the grid that config implies.

@@ -184,6 +184,17 @@ def test_a_fused_merge_leaves_its_tickets_at_zero_and_agrees_with_the_merge_kern
     assert (outs["fused"].double() - outs["kernel"].double()).abs().max().item() <= _tol(q, k, v, L, want)
 
 
+def test_outgrown_tickets_are_kept_for_graphs_that_captured_them(monkeypatch):
+    # A CUDA graph captured with the old counters goes on using them: freed, their memory would go to other tensors.
+    monkeypatch.setattr(decode, "_TICKETS", {})
+    monkeypatch.setattr(decode, "_RETIRED_TICKETS", [])
+    first = decode._tickets(torch.device(DEVICE), 10)
+    assert decode._tickets(torch.device(DEVICE), 1000) is first  # still big enough: the same counters
+    grown = decode._tickets(torch.device(DEVICE), 5000)
+    assert grown.numel() >= 5000 and not grown.any()
+    assert decode._RETIRED_TICKETS == [first]
+
+
 def test_the_fused_merge_compiles_to_a_barrier_then_an_acquire_release_ticket():
     # What the interpreter cannot check: the order on a GPU. In the sm_90 build the ticket must be a gpu-scope acq_rel
     # atomic after a CTA barrier (every thread's partial stores, then thread 0's ticket: a grid-wide reduction's

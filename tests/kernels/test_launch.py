@@ -137,3 +137,12 @@ def test_the_switch_sends_launches_through_triton_or_says_what_is_wrong(value):
     else:
         assert run.returncode != 0
         assert "AttentionBackendError: $GPT2TUI_TRITON_LAUNCH is 'fast'; set it to 'direct' or 'triton'" in run.stderr
+
+
+def test_volatile_ints_are_keyed_by_the_integer_type_triton_gives_them():
+    """A seed that needs a wider type than an earlier one must not reuse the kernel compiled for the narrower."""
+    from gpt2tui.kernels.launch import _width
+    from triton.runtime.jit import mangle_type
+
+    for value in (0, 2**31 - 1, 2**31, 2**32, 2**63 - 1, 2**63, 2**64 - 1, -(2**31), -(2**31) - 1, -(2**63)):
+        assert ("i32", "i64", "u64")[_width(value)] == mangle_type(value), value
