@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 
 def _number(text: str, kind: type):
@@ -20,6 +21,22 @@ def int_at_least(low: int):
         return value
 
     return parse
+
+
+def non_empty(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed
+
+
+def seed(text: str) -> int:
+    value = _number(text, int)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{value} is outside [0, 2**63 - 1]")
+    return value
 
 
 def float_in(low: float, high: float, low_open: bool = False, high_open: bool = False):
@@ -40,6 +57,6 @@ def float_in(low: float, high: float, low_open: bool = False, high_open: bool = 
 
 def positive_float(text: str) -> float:
     value = _number(text, float)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value} must be above 0")
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{value} must be a finite number above 0")
     return value

@@ -18,7 +18,7 @@ import sys
 import warnings
 
 from . import __version__
-from .argtypes import float_in, int_at_least
+from .argtypes import float_in, int_at_least, non_empty, seed
 from .errors import GPT2TUIError
 
 DEFAULT_MODEL = "gpt2"
@@ -43,7 +43,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--model", "-m", default=os.environ.get("GPT2TUI_MODEL", DEFAULT_MODEL),
+        "--model", "-m", default=os.environ.get("GPT2TUI_MODEL") or DEFAULT_MODEL,
         help="a model directory, a model saved in the gpt2tui models folder, or an official name "
              "(gpt2, gpt2-medium, gpt2-large, gpt2-xl); default: $GPT2TUI_MODEL or gpt2",
     )
@@ -63,8 +63,8 @@ def _add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
                    help="sample from the smallest set of tokens whose probability reaches P")
     g.add_argument("--repetition-penalty", type=float_in(0.0, 100.0, low_open=True), default=1.0, metavar="R",
                    help="above 1 discourages repeating tokens (default 1.0: off)")
-    g.add_argument("--seed", type=int, default=None, metavar="S", help="random seed, for repeatable sampling")
-    g.add_argument("--stop", action="append", default=[], metavar="TEXT",
+    g.add_argument("--seed", type=seed, default=None, metavar="S", help="random seed, for repeatable sampling")
+    g.add_argument("--stop", action="append", type=non_empty, default=[], metavar="TEXT",
                    help="end the reply at this text (repeatable)")
 
 
@@ -88,7 +88,7 @@ def _add_chat_args(p: argparse.ArgumentParser) -> None:
                    help="1 is off (default 0.95)")
     g.add_argument("--repetition-penalty", type=float_in(0.0, 100.0, low_open=True), default=None, metavar="R",
                    help="1 is off (default 1.1)")
-    g.add_argument("--seed", type=int_at_least(0), default=None, metavar="S",
+    g.add_argument("--seed", type=seed, default=None, metavar="S",
                    help="fixed seed: the same conversation gets the same reply (default: a fresh draw)")
 
 
@@ -185,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `gpt2tui generate ... | head` closing the pipe early is not an error
         sys.stderr.close()
         return 0
+    except OSError as e:
+        # The file system said no (permissions, a full disk, a file where a folder belongs): the user's to fix, and
+        # the message names the path. What was written is left whole (every output goes through atomic writes).
+        where = f"{e.filename}: " if e.filename else ""
+        return _fail(f"{where}{e.strerror or e}; check the path, its permissions and the free space")
 
 
 if __name__ == "__main__":

@@ -15,11 +15,11 @@ from .generate import stream
 from .kernels import AttentionBackendError, resolve_backend
 from .weights import (
     OFFICIAL,
-    default_device,
     download,
     load_model,
     local_models,
     models_dir,
+    pick_device,
     read_config,
     resolve,
 )
@@ -98,7 +98,7 @@ def cmd_chat(args) -> int:
 def cmd_info(args) -> int:
     path = resolve(args.model)
     config, fmt = read_config(path)
-    device = torch.device(args.device) if args.device else default_device()
+    device = pick_device(args.device)
     n = config.n_params()
     kv_per_token = 2 * config.n_layers * config.emb_dim  # keys and values, every layer
     table = Table(title=f"{args.model}", show_header=False, title_justify="left")

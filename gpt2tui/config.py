@@ -31,8 +31,11 @@ class GPT2Config:
                 f"emb_dim ({self.emb_dim}) must be divisible by n_heads ({self.n_heads}); pick sizes whose head "
                 f"dimension emb_dim / n_heads is a whole number"
             )
-        if not 0.0 <= float(self.drop_rate) < 1.0:
-            raise ConfigError(f"drop_rate must be in [0, 1), got {self.drop_rate!r}")
+        rate = self.drop_rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+            raise ConfigError(f"config field drop_rate must be a number in [0, 1), got {rate!r}")
+        if not isinstance(self.qkv_bias, bool):  # "false" in a hand-edited config.json would read as True
+            raise ConfigError(f"config field qkv_bias must be true or false, got {self.qkv_bias!r}")
         if self.attn_backend not in ATTN_BACKENDS:
             raise ConfigError(f"attn_backend must be one of {', '.join(ATTN_BACKENDS)}, got {self.attn_backend!r}")
 

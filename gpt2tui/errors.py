@@ -25,3 +25,11 @@ class DataError(GPT2TUIError, ValueError):
 
 class TrainingError(GPT2TUIError, RuntimeError):
     """A training run that cannot start or go on as asked (nothing to resume, a run in the way, out of memory)."""
+
+
+class OutputError(GPT2TUIError, OSError):
+    """An output path that cannot be written."""
+
+
+class OutputInTheWayError(OutputError, FileExistsError):
+    """An output path holds something gpt2tui did not write there, which writing the output would destroy."""

@@ -19,7 +19,7 @@ from rich.markup import escape
 
 from .chat import ChatError
 from .session import ChatSession, ChatSettings, ReplyStream
-from .store import ChatStore, StoreError
+from .store import ChatStore, StoreError, free_name
 
 TITLE_LENGTH = 48
 
@@ -113,7 +113,9 @@ class Repl:
         while self.interactive and lines[-1].endswith("\\"):
             lines[-1] = lines[-1][:-1]
             lines.append(self.read("...  "))
-        return "\n".join(lines)
+        # Bytes that are not UTF-8 reach Python as lone surrogates (under a C locale's surrogateescape): they cannot be
+        # tokenised or stored, so each becomes U+FFFD, as a terminal shows it.
+        return "\n".join(lines).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
     # -- messages ---------------------------------------------------------------------------------------------------
 
@@ -259,7 +261,7 @@ class Repl:
         if self.conversation_id is None:
             self.err.print("[dim]Nothing to export yet.[/]")
             return
-        path = Path(rest).expanduser() if rest else Path(f"chat-{self.conversation_id}.md")
+        path = Path(rest).expanduser() if rest else free_name(f"chat-{self.conversation_id}.md")
         try:
             written = self.store.export_markdown_file(self.conversation_id, path.absolute())
         except (OSError, StoreError) as e:

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sqlite3
-import tempfile
 import threading
 import time
 import warnings
@@ -369,7 +369,11 @@ class ChatStore:
         return to_markdown(self.get(conversation_id))
 
     def export_markdown_file(self, conversation_id: int, path: str | os.PathLike) -> Path:
-        """Write the conversation as Markdown to `path`, atomically (a temporary file renamed into place)."""
+        """Write the conversation as Markdown to a new file at `path`, atomically (a temporary file renamed into
+        place). An existing file is never replaced: `StoreError` says so."""
+        path = Path(path).expanduser()
+        if path.exists() or path.is_symlink():
+            raise StoreError(f"{path} already exists; export to another path (an export never replaces a file)")
         return write_atomic(path, self.export_markdown(conversation_id))
 
 
@@ -393,11 +397,24 @@ def to_markdown(conversation: Conversation) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def free_name(name: str | os.PathLike) -> Path:
+    """`name`, or `stem-2.suffix`, `stem-3.suffix`, ...: the first that does not exist (exports never replace a
+    file, so their default names step aside)."""
+    path = Path(name).expanduser()
+    n = 1
+    while path.exists() or path.is_symlink():
+        n += 1
+        path = path.with_name(f"{Path(name).stem}-{n}{Path(name).suffix}")
+    return path
+
+
 def write_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write `text` to `path` so that a reader sees the old file or the whole new one, never half of one."""
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # os.open with 0o666, not mkstemp (0o600): the file gets the permissions the user's umask gives any new file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_directory
+from .atomic import MODEL_DIR_FILES, atomic_directory
 from .config import GPT2Config
 from .errors import CheckpointError, ConfigError, ModelNotFoundError
 from .model import GPT2
@@ -374,7 +374,7 @@ def save_checkpoint(model: GPT2, path: str | os.PathLike, chat_template: str | N
     """Write `config.json` + `model.safetensors` to `path`, atomically: into a temporary sibling, then renamed, so
     a crash leaves either the old checkpoint or the new one, never half of one."""
     path = Path(path).expanduser()
-    with atomic_directory(path) as tmp:
+    with atomic_directory(path, MODEL_DIR_FILES) as tmp:
         write_model_files(model, tmp, chat_template)
     return path
 
@@ -426,6 +426,30 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """`device` if it exists on this machine (else a `ConfigError` saying what does), or the default: CUDA when
+    present, else the CPU."""
+    if device is None or device == "":
+        return default_device()
+    try:
+        d = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"device {str(device)!r} is not a device; use cpu, cuda or cuda:N") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {str(device)!r}: no CUDA GPU is usable here (or this torch has no CUDA); "
+                              "use cpu")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                              f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    elif d.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"device {str(device)!r}: no Apple GPU is usable here; use cpu")
+    elif d.type != "cpu":
+        raise ConfigError(f"device {str(device)!r}: gpt2tui runs on cpu, cuda or mps")
+    return d
+
+
 def load_model(
     name: str | os.PathLike = "gpt2",
     device: str | torch.device | None = None,
@@ -437,7 +461,7 @@ def load_model(
     from .tokenizer import Tokenizer
 
     path = resolve(name, allow_download=allow_download)
-    device = torch.device(device) if device is not None else default_device()
+    device = pick_device(device)
     if dtype is None:
         bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         dtype = torch.bfloat16 if bf16 else torch.float32

@@ -7,8 +7,10 @@ Nothing here imports torch: `gpt2tui --help` stays fast, and bad flags are answe
 from __future__ import annotations
 
 import argparse
+import math
 
 from gpt2tui.argtypes import float_in, int_at_least, positive_float
+from gpt2tui.argtypes import seed as seed_type
 from gpt2tui.config import PRESETS
 
 # Small shapes for trying things out on a laptop; the official four come from gpt2tui.config.
@@ -49,10 +51,11 @@ def _add_loop_args(p: argparse.ArgumentParser, batch: int, lr: float | None, eva
                    help="peak learning rate after warm-up; cosine decay to 10%% of it" + (f" (default {lr})" if lr else ""))
     g.add_argument("--warmup-steps", type=int_at_least(0), default=None, metavar="N",
                    help="linear warm-up steps (default: 10%% of the steps, at most 100)")
-    g.add_argument("--weight-decay", type=float, default=0.1, metavar="X", help="AdamW decay on matrices (default 0.1)")
+    g.add_argument("--weight-decay", type=float_in(0.0, math.inf, high_open=True), default=0.1, metavar="X",
+                   help="AdamW decay on matrices (default 0.1)")
     g.add_argument("--dropout", type=FRACTION, default=None, metavar="P",
                    help="dropout rate for this run (default: the model config's)")
-    g.add_argument("--seed", type=int, default=seed, metavar="N",
+    g.add_argument("--seed", type=seed_type, default=seed, metavar="N",
                    help=f"seed for initialisation, data order, split and dropout (default {seed})")
     g = p.add_argument_group("schedule and outputs")
     g.add_argument("--eval-every", type=int_at_least(0), default=eval_every, metavar="N",

@@ -37,6 +37,11 @@ SHARD_TOKENS = 1 << 27  # 128M tokens (256 MB) per shard file
 CHUNK_CHARS = 1 << 20  # long documents are cut into ~1 MB pieces so one big file still tokenises in parallel
 BATCH_CHARS = 16 << 20  # characters handed to the native encoder at once
 MANIFEST_VERSION = 1
+
+
+def is_token_file(entry: Path) -> bool:
+    """What a tokens directory holds: its manifest and shards (the rest is not ours to replace)."""
+    return entry.name == "manifest.json" or (entry.name.startswith("tokens-") and entry.name.endswith(".bin"))
 IGNORE_INDEX = -100
 
 
@@ -214,7 +219,7 @@ def prepare_corpus(
     num_threads = num_threads or max(1, min(16, os.cpu_count() or 1))
     if log:
         log(f"tokenising {len(files)} file(s) with {num_threads} thread(s) into {directory}")
-    with atomic_directory(directory) as tmp:
+    with atomic_directory(directory, is_token_file) as tmp:
         shards, total, fh, in_shard = [], 0, None, 0
         try:
             for ids in tokenize_documents(files, tokenizer, num_threads):

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from gpt2tui.errors import ConfigError
+from gpt2tui.atomic import ensure_writable
+from gpt2tui.errors import ConfigError, DataError
 
 from .loop import evaluate_batches
 
@@ -33,19 +34,37 @@ def load_any(name: str, device=None):
     return model, tokenizer, path
 
 
-def find_history(model_dir: Path, explicit: str | None) -> list[dict] | None:
-    """The training run's `metrics.jsonl`: given, beside the model, or in its parent (a pretraining run's OUT)."""
-    candidates = [Path(explicit).expanduser()] if explicit else [model_dir / "metrics.jsonl",
-                                                                 model_dir.resolve().parent / "metrics.jsonl"]
-    for path in candidates:
+def read_history(path: Path) -> list[dict]:
+    """The step records of a `metrics.jsonl`; lines that are not a JSON object (one cut short by a crash) are skipped."""
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "step" in row:
+            rows.append(row)
+    return rows
+
+
+def explicit_history(explicit: str) -> list[dict]:
+    """`--metrics FILE`, checked before the evaluation runs: a file the user named must be there and hold records."""
+    path = Path(explicit).expanduser()
+    if not path.is_file():
+        raise DataError(f"--metrics {explicit}: no such file; pass a training run's metrics.jsonl, or leave --metrics "
+                        "out to use the one beside the model")
+    rows = read_history(path)
+    if not rows:
+        raise DataError(f"--metrics {explicit}: no step records in it (a training run's metrics.jsonl has one JSON "
+                        "object per line)")
+    return rows
+
+
+def find_history(model_dir: Path) -> list[dict] | None:
+    """The training run's `metrics.jsonl`, beside the model or in its parent (a pretraining run's OUT)."""
+    for path in (model_dir / "metrics.jsonl", model_dir.resolve().parent / "metrics.jsonl"):
         if path.is_file():
-            rows = []
-            for line in path.read_text().splitlines():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a crash
-            return rows
+            return read_history(path)
     return None
 
 
@@ -71,6 +90,8 @@ def run(args) -> int:
     )
 
     con = Console(stderr=True, highlight=False)
+    out = ensure_writable(Path(args.out).expanduser(), "--out")  # before the evaluation, not after it
+    given_history = explicit_history(args.metrics) if args.metrics else None
     model, tokenizer, model_dir = load_any(args.model, args.device)
     model.eval()
     ctx = args.context_length or model.config.context_length
@@ -109,8 +130,6 @@ def run(args) -> int:
             reply = generate(model, tokenizer, [prompt], max_new_tokens=args.max_new_tokens, temperature=0.0)[0]
             samples.append(f"[prompt]\n{tokenizer.decode(prompt)}\n\n[model]\n{reply}\n")
 
-    out = Path(args.out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
     table = Table(title=f"{args.model} on {', '.join(args.data)}")
     for col in ("split", "tokens", "loss", "perplexity", "accuracy"):
         table.add_column(col, justify="left" if col == "split" else "right")
@@ -121,7 +140,7 @@ def run(args) -> int:
               "scored_on": "response tokens" if is_instruction_file(args.data) else "all tokens",
               "splits": {k: {**v, "loss": _finite(v["loss"]), "ppl": _finite(v["ppl"])} for k, v in results.items()}}
     (out / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
-    history = find_history(model_dir, args.metrics)
+    history = given_history if args.metrics else find_history(model_dir)
     plots.loss_plot(history, results, out)
     plots.accuracy_plot(history, results, out)
     (out / "sample_generations.txt").write_text("\n".join(f"=== sample {i + 1} ===\n{s}" for i, s in enumerate(samples)),

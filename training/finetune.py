@@ -22,9 +22,18 @@ from pathlib import Path
 
 import torch
 
-from gpt2tui.errors import ConfigError, TrainingError
+from gpt2tui.atomic import MODEL_DIR_FILES, check_replaceable, ensure_writable
+from gpt2tui.errors import ConfigError, DataError, TrainingError
 
-from .loop import CHECKPOINT, TrainConfig, Trainer, barrier, setup_distributed, teardown_distributed
+from .loop import (
+    CHECKPOINT,
+    TrainConfig,
+    Trainer,
+    barrier,
+    is_run_entry,
+    setup_distributed,
+    teardown_distributed,
+)
 
 TEMPLATE = "alpaca"
 
@@ -39,6 +48,8 @@ def destination(out: str) -> Path:
     """A bare name → the models folder; anything path-like → that path."""
     from gpt2tui.weights import models_dir
 
+    if not out.strip():
+        raise ConfigError("--out is empty; give the model a name (saved in the models folder) or a directory path")
     if os.sep in out or (os.altsep and os.altsep in out) or out.startswith((".", "~")):
         return Path(out).expanduser()
     return models_dir() / out
@@ -91,6 +102,12 @@ def run(args) -> int:
     if not args.resume and (run_dir / CHECKPOINT).exists():
         raise TrainingError(f"{run_dir} already holds a fine-tuning run; add --resume to continue it, or pass "
                             f"another --out or --run-dir")
+    # Before any work: the model may replace only a model directory, the run only a run, and both can be written.
+    check_replaceable(dest, MODEL_DIR_FILES, "--out")
+    if not args.resume:
+        check_replaceable(run_dir, is_run_entry, "--run-dir")
+    ensure_writable(dest.parent, "--out")
+    ensure_writable(run_dir, "--run-dir")
     d = setup_distributed(args.device)
     con = console()
     try:
@@ -105,6 +122,7 @@ def run(args) -> int:
                               f"{model.config.context_length}; use at most {model.config.context_length}")
         examples = load_examples(args.data, tokenizer, TEMPLATE)
         splits = split_examples(examples, args.seed)
+        had_train = bool(splits["train"])
         cut_total = 0
         for name in splits:
             splits[name], cut, dropped = truncate(splits[name], ctx + 1)
@@ -114,6 +132,9 @@ def run(args) -> int:
                           f"{ctx} tokens and were left out", highlight=False)
         if cut_total and d.main:
             con.print(f"[yellow]warning:[/] {cut_total} example(s) longer than {ctx} tokens were cut", highlight=False)
+        if had_train and not splits["train"]:
+            raise DataError(f"no training example has a response within {ctx} tokens; raise --context-length (the "
+                            f"model takes up to {model.config.context_length}) or shorten the prompts")
         data = InstructionData(splits, args.batch_size, args.seed, tokenizer.eot_token, args.mask_prompt)
         per_step = args.grad_accum * d.world
         steps_per_epoch = max(1, math.ceil(data.batches_per_epoch() / per_step))

@@ -35,9 +35,21 @@ import torch.nn.functional as F
 
 from gpt2tui.atomic import atomic_directory
 from gpt2tui.errors import CheckpointError, ConfigError, TrainingError
-from gpt2tui.weights import write_model_files
+from gpt2tui.weights import pick_device, write_model_files
 
 CHECKPOINT = "checkpoint"
+# What a checkpoint directory holds (a LoRA run's too): all a new save may replace.
+CHECKPOINT_FILES = frozenset({"config.json", "model.safetensors", "optimizer.pt", "trainer_state.json",
+                              "adapter_config.json", "adapter.safetensors"})
+# What a pretraining run directory holds: the checkpoint, token shards, curves, samples, and two links that make the
+# directory a model (`pretrain.link_model`). A real config.json there is a model someone saved, not this run's link.
+RUN_DIR_ENTRIES = frozenset({CHECKPOINT, "tokens", "metrics.jsonl", "samples.txt", "test-responses.json"})
+
+
+def is_run_entry(entry: Path) -> bool:
+    if entry.name in ("config.json", "model.safetensors"):
+        return entry.is_symlink()
+    return entry.name in RUN_DIR_ENTRIES
 STATE_VERSION = 1
 # Dense bf16 tensor-core peak per GPU, for MFU; unknown devices get no MFU figure.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12,
@@ -99,7 +111,7 @@ class Dist:
 def setup_distributed(device: str | None = None) -> Dist:
     """Join the process group when started by torchrun (RANK / WORLD_SIZE set), else a single process."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    want = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    want = pick_device(device)
     if world <= 1:
         return Dist(0, 1, want)
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
@@ -238,7 +250,7 @@ def evaluate_batches(model, batches, device: torch.device, autocast_dtype=None, 
 def save_training_checkpoint(model, optimizer, scaler, out_dir: Path, state: dict, chat_template=None) -> Path:
     """Model, optimizer and trainer state into `out_dir/checkpoint`, atomically."""
     final = out_dir / CHECKPOINT
-    with atomic_directory(final) as tmp:
+    with atomic_directory(final, CHECKPOINT_FILES) as tmp:
         write_model_files(model, tmp, chat_template=chat_template)
         torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None},
                    tmp / "optimizer.pt")
@@ -251,9 +263,17 @@ def read_trainer_state(out_dir: Path) -> dict:
     if not path.is_file():
         raise TrainingError(f"nothing to resume: {path} does not exist; start the run without --resume")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        state = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is damaged") from None
+    # What resuming reads, checked before any of it is used (a hand-edited or truncated state must not crash later).
+    ok = (isinstance(state, dict) and isinstance(state.get("run"), dict) and isinstance(state.get("rng"), list)
+          and isinstance(state.get("step"), int) and not isinstance(state.get("step"), bool) and state["step"] >= 0
+          and isinstance(state.get("tokens_seen", 0), int))
+    if not ok:
+        raise CheckpointError(f"{path} lacks a valid run, step or rng entry; the checkpoint is damaged: start a new "
+                              "run in another --out")
+    return state
 
 
 def check_resume(saved: dict, run: dict, source: Path) -> None:
@@ -346,7 +366,8 @@ class Trainer:
             weights = load_file(str(ckpt / "model.safetensors"), device=str(self.device))
             opt = torch.load(ckpt / "optimizer.pt", map_location=self.device, weights_only=True)
         except Exception as e:
-            raise CheckpointError(f"{ckpt} is damaged ({str(e).splitlines()[0][:120]}); start a new run") from None
+            why = (str(e).splitlines() or [type(e).__name__])[0][:120]
+            raise CheckpointError(f"{ckpt} is damaged ({why}); start a new run") from None
         missing, unexpected = self.raw.load_state_dict(weights, strict=False)
         if missing or unexpected:
             raise CheckpointError(f"{ckpt}: weights do not fit the model ({(missing + unexpected)[:3]})")
@@ -354,6 +375,9 @@ class Trainer:
         if self.scaler is not None and opt.get("scaler"):
             self.scaler.load_state_dict(opt["scaler"])
         self.step = state["step"]
+        if self.step >= self.cfg.max_steps:
+            raise TrainingError(f"{ckpt} is at step {self.step} already, and --max-steps is {self.cfg.max_steps}; "
+                                f"raise --max-steps above {self.step} to train further")
         self.tokens_seen = state.get("tokens_seen", 0)
         rngs = state["rng"]
         if self.d.rank < len(rngs):
@@ -471,6 +495,14 @@ class Trainer:
                               "tokens_per_s": round(tokens / dt, 1)}
                     if peak:
                         record["mfu"] = round(fpt * tokens / d.world / dt / peak, 4)
+                    if not math.isfinite(record["train_loss"]):
+                        # Diverged: every later step and checkpoint would be NaN too. Stop before saving anything, so
+                        # the last good checkpoint (if any) stays as it was.
+                        if d.main:
+                            self._write_metrics(record)
+                        raise TrainingError(f"training diverged at step {self.step}: the loss is "
+                                            f"{record['train_loss']}; nothing was saved from this step on. Lower --lr "
+                                            f"(now {cfg.lr:g}) or --weight-decay, or add warm-up steps")
                     last_step = self.step == cfg.max_steps
                     if cfg.eval_every and (self.step % cfg.eval_every == 0 or last_step) and self.data.splits():
                         ev = self.evaluate("val")

@@ -20,8 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gpt2tui.atomic import atomic_directory
+from gpt2tui.atomic import MODEL_DIR_FILES, atomic_directory
 from gpt2tui.errors import CheckpointError, ConfigError
+from gpt2tui.weights import pick_device
 
 ADAPTER_FORMAT = "gpt2tui-lora"
 
@@ -108,7 +109,7 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, base: str, chat_temp
     from safetensors.torch import save_file
 
     path = Path(path).expanduser()
-    with atomic_directory(path) as tmp:
+    with atomic_directory(path, MODEL_DIR_FILES) as tmp:
         meta = {"format": ADAPTER_FORMAT, "base": base, **asdict(model.lora_config), "chat_template": chat_template}
         (tmp / "adapter_config.json").write_text(json.dumps(meta, indent=2) + "\n")
         save_file(adapter_state(model), str(tmp / "adapter.safetensors"))
@@ -141,4 +142,4 @@ def load_adapted(path: str | os.PathLike, device=None):
         raise CheckpointError(f"{path}: adapter tensors do not match base model {meta['base']}")
     model.load_state_dict(state, strict=False)
     model.chat_template = meta.get("chat_template")
-    return model.to(device or model.device).eval(), tokenizer
+    return model.to(model.device if device is None else pick_device(device)).eval(), tokenizer

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from gpt2tui.atomic import check_replaceable, ensure_writable
 from gpt2tui.config import PRESETS, GPT2Config
 from gpt2tui.errors import ConfigError, TrainingError
 
@@ -22,6 +23,7 @@ from .loop import (
     TrainConfig,
     Trainer,
     barrier,
+    is_run_entry,
     read_trainer_state,
     setup_distributed,
     teardown_distributed,
@@ -88,11 +90,27 @@ def run(args) -> int:
     from gpt2tui.generate import generate
     from gpt2tui.tokenizer import Tokenizer
 
-    from .data import PretrainData, prepare_corpus
+    from .data import PretrainData, is_token_file, prepare_corpus
 
     out = Path(args.out).expanduser()
     if not args.resume and (out / CHECKPOINT).exists():
         raise TrainingError(f"{out} already holds a training run; add --resume to continue it, or choose another --out")
+    # Before any work: nothing of the user's gets replaced, and the outputs can be written.
+    if not args.resume:
+        check_replaceable(out, is_run_entry, "--out")
+    if args.tokens_dir:
+        check_replaceable(args.tokens_dir, is_token_file, "--tokens-dir")
+    ensure_writable(out, "--out")
+    if args.resume:
+        # Before tokenising: other data would replace the run's token shards, and then be refused by the resume.
+        from .data import expand_paths
+
+        trained_on = read_trainer_state(out)["run"].get("data_sources")
+        given = [str(f.resolve()) for f in expand_paths(args.data)]
+        if trained_on is not None and trained_on != given:
+            raise TrainingError(f"--resume continues a run on its own data ({', '.join(trained_on[:2])}"
+                                f"{', ...' if len(trained_on) > 2 else ''}), and --data names other files; pass the "
+                                f"run's --data, or start a new run in another --out")
     d = setup_distributed(args.device)
     con = console()
     try:

@@ -119,6 +119,29 @@ def test_plain_chat_commands_and_ctrl_c(capsys, tmp_path, monkeypatch, hf_small_
     assert "Exported to" in err and "First" in err and "use /set NAME=VALUE" in err
 
 
+def test_plain_chat_takes_bytes_that_are_not_utf8(capsys, tmp_path, monkeypatch, hf_small_dir):
+    """`printf 'caf\\xe9' | gpt2tui chat`: under a C locale Python reads the byte as a lone surrogate, which can be
+    neither tokenised nor stored; it becomes U+FFFD, and the chat goes on."""
+    import io
+
+    from gpt2tui.repl import Repl
+    from gpt2tui.session import ChatSession, ChatSettings
+    from gpt2tui.store import ChatStore
+
+    lines = iter([b"caf\xe9".decode("utf-8", "surrogateescape")])
+
+    def read(prompt):
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    session = ChatSession.load(str(hf_small_dir))
+    with ChatStore() as store:
+        assert Repl(session, store, ChatSettings(max_new_tokens=2), read=read, out=io.StringIO()).run() == 0
+        assert store.get(1).messages[0].content == "caf\ufffd"
+
+
 @pytest.mark.parametrize(
     "argv, words",
     [
@@ -134,6 +157,38 @@ def test_user_errors_are_one_line_with_exit_1(capsys, argv, words):
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: ") and words in " ".join(err.split())
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("device, words", [
+    ("foo", "'foo' is not a device"),
+    ("meta", "runs on cpu, cuda or mps"),
+    pytest.param("cuda", "no CUDA GPU", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has CUDA")),
+    pytest.param("mps", "no Apple GPU",
+                 marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="has an Apple GPU")),
+])
+def test_a_device_this_machine_lacks_is_one_line(capsys, device, words):
+    save_checkpoint(GPT2(GPT2Config(context_length=64, emb_dim=64, n_heads=4, n_layers=2)), models_dir() / "tiny")
+    for command in (["info"], ["generate", "hi"]):
+        code, out, err = run(capsys, *command, "--model", "tiny", "--device", device)
+        assert code == 1 and out == "" and "Traceback" not in err
+        assert err.startswith("error: ") and words in " ".join(err.split())
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["generate", "hi", "--seed", str(2**70)], "--seed"),
+    (["generate", "hi", "--stop", ""], "--stop: must not be empty"),
+])
+def test_impossible_values_are_refused_by_the_parser(capsys, argv, words):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_an_empty_model_variable_means_the_default(monkeypatch):
+    from gpt2tui.cli import build_parser
+
+    monkeypatch.setenv("GPT2TUI_MODEL", "")
+    assert build_parser().parse_args(["generate", "hi"]).model == "gpt2"
 
 
 def test_bad_flag_is_rejected_by_the_parser(capsys):

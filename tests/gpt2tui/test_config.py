@@ -33,6 +33,8 @@ def test_presets_have_qkv_bias_and_seed_field_names():
         (dict(emb_dim=100, n_heads=3), "divisible"),
         (dict(n_layers=0), "n_layers"),
         (dict(drop_rate=1.5), "drop_rate"),
+        (dict(drop_rate="x"), "drop_rate"),  # a hand-edited config.json: a one-line error, not float()'s traceback
+        (dict(qkv_bias="false"), "qkv_bias"),  # a truthy string must not silently mean true
         (dict(attn_backend="flash"), "attn_backend"),
     ],
 )

@@ -120,6 +120,20 @@ def test_export_markdown(store, tmp_path):
     out = store.export_markdown_file(c.id, tmp_path / "out" / "colours.md")
     assert out.read_text(encoding="utf-8") == text
     assert [p.name for p in out.parent.iterdir()] == ["colours.md"]  # no temporary file left
+    assert out.stat().st_mode & 0o777 == 0o666 & ~_umask()  # like any new file, not mkstemp's 0600
+    with pytest.raises(StoreError, match="already exists"):  # an export never replaces a file
+        store.export_markdown_file(c.id, out)
+    assert out.read_text(encoding="utf-8") == text
+    assert store_module.free_name(out) == out.with_name("colours-2.md")
+    assert store_module.free_name(tmp_path / "new.md") == tmp_path / "new.md"
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_reopening_keeps_everything(isolated_home):

@@ -83,6 +83,11 @@ def test_resume_refuses_another_config_and_needs_a_checkpoint(tmp_path, story, c
     assert code == 1 and "n_layers=2" in err and "n_layers=3" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(capsys, *pretrain_argv(story, out, "--resume", "--max-steps", "4", "--batch-size", "2"))
     assert code == 1 and "batch_size" in err
+    shards = {p.name: p.read_bytes() for p in (out / "tokens").iterdir()}
+    other = write_story(tmp_path / "other.txt", repeat=5)
+    code, _, err = run_cli(capsys, *pretrain_argv(other, out, "--resume", "--max-steps", "4"))
+    assert code == 1 and "its own data" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in (out / "tokens").iterdir()} == shards  # refused before re-tokenising
     assert json.loads((out / "checkpoint" / "trainer_state.json").read_text())["step"] == 2
 
 

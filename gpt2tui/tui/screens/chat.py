@@ -22,7 +22,7 @@ from textual.widgets import Footer, Static
 from textual.worker import Worker
 
 from ...chat import ChatError
-from ...store import DEFAULT_TITLE, ChatStore, ConversationNotFoundError, StoreError
+from ...store import DEFAULT_TITLE, ChatStore, ConversationNotFoundError, StoreError, free_name
 from ..commands import ChatCommands
 from ..keys import CHAT_KEYS, bindings
 from ..widgets import MessageList, MessageView, PromptInput, Sidebar, StatusBar
@@ -413,7 +413,7 @@ class ChatScreen(Screen):
             return
         conversation_id = self.conversation_id
         slug = re.sub(r"[^\w-]+", "-", self.conversation_title.lower()).strip("-")[:40] or "chat"
-        default = f"{slug}-{conversation_id}.md"
+        default = str(free_name(f"{slug}-{conversation_id}.md"))
 
         def chosen(path: str | None) -> None:
             if not path:
