@@ -68,6 +68,8 @@ def expand_paths(patterns: Sequence[str | os.PathLike]) -> list[Path]:
             found = sorted(Path(m) for m in globlib.glob(text, recursive=True) if Path(m).is_file())
             if not found:
                 raise DataError(f"{text}: the pattern matches no files")
+        elif path.exists():
+            raise DataError(f"{text}: not a regular file or folder (a device or a pipe?); pass text files or folders")
         else:
             raise DataError(f"{text}: no such file or folder")
         files.extend(found)
@@ -415,6 +417,8 @@ def record_messages(record: object, where: str) -> list[dict]:
 def load_examples(path: str | os.PathLike, tokenizer: Tokenizer, template: str = "alpaca") -> list[Example]:
     """Every record of an instruction file, checked and rendered with the chat template."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; pass one instruction file (.json or .jsonl)")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     examples = []

@@ -79,6 +79,11 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
     if not found:
         raise ConfigError(f"no Linear layer matches the LoRA targets {', '.join(config.targets)}; "
                           f"GPT-2's are c_attn, c_proj (attention and MLP) and c_fc")
+    full = min(min(linear.in_features, linear.out_features) for _, _, linear in found)
+    if config.rank > full:
+        # A rank past a layer's smaller side adds parameters, not expressiveness (and a huge one exhausts memory).
+        raise ConfigError(f"LoRA rank {config.rank} is above the full rank {full} of the adapted layers; use at most "
+                          f"{full} (typical ranks are 4 to 64)")
     for p in model.parameters():
         p.requires_grad_(False)
     for parent, name, linear in found:

@@ -23,6 +23,7 @@ from .loop import (
     TrainConfig,
     Trainer,
     barrier,
+    is_oom,
     is_run_entry,
     read_trainer_state,
     setup_distributed,
@@ -83,7 +84,14 @@ def load_initial_model(args, d):
                     m.dropout = args.dropout
         return model
     torch.manual_seed(args.seed)  # every rank builds the same initial weights (DDP also broadcasts rank 0's)
-    return GPT2(wanted or GPT2Config.from_preset("gpt2"))
+    config = wanted or GPT2Config.from_preset("gpt2")
+    try:
+        return GPT2(config)
+    except (RuntimeError, torch.OutOfMemoryError) as e:
+        if not is_oom(e):
+            raise
+        raise TrainingError(f"a model of {config.n_params() / 1e6:,.0f}M parameters does not fit in memory here; "
+                            f"choose a smaller --preset, --emb-dim or --n-layers") from None
 
 
 def run(args) -> int:

@@ -203,3 +203,38 @@ def test_evaluate_checks_its_metrics_file_and_output_before_evaluating(tmp_path,
     code, _, err = run_cli(capsys, "evaluate", "--model", model, "--data", story, "--out", tmp_path / "afile" / "x")
     one_line_error(code, err, "cannot write in")
     assert not (tmp_path / "ev" / "evaluation.json").exists()
+
+
+# -- impossible sizes and odd paths --------------------------------------------------------------------------------
+
+
+def test_a_model_too_big_for_memory_is_one_line(tmp_path, capsys, story, monkeypatch):
+    def no_memory(config):  # what `--emb-dim 1000000` gets from the allocator
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr("gpt2tui.model.GPT2", no_memory)  # pretrain imports it when it builds the model
+    code, _, err = run_cli(capsys, *pretrain_argv(story, tmp_path / "run", "--max-steps", "1"))
+    one_line_error(code, err, "does not fit in memory", "--emb-dim")
+
+
+def test_a_lora_rank_above_the_layers_rank_is_refused():
+    from gpt2tui.training.lora import LoRAConfig, apply_lora
+
+    from gpt2tui import GPT2, GPT2Config
+    from gpt2tui.errors import ConfigError
+
+    model = GPT2(GPT2Config(vocab_size=50, context_length=8, emb_dim=16, n_heads=2, n_layers=1))
+    with pytest.raises(ConfigError, match="LoRA rank 17 is above the full rank 16"):
+        apply_lora(model, LoRAConfig(rank=17))
+    assert all(p.requires_grad for p in model.parameters())  # refused before freezing anything
+
+
+def test_data_paths_that_are_not_files_say_what_they_are(tmp_path):
+    from gpt2tui.training.data import expand_paths, load_examples
+
+    from gpt2tui.errors import DataError
+
+    with pytest.raises(DataError, match="not a regular file or folder"):
+        expand_paths(["/dev/null"])
+    with pytest.raises(DataError, match="is a folder; pass one instruction file"):
+        load_examples(tmp_path, tokenizer=None)
