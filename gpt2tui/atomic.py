@@ -61,6 +61,25 @@ def ensure_writable(directory: str | os.PathLike, flag: str) -> Path:
     return path
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, someone else's
+        return True
+    return True
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    # A write killed mid-way (a second Ctrl+C during a save) leaves `.NAME.tmp-PID`: incomplete by construction, so
+    # once its process is gone it is removed. (`.NAME.old-PID` may be the only copy of the previous version: kept.)
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 @contextmanager
 def atomic_directory(path: str | os.PathLike, owns: Collection[str] | Callable[[Path], bool]) -> Iterator[Path]:
     """Yield an empty temporary sibling of `path` to fill. When the block ends without error its files are synced and
@@ -72,6 +91,7 @@ def atomic_directory(path: str | os.PathLike, owns: Collection[str] | Callable[[
     path = _normalized(path)
     check_replaceable(path, owns, "output path")
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     old = path.with_name(f".{path.name}.old-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

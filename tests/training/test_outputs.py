@@ -238,3 +238,16 @@ def test_data_paths_that_are_not_files_say_what_they_are(tmp_path):
         expand_paths(["/dev/null"])
     with pytest.raises(DataError, match="is a folder; pass one instruction file"):
         load_examples(tmp_path, tokenizer=None)
+
+
+def test_a_write_killed_mid_way_leaves_nothing_after_the_next_one(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".ckpt.tmp-{int(dead.stdout)}"  # what a second Ctrl+C during a save leaves
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    with atomic_directory(tmp_path / "ckpt", MODEL_DIR_FILES) as tmp:
+        (tmp / "config.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
