@@ -56,11 +56,15 @@ def cmd_generate(args) -> int:
     out = sys.stdout
     if args.echo:
         out.write(prompt)
-    for delta in stream(model, tokenizer, prompt, **_sampling_kwargs(args)):
+    reply = stream(model, tokenizer, prompt, **_sampling_kwargs(args))
+    for delta in reply:
         out.write(delta)
         out.flush()
     out.write("\n")
     out.flush()
+    if reply.finish_reason == "context_full":  # fewer tokens than -n asked for: say why, on stderr
+        _err().print(f"[dim](stopped early: the model's context window of {model.config.context_length} tokens is "
+                     "full)[/]", highlight=False)
     return 0
 
 

@@ -184,6 +184,12 @@ def test_impossible_values_are_refused_by_the_parser(capsys, argv, words):
     assert e.value.code == 2 and words in capsys.readouterr().err
 
 
+def test_generate_says_when_the_context_window_ends_it_early(capsys):
+    save_checkpoint(GPT2(GPT2Config(context_length=16, emb_dim=32, n_heads=2, n_layers=1)), models_dir() / "short")
+    code, out, err = run(capsys, "generate", "--model", "short", "-n", "100", "--temperature", "0", "Once upon")
+    assert code == 0 and out.strip() and "context window of 16 tokens is full" in err
+
+
 def test_an_empty_model_variable_means_the_default(monkeypatch):
     from gpt2tui.cli import build_parser
 
