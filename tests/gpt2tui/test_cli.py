@@ -78,6 +78,19 @@ def test_chat_without_a_terminal_replies_to_each_line_and_saves_the_chat(capsys,
     assert out == messages[1]["content"] + "\n" and messages[1]["finish_reason"] in ("max_tokens", "stop", "eos")
 
 
+def _reader(lines):
+    """`input` for the plain chat: these lines, then end of input."""
+    lines = iter(lines)
+
+    def read(prompt):
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    return read
+
+
 def test_plain_chat_commands_and_ctrl_c(capsys, tmp_path, monkeypatch, hf_small_dir):
     from gpt2tui.repl import Repl
     from gpt2tui.session import ChatSession, ChatSettings
@@ -96,15 +109,8 @@ def test_plain_chat_commands_and_ctrl_c(capsys, tmp_path, monkeypatch, hf_small_
             pass
 
     monkeypatch.chdir(tmp_path)
-    lines = iter(["First", "/set temperature=0", "/set max_new_tokens=3", "Second", "/export", "/new", "/list",
-                  "/set nonsense=1"])
-
-    def read(prompt):
-        try:
-            return next(lines)
-        except StopIteration:
-            raise EOFError from None
-
+    read = _reader(["First", "/set temperature=0", "/set max_new_tokens=3", "Second", "/export", "/new", "/list",
+                    "/set nonsense=1"])
     session = ChatSession.load(str(hf_small_dir))
     out = StopAfterFirstDelta()
     with ChatStore() as store:
@@ -128,14 +134,7 @@ def test_plain_chat_takes_bytes_that_are_not_utf8(capsys, tmp_path, monkeypatch,
     from gpt2tui.session import ChatSession, ChatSettings
     from gpt2tui.store import ChatStore
 
-    lines = iter([b"caf\xe9".decode("utf-8", "surrogateescape")])
-
-    def read(prompt):
-        try:
-            return next(lines)
-        except StopIteration:
-            raise EOFError from None
-
+    read = _reader([b"caf\xe9".decode("utf-8", "surrogateescape")])
     session = ChatSession.load(str(hf_small_dir))
     with ChatStore() as store:
         assert Repl(session, store, ChatSettings(max_new_tokens=2), read=read, out=io.StringIO()).run() == 0
