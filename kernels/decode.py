@@ -270,24 +270,30 @@ def choose_num_splits(programs: int, max_len: int, sm_count: int, block_n: int =
     return max(1, min(_cdiv(target, programs), n_blocks // MIN_BLOCKS_PER_SPLIT, MAX_SPLITS))
 
 
-# Per device, the fused merge's ticket counters, zero between launches (the merging program resets its own), grown as
-# needed. One set per device: two fused decodes running at once on two streams of one device would share them.
-_TICKETS: dict[torch.device, torch.Tensor] = {}
+# Per device and stream, the fused merge's ticket counters, zero between launches (the merging program resets its
+# own), grown as needed. Per stream: two fused decodes running at once on two streams (a graph replaying in the chat
+# worker, an eager decode elsewhere) must not count into one set; launches on one stream run one after another.
+_TICKETS: dict[tuple, torch.Tensor] = {}
 # Outgrown counters are kept, never freed: a CUDA graph captured earlier still adds to and resets them on every
 # replay, and freed memory would be handed to another tensor. (They are small, and outgrowing 1024 takes a forced
 # num_splits or a batch large enough not to split.)
 _RETIRED_TICKETS: list[torch.Tensor] = []
 
 
+def _stream_id(device: torch.device) -> int | None:
+    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
+
+
 def _tickets(device: torch.device, size: int) -> torch.Tensor | None:
-    buf = _TICKETS.get(device)
+    key = (device, _stream_id(device))
+    buf = _TICKETS.get(key)
     if buf is None or buf.numel() < size:
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             return None  # a CUDA graph being captured cannot own them: this call takes the merge kernel
         if buf is not None:
             _RETIRED_TICKETS.append(buf)
         buf = torch.zeros(max(size, 1024), dtype=torch.int32, device=device)
-        _TICKETS[device] = buf
+        _TICKETS[key] = buf
     return buf
 
 

@@ -179,7 +179,7 @@ def test_a_fused_merge_leaves_its_tickets_at_zero_and_agrees_with_the_merge_kern
     for merge in ("kernel", "fused", "fused"):
         monkeypatch.setattr(decode, "MERGE", merge)
         outs[merge] = decode_attention(q, k, v, L, max_len=300, num_splits=3)
-        assert not decode._TICKETS or not decode._TICKETS[q.device].any()
+        assert not any(t.any() for t in decode._TICKETS.values())
     want = decode_attention_ref(q.double(), k.double(), v.double(), L, upcast=True)
     assert (outs["fused"].double() - outs["kernel"].double()).abs().max().item() <= _tol(q, k, v, L, want)
 
@@ -193,6 +193,18 @@ def test_outgrown_tickets_are_kept_for_graphs_that_captured_them(monkeypatch):
     grown = decode._tickets(torch.device(DEVICE), 5000)
     assert grown.numel() >= 5000 and not grown.any()
     assert decode._RETIRED_TICKETS == [first]
+
+
+def test_each_stream_counts_its_own_tickets(monkeypatch):
+    # Two fused decodes in flight on two streams of one device would otherwise add into the same counters.
+    monkeypatch.setattr(decode, "_TICKETS", {})
+    stream = [1]
+    monkeypatch.setattr(decode, "_stream_id", lambda device: stream[0])
+    one = decode._tickets(torch.device(DEVICE), 10)
+    stream[0] = 2
+    two = decode._tickets(torch.device(DEVICE), 10)
+    stream[0] = 1
+    assert two is not one and decode._tickets(torch.device(DEVICE), 10) is one
 
 
 def test_the_fused_merge_compiles_to_a_barrier_then_an_acquire_release_ticket():
