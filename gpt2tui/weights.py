@@ -431,22 +431,22 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     present, else the CPU."""
     if device is None or device == "":
         return default_device()
+    name = repr(str(device))
     try:
         d = torch.device(device)
     except (RuntimeError, ValueError, TypeError):
-        raise ConfigError(f"device {str(device)!r} is not a device; use cpu, cuda or cuda:N") from None
+        raise ConfigError(f"device {name} is not a device; use cpu, cuda or cuda:N") from None
     if d.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"device {str(device)!r}: no CUDA GPU is usable here (or this torch has no CUDA); "
-                              "use cpu")
-        if d.index is not None and d.index >= torch.cuda.device_count():
-            raise ConfigError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                              f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+            raise ConfigError(f"device {name}: no CUDA GPU is usable here (or this torch has no CUDA); use cpu")
+        count = torch.cuda.device_count()
+        if d.index is not None and d.index >= count:
+            raise ConfigError(f"device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     elif d.type == "mps":
         if not torch.backends.mps.is_available():
-            raise ConfigError(f"device {str(device)!r}: no Apple GPU is usable here; use cpu")
+            raise ConfigError(f"device {name}: no Apple GPU is usable here; use cpu")
     elif d.type != "cpu":
-        raise ConfigError(f"device {str(device)!r}: gpt2tui runs on cpu, cuda or mps")
+        raise ConfigError(f"device {name}: gpt2tui runs on cpu, cuda or mps")
     return d
 
 

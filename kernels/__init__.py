@@ -21,6 +21,7 @@ pulls in Triton (and the interpreter switch, read when kernels are decorated, ca
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -71,6 +72,25 @@ def _cdiv(a: int, b: int) -> int:
 
 def _next_power_of_2(n: int) -> int:
     return 1 << (n - 1).bit_length() if n > 1 else 1
+
+
+def _on_device(t: torch.Tensor):
+    """A context that makes `t`'s CUDA device current, for the launches inside it: Triton launches on the current
+    device, so with `t` on cuda:1 and cuda:0 current the kernels would run on cuda:0. Switching costs host time on
+    every call, so only when needed."""
+    if t.device.type == "cuda" and t.device.index != torch.cuda.current_device():
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
+
+
+def _empty_in_order_of(t: torch.Tensor, empty) -> torch.Tensor:
+    """An uninitialised `(B, H, T, D)` tensor like `t`, in `t`'s memory order, from `empty(shape, dtype, device)`. A
+    model's q is `(B, T, H, D)` in memory (heads viewed out of one projection); an output laid out the same way makes
+    the model's `y.transpose(1, 2).contiguous().view(B, T, C)`, and autograd's backward of those views, free."""
+    B, H, T, D = t.shape
+    if t.stride(1) < t.stride(2):  # heads inside tokens
+        return empty((B, T, H, D), t.dtype, t.device).transpose(1, 2)
+    return empty((B, H, T, D), t.dtype, t.device)
 
 
 def _triton_unavailable(device: torch.device | str | None, head_dim: int | None, dtype: torch.dtype | None) -> str | None:

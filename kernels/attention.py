@@ -22,7 +22,6 @@ mask does not depend on block sizes. The softmax statistics are those of the und
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 
@@ -30,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _cdiv, _interpreting, _next_power_of_2
+from . import _cdiv, _empty_in_order_of, _interpreting, _next_power_of_2, _on_device
 from .launch import Launcher
 
 LOG2E = 1.4426950408889634
@@ -375,14 +374,9 @@ def _empty(shape, dtype, device) -> torch.Tensor:
 
 
 def _empty_like(t: torch.Tensor) -> torch.Tensor:
-    """An uninitialised `(B, H, T, D)` tensor in `t`'s memory order. A model's q, k, v are `(B, T, H, D)` in memory
-    (heads viewed out of one projection); an output and gradients laid out the same way make the model's
-    `y.transpose(1, 2).contiguous().view(B, T, C)` and autograd's backward of those views free, where a
-    `(B, H, T, D)`-contiguous result costs a copy of each (SDPA's flash kernels do the same)."""
-    B, H, T, D = t.shape
-    if t.stride(1) < t.stride(2):  # heads inside tokens
-        return _empty((B, T, H, D), t.dtype, t.device).transpose(1, 2)
-    return _empty((B, H, T, D), t.dtype, t.device)
+    # Output and gradients in q's memory order, as SDPA's flash kernels return them: for the model's head views a
+    # (B, H, T, D)-contiguous result would cost a copy of each.
+    return _empty_in_order_of(t, _empty)
 
 
 def _unit_last(t: torch.Tensor) -> torch.Tensor:
@@ -426,14 +420,6 @@ def _backward(do, q, k, v, o, lse, sm_scale: float, dropout_p: float, seed: int)
     _launch(_attn_bwd_dkdv, lambda meta: (B * H, _cdiv(T, meta["BLOCK_N"])),
             ("dkdv", T_bucket, D, dropout, q.dtype), q, k, v, do, lse, delta, dk, dv, *strides, *common, **args)
     return dq, dk, dv
-
-
-def _on_device(t: torch.Tensor):
-    # Triton launches on the current device: with q on cuda:1 and cuda:0 current, the kernels would run on cuda:0.
-    # Switching costs host time on every call, so only when needed (autograd's backward thread is on q's already).
-    if t.device.type == "cuda" and t.device.index != torch.cuda.current_device():
-        return torch.cuda.device(t.device)
-    return contextlib.nullcontext()
 
 
 class FlashAttentionFunction(torch.autograd.Function):

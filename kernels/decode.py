@@ -38,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import AttentionBackendError, _cdiv
+from . import AttentionBackendError, _cdiv, _empty_in_order_of, _on_device
 from .launch import Launcher
 
 __all__ = ["decode_attention", "choose_num_splits"]
@@ -300,15 +300,16 @@ def _tickets(device: torch.device, size: int) -> torch.Tensor | None:
 _launch_split, _launch_merge = Launcher(_decode_split_kernel), Launcher(_decode_merge_kernel)
 
 
+def _torch_empty(shape, dtype, device) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype, device=device)  # looked up per call: tests poison torch.empty
+
+
 def _launch(q, k_cache, v_cache, cache_lens, scale, max_len, num_splits):
     B, H, n, D = q.shape
     S_max = k_cache.shape[2]
-    # In q's memory order, as the fused forward's output (attention._empty_like): the model's transpose-and-view back
-    # to (B, n, C) is then free for a chunked prefill too.
-    if q.stride(1) < q.stride(2):
-        out = torch.empty((B, n, H, D), device=q.device, dtype=q.dtype).transpose(1, 2)  # (B, H, n, D)
-    else:
-        out = torch.empty((B, H, n, D), device=q.device, dtype=q.dtype)  # (B, H, n, D)
+    # In q's memory order, as the fused forward's output: the model's view back to (B, n, C) is free for a chunked
+    # prefill too.
+    out = _empty_in_order_of(q, _torch_empty)  # (B, H, n, D)
     if B == 0 or H == 0:
         return out
     block_m = _block_m(n)
@@ -438,9 +439,6 @@ def decode_attention(
         raise ValueError(f"decode_attention: max_len {max_len} must lie in [{q.shape[2]} (n), {S_max} (S_max)]")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     q, k_cache, v_cache = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k_cache, v_cache))
-    # Triton launches on the current device; switching costs host time on every layer's call, so only when needed.
     # (No torch.no_grad(): the kernels record nothing for autograd, and the buffers they fill never require grad.)
-    if q.device.type == "cuda" and q.device.index != torch.cuda.current_device():
-        with torch.cuda.device(q.device):
-            return _launch(q, k_cache, v_cache, cache_lens, scale, max_len, num_splits)
-    return _launch(q, k_cache, v_cache, cache_lens, scale, max_len, num_splits)
+    with _on_device(q):
+        return _launch(q, k_cache, v_cache, cache_lens, scale, max_len, num_splits)

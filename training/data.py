@@ -37,12 +37,12 @@ SHARD_TOKENS = 1 << 27  # 128M tokens (256 MB) per shard file
 CHUNK_CHARS = 1 << 20  # long documents are cut into ~1 MB pieces so one big file still tokenises in parallel
 BATCH_CHARS = 16 << 20  # characters handed to the native encoder at once
 MANIFEST_VERSION = 1
+IGNORE_INDEX = -100
 
 
 def is_token_file(entry: Path) -> bool:
     """What a tokens directory holds: its manifest and shards (the rest is not ours to replace)."""
     return entry.name == "manifest.json" or (entry.name.startswith("tokens-") and entry.name.endswith(".bin"))
-IGNORE_INDEX = -100
 
 
 # -- text corpora --------------------------------------------------------------------------------------------------

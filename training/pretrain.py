@@ -59,7 +59,6 @@ def load_initial_model(args, d):
     out = Path(args.out)
     wanted = build_config(args)
     if args.resume:
-        read_trainer_state(out)  # a clear error when there is nothing to resume
         model = load_weights(out / CHECKPOINT, dtype=torch.float32)
         if wanted is not None:
             saved, now = model.config.to_dict(), wanted.to_dict()
