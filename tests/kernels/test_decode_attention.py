@@ -213,7 +213,7 @@ def test_the_fused_merge_compiles_to_a_barrier_then_an_acquire_release_ticket():
     # pattern), and the merge must read the partials past L1.
     types = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "Out": "*bf16", "OPart": "*fp32", "LSE": "*fp32",
              "Lens": "*i32", "Tickets": "*i32", "qk_scale": "fp32"}
-    const = {"HEAD_DIM": 64, "BLOCK_M": 16, "BLOCK_N": 64, "DIRECT": False, "FUSED": True, "UPCAST_DOT": False}
+    const = {"HEAD_DIM": 64, "BLOCK_M": 16, "BLOCK_N": 64, "DIRECT": False, "FUSED": True, "SPLITS": 8, "UPCAST_DOT": False}
     ptx = sm90("decode", "_decode_split_kernel", types, const, "ptx")
     ticket = ptx.find("atom.global.gpu.acq_rel.add")
     assert ticket > 0, "the ticket is not an acquire/release atomic at gpu scope"

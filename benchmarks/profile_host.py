@@ -1,0 +1,83 @@
+"""How long the host takes to issue an attention step on a GPU machine, piece by piece, Triton beside SDPA.
+
+    python3 benchmarks/profile_host.py
+
+`do_bench` times a step on the GPU, but when the host issues kernels more slowly than the GPU runs them the GPU waits,
+and the figure measures the host. Here each workload runs N times back to back with no synchronisation: the time until
+the last call returns is the host's issue time per call (the GPU queue is deep enough not to block); the time until
+the GPU is done as well is the step's time. A workload whose issue time is near its step time is host-bound. The
+pieces (one empty launch each way, an allocation, autograd's round trip through a do-nothing Function) say where the
+host time of a Triton step goes on this machine.
+"""
+
+import time
+
+import torch
+import triton
+from gpt2tui.kernels import attention as A
+from gpt2tui.kernels.attention import causal_attention
+from gpt2tui.kernels.launch import Launcher
+from gpt2tui.kernels.sdpa import causal_attention_sdpa
+
+B, H, T, D = 8, 12, 1024, 64
+N = 200
+DEVICE = "cuda"
+
+
+@triton.jit
+def _empty_kernel(X, n):
+    pass
+
+
+class _Identity(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+def issue_and_step_us(fn) -> tuple[float, float]:
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(N):
+        fn()
+    issued = time.perf_counter()
+    torch.cuda.synchronize()
+    done = time.perf_counter()
+    return (issued - start) / N * 1e6, (done - start) / N * 1e6
+
+
+def main() -> None:
+    q, k, v = [torch.randn(B, H, T, D, device=DEVICE, dtype=torch.bfloat16, requires_grad=True) for _ in range(3)]
+    do = torch.randn_like(q)
+    x = torch.zeros(16, device=DEVICE, requires_grad=True)
+    launcher = Launcher(_empty_kernel)
+    out = causal_attention(q, k, v)
+    ctx = out.grad_fn  # a custom Function's grad_fn is its ctx
+    workloads = {
+        "triton forward+backward (autograd.grad)": lambda: torch.autograd.grad(causal_attention(q, k, v), (q, k, v), do),
+        "sdpa forward+backward (autograd.grad)": lambda: torch.autograd.grad(
+            causal_attention_sdpa(q, k, v), (q, k, v), do
+        ),
+        "triton forward (no_grad)": lambda: A._forward(q.detach(), k.detach(), v.detach(), 0.125, 0.0, 0),
+        "triton backward, called directly": lambda: A.FlashAttentionFunction.backward(ctx, do),
+        "empty Triton kernel, Launcher": lambda: launcher((1,), x, 16),
+        "empty Triton kernel, JITFunction.run": lambda: _empty_kernel[(1,)](x, 16),
+        "torch x.add_(1) (one aten launch)": lambda: x.data.add_(1),
+        "torch.empty (B,T,H,D) bf16": lambda: torch.empty(B, T, H, D, device=DEVICE, dtype=torch.bfloat16),
+        "autograd.grad through a do-nothing Function": lambda: torch.autograd.grad(_Identity.apply(x), x, x),
+    }
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, Triton {triton.__version__}; {N} calls each")
+    print("workload | host issue µs/call | step µs/call")
+    for name, fn in workloads.items():
+        issue, step = issue_and_step_us(fn)
+        print(f"{name} | {issue:.1f} | {step:.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
