@@ -7,7 +7,7 @@ Layers, bottom up:
 - `Decoder`: the token engine. A batch of prompts is right-padded and prefilled (optionally in chunks) into a static
   `KVCache`; the cache then keeps each row's true length, so rows continue from their own positions and nobody
   attends to padding. Finished rows are dropped from the batch, so the rest run faster. On CUDA its one-token steps
-  can replay from a CUDA graph (`decode_graph.py`; `cuda_graph=True` or $GPT2TUI_CUDA_GRAPH=1).
+  replay from a CUDA graph (`decode_graph.py`; `cuda_graph=False` or $GPT2TUI_CUDA_GRAPH=0 turns that off).
 - `generate_ids_nocache`: the plain loop (the whole sequence through the model for every token), the oracle the
   cached engine must match token for token.
 - `Stream` / `stream` / `generate`: text. Stop strings are honoured across token boundaries: text that could be the

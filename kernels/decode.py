@@ -21,9 +21,9 @@ Fused merge (opt-in, `GPT2TUI_DECODE_MERGE=fused`): the splits of a query block 
 Each split program, after its partial stores and a barrier, takes a ticket from a per-(row·head, query block) counter
 with an acquire/release atomic; the one that draws the last ticket reads every split's partials (past L1) and writes
 the output, then resets the counter for the next launch: the pattern of a grid-wide reduction. It saves the second
-launch, which in a CUDA graph is most of a batch-1 decode's time. The interpreter, which runs programs one at a time,
-checks the counting, merging and reset; the memory order is checked in the PTX of an sm_90 build (a test compiles it
-on the CPU). Its speed awaits a GPU run (`make gpu-check` measures it beside the default); until then it is opt-in.
+launch. The interpreter, which runs programs one at a time, checks the counting, merging and reset; the memory order
+is checked in the PTX of an sm_90 build (a test compiles it on the CPU). It stays opt-in because it was not faster: on
+an H100 and an H200, in a CUDA graph, the ticket's round trip cost what the second launch did (RESULTS.md).
 
 Inference only: the output carries no autograd graph (no backward is defined), whatever `requires_grad` the inputs have.
 """
@@ -47,8 +47,16 @@ _HEAD_DIMS = (16, 32, 64, 128)
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _LOG2E = 1.4426950408889634
 
-BLOCK_N = 64  # keys per inner step; a split is a whole number of these
-MIN_BLOCKS_PER_SPLIT = 2  # a split reads at least 2 key blocks (128 keys): below that the merge costs more than it saves
+# Keys per inner step; a split is a whole number of these. Chosen by `benchmarks/tune_decode.py` on an H100 (RESULTS.md):
+# at batch 1, bf16, D=64, splits of one 128-key block were the fastest setting at every cache length, 3.0–4.9 µs a
+# layer call in a CUDA graph, against 3.4–5.4 µs for 64-key blocks in splits of two. Rows wider than 128 bytes (D=128,
+# or float32 with D=64) keep 64-key blocks: 128 would double each program's registers, and that is unmeasured.
+BLOCK_N = 128
+BLOCK_N_WIDE_ROWS = 64
+MIN_BLOCKS_PER_SPLIT = 1  # a split reads at least this many key blocks: fewer keys than that and the merge costs more
+# Caches of fewer key blocks than this are not split at all. Same run: at batch 1, one program reading a second 128-key
+# block took ~0.9 µs more, while splitting and merging took ~1.6 µs more (256 keys: 3.9 µs unsplit, 4.6 µs in two).
+MIN_BLOCKS_TO_SPLIT = 3
 MAX_SPLITS = 64
 MERGE_SPLITS = 32  # the merge reads up to this many splits' partials at once (a power of two)
 # How split results are merged: "kernel", a second launch (the default), or "fused", by the last split of each query
@@ -266,17 +274,17 @@ def choose_num_splits(programs: int, max_len: int, sm_count: int, block_n: int =
 
     `programs` is B·H·(query blocks), the programs an unsplit launch would have. Heuristic: aim for
     `PROGRAMS_PER_SM` programs per SM (a decode program is memory-latency bound; two per SM hide it better than one).
-    If the unsplit launch already has that many, do not split; otherwise split just enough to reach it, but never into
-    chunks under `MIN_BLOCKS_PER_SPLIT` key blocks (for short caches the merge costs more than the parallelism gains),
-    and never into more than `MAX_SPLITS`. Examples on a 132-SM H100/H200: B=1, H=12, 1024 keys → 8 splits;
-    B=1, H=12, 100 keys → 1; B=16, H=12 → 2; B=32, H=12 → 1.
-    (Measured on an H200, bf16, D=64, device time in a CUDA graph: B=1, H=12, 1000 keys 12.3 µs unsplit → 6.6 µs;
-    16000 keys 167 µs → 21 µs; B=4, 16000 keys 167 µs → 55 µs.)
+    If the unsplit launch already has that many, or the keys are fewer than `MIN_BLOCKS_TO_SPLIT` blocks, do not split;
+    otherwise split just enough to reach it, but never into chunks under `MIN_BLOCKS_PER_SPLIT` key blocks (for short
+    caches the merge costs more than the parallelism gains), and never into more than `MAX_SPLITS`. Examples on a
+    132-SM H100/H200 (128-key blocks): B=1, H=12, 1024 keys → 8 splits; 256 keys → 1; B=16, H=12 → 2; B=32 → 1.
+    (Measured on an H200 with 64-key blocks, bf16, D=64, device time in a CUDA graph: B=1, H=12, 1000 keys 12.3 µs
+    unsplit → 6.6 µs; 16000 keys 167 µs → 21 µs; B=4, 16000 keys 167 µs → 55 µs.)
     """
     target = PROGRAMS_PER_SM * sm_count
-    if programs >= target:
-        return 1
     n_blocks = _cdiv(max_len, block_n)
+    if programs >= target or n_blocks < MIN_BLOCKS_TO_SPLIT:
+        return 1
     return max(1, min(_cdiv(target, programs), n_blocks // MIN_BLOCKS_PER_SPLIT, MAX_SPLITS))
 
 
@@ -324,7 +332,7 @@ def _launch(q, k_cache, v_cache, cache_lens, scale, max_len, num_splits):
         return out
     block_m = _block_m(n)
     m_blocks = _cdiv(n, block_m)
-    block_n = BLOCK_N
+    block_n = BLOCK_N if D * q.element_size() <= 128 else BLOCK_N_WIDE_ROWS
     n_blocks = _cdiv(max_len, block_n)
     if num_splits is None:
         splits = choose_num_splits(B * H * m_blocks, max_len, _device_sms(q.device), block_n)

@@ -90,11 +90,28 @@ def test_a_full_cache_is_refused_not_overrun(stand_in):
         GraphedDecodeStep(model, cache)(torch.tensor([5]))
 
 
+def test_a_refused_capture_falls_back_to_eager_steps_with_one_warning(stand_in, tok, monkeypatch):
+    def refuse(self, fn):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(stand_in, "capture", refuse)
+    model = _model("sdpa")
+    prompts = [tok.encode(t) for t in ["Hi", "x y z"]]
+    params = SamplingParams(max_new_tokens=12, temperature=0, stop_at_eos=False)
+    eager, _ = _run(model, prompts, params, graphed=False)
+    with pytest.warns(RuntimeWarning, match="decoding without a CUDA graph: the capture failed") as caught:
+        graphed, _ = _run(model, prompts, params, graphed=True)
+    assert graphed == eager
+    assert len(caught) == 1 and stand_in.instances[0].replays == 0
+
+
 def test_the_switch(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
     monkeypatch.delenv(decode_graph.ENV_VAR, raising=False)
-    assert graphs_requested(cuda) is False  # off by default
-    assert graphs_requested(cuda, True) is True
+    assert graphs_requested(cuda) is True  # on by default
+    assert graphs_requested(cpu) is False  # ... where there are graphs
+    monkeypatch.setenv(decode_graph.ENV_VAR, "0")
+    assert graphs_requested(cuda) is False and graphs_requested(cuda, True) is True
     monkeypatch.setenv(decode_graph.ENV_VAR, "1")
     assert graphs_requested(cuda) is True and graphs_requested(cuda, False) is False
     assert graphs_requested(cpu) is False  # a machine-wide setting does not break CPU runs

@@ -124,8 +124,8 @@ def test_forced_splits_agree(dtype, merge):
 
 
 def test_heuristic_split_for_batch_one():
-    """One row, one head: the default splits the keys (into 2 under the interpreter's notional 4 SMs: 300 keys are
-    5 blocks of 64, and a split takes at least 2)."""
+    """One row, one head: the default splits the keys (into 3 under the interpreter's notional 4 SMs: 300 keys are
+    3 blocks of 128, and a split takes at least 1)."""
     q, k, v, L = _inputs(1, 1, 1, 320, 64, (300,), torch.float32, seed=2)
     _assert_matches(decode_attention(q, k, v, L), q, k, v, L)
 
@@ -133,6 +133,8 @@ def test_heuristic_split_for_batch_one():
 def test_choose_num_splits():
     assert choose_num_splits(programs=12, max_len=1024, sm_count=132) == 8  # GPT-2 small, batch 1: 96 programs
     assert choose_num_splits(programs=12, max_len=100, sm_count=132) == 1  # too few keys to be worth a merge
+    assert choose_num_splits(programs=12, max_len=256, sm_count=132) == 1  # one program reads 2 blocks sooner
+    assert choose_num_splits(programs=12, max_len=257, sm_count=132) == 3
     assert choose_num_splits(programs=192, max_len=1024, sm_count=132) == 2  # B=16: just short of 2 per SM
     assert choose_num_splits(programs=384, max_len=1024, sm_count=132) == 1  # B=32: already fills the device
     assert choose_num_splits(programs=1, max_len=100_000, sm_count=132) == 64  # capped
