@@ -49,6 +49,7 @@ def stand_in(monkeypatch):
     for tuner in TUNED:
         monkeypatch.setattr(tuner, "_bench", lambda *args, **kwargs: [1.0])
     monkeypatch.setattr(A, "_TUNED", {})
+    monkeypatch.setattr(A, "_PLANS", {})
     for launcher in LAUNCHERS:
         monkeypatch.setattr(launcher, "compiled", {})
     yield
@@ -58,7 +59,11 @@ def stand_in(monkeypatch):
 def _take(monkeypatch, path):
     """Route every launch the way `path` names."""
     if path == "Autotuner.run":
-        monkeypatch.setattr(A, "_launch", lambda tuner, grid, key, *args, **kwargs: tuner[grid](*args, **kwargs))
+
+        def through_autotuner(tuner, grid, key, *args, bind=False, **kwargs):
+            tuner[grid](*args, **kwargs)  # and nothing bound to hand back: no launch plans either
+
+        monkeypatch.setattr(A, "_launch", through_autotuner)
     if path != "Launcher":
         for launcher in LAUNCHERS:
             monkeypatch.setattr(launcher, "direct", False)

@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from . import _cdiv, _empty_in_order_of, _interpreting, _next_power_of_2, _on_device
-from .launch import Launcher
+from .launch import Launcher, _width
 
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (16, 32, 64, 128)
@@ -339,13 +339,40 @@ _attn_bwd_dq = triton.autotune(
 _TUNED: dict[tuple, dict] = {}
 
 
-def _launch(tuner, grid, key: tuple, *args, **kwargs) -> None:
+def _launch(tuner, grid, key: tuple, *args, bind: bool = False, **kwargs):
+    """Launches. With `bind`, returns the same call bound (`Launcher.bind`) once the tuned kernel is compiled, for a
+    launch plan; else None."""
     config = _TUNED.get(key)
     if config is None:
         tuner[grid](*args, **kwargs)
         _TUNED[key] = tuner.best_config.all_kwargs()
-    else:
-        _LAUNCHERS[tuner](grid(config), *args, **kwargs, **config)
+        return None
+    launcher = _LAUNCHERS[tuner]
+    launcher(grid(config), *args, **kwargs, **config)
+    return launcher.bind(grid(config), args, {**kwargs, **config}) if bind else None
+
+
+# Per-shape launch plans: (forward or backward, shapes, strides, dtype, device, scale, dropout, seed width) → the
+# bound launches of that call. With them a step's Python is its allocations and three bound launches: no strides to
+# gather, no tuned-config or specialization key to build and look up (RESULTS.md: on a GPU machine's host the lone
+# forward+backward waits for Python). Everything a kernel takes but its tensors and seed follows from the plan's key;
+# the tensors' 16-byte alignment, which the compiled kernels assume, is checked on each use.
+_PLANS: dict[tuple, tuple] = {}
+_MAX_PLANS = 256  # a run that keeps changing shapes starts over rather than growing without bound
+
+
+def _aligned(*tensors: torch.Tensor) -> bool:
+    ptr = 0
+    for t in tensors:
+        ptr |= t.data_ptr()
+    return ptr % 16 == 0
+
+
+def _keep_plan(key: tuple, launches: tuple) -> None:
+    if all(launch is not None for launch in launches):
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        _PLANS[key] = launches
 
 
 # The seed is the one argument that changes from call to call (with dropout): it is not specialized on (see launch.py).
@@ -390,35 +417,54 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 def _forward(q, k, v, sm_scale: float, dropout_p: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    B, H, T, D = q.shape
+    B, H, T, D = shape = q.shape
     o = _empty_like(q)  # (B, H, T, D)
     lse = _empty((B * H, T), torch.float32, q.device)  # (B·H, T), base 2
+    plan_key = ("fwd", shape, q.stride(), k.stride(), v.stride(), q.dtype, q.device, sm_scale, dropout_p, _width(seed))
+    plan, aligned = _PLANS.get(plan_key), _aligned(q, k, v)
+    if plan is not None and aligned:
+        plan[0](q, k, v, o, lse, seed)
+        return o, lse
     grid = lambda meta: (B * H, _cdiv(T, meta["BLOCK_M"]))  # noqa: E731
     T_bucket, dropout = _next_power_of_2(T), dropout_p > 0.0
-    _launch(
+    launch = _launch(
         _attn_fwd, grid, ("fwd", T_bucket, D, dropout, q.dtype),
         q, k, v, o, lse,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
         H, T, T_bucket, sm_scale * LOG2E, seed, dropout_p,
-        D=D, DROPOUT=dropout, PRECISION=_precision(q.dtype),
+        D=D, DROPOUT=dropout, PRECISION=_precision(q.dtype), bind=aligned and plan is None,
     )
+    _keep_plan(plan_key, (launch,))
     return o, lse
 
 
 def _backward(do, q, k, v, o, lse, sm_scale: float, dropout_p: float, seed: int):
-    B, H, T, D = q.shape
+    B, H, T, D = shape = q.shape
     delta = _empty((B * H, T), torch.float32, q.device)  # (B·H, T), written by the dQ kernel, read by dK/dV's
-    dq, dk, dv = (_empty_like(q) for _ in range(3))  # 3 × (B, H, T, D), one layout: the kernels share its strides
+    dq, dk, dv = _empty_like(q), _empty_like(q), _empty_like(q)  # 3 × (B, H, T, D), one layout: shared strides
+    # o comes from the forward, laid out like q; do's strides are the caller's.
+    plan_key = ("bwd", shape, q.stride(), k.stride(), v.stride(), o.stride(), do.stride(), q.dtype, q.device,
+                sm_scale, dropout_p, _width(seed))
+    plan, aligned = _PLANS.get(plan_key), _aligned(q, k, v, o, do, lse)
+    if plan is not None and aligned:
+        plan[0](q, k, v, o, do, lse, delta, dq, seed)
+        plan[1](q, k, v, do, lse, delta, dk, dv, seed)
+        return dq, dk, dv
     T_bucket, dropout = _next_power_of_2(T), dropout_p > 0.0
-    args = dict(D=D, DROPOUT=dropout, PRECISION=_precision(q.dtype), COMPENSATE=q.dtype == torch.float32)
+    args = dict(D=D, DROPOUT=dropout, PRECISION=_precision(q.dtype), COMPENSATE=q.dtype == torch.float32,
+                bind=aligned and plan is None)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
     common = (*do.stride()[:3], *dq.stride()[:3], H, T, T_bucket, sm_scale * LOG2E, sm_scale, seed, dropout_p)
     # dQ first: it leaves Δ behind for dK/dV (kernels on one stream run in order).
-    _launch(_attn_bwd_dq, lambda meta: (B * H, _cdiv(T, meta["BLOCK_M"])),
-            ("dq", T_bucket, D, dropout, q.dtype), q, k, v, o, do, lse, delta, dq, *strides, *o.stride()[:3],
-            *common, **args)
-    _launch(_attn_bwd_dkdv, lambda meta: (B * H, _cdiv(T, meta["BLOCK_N"])),
-            ("dkdv", T_bucket, D, dropout, q.dtype), q, k, v, do, lse, delta, dk, dv, *strides, *common, **args)
+    launch_dq = _launch(
+        _attn_bwd_dq, lambda meta: (B * H, _cdiv(T, meta["BLOCK_M"])), ("dq", T_bucket, D, dropout, q.dtype),
+        q, k, v, o, do, lse, delta, dq, *strides, *o.stride()[:3], *common, **args,
+    )
+    launch_dkdv = _launch(
+        _attn_bwd_dkdv, lambda meta: (B * H, _cdiv(T, meta["BLOCK_N"])), ("dkdv", T_bucket, D, dropout, q.dtype),
+        q, k, v, do, lse, delta, dk, dv, *strides, *common, **args,
+    )
+    _keep_plan(plan_key, (launch_dq, launch_dkdv))
     return dq, dk, dv
 
 

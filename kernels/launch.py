@@ -110,3 +110,31 @@ class Launcher:
             return
         compiled, constexprs = hit
         compiled[(*grid, 1, 1)[:3]](*args, *constexprs)
+
+    def bind(self, grid: tuple, args: tuple, kwargs: dict):
+        """This call with everything fixed but its tensors and volatile arguments, or None before its specialization
+        is compiled (or with direct launches off).
+
+        Returns `launch(*values)`: `values` are the tensors and volatile arguments, in the kernel's argument order.
+        It launches the compiled kernel with no key to build or look up (~2 µs less per launch than a call), so it is
+        only for calls that would have this call's key: the caller's own cache must imply every other argument, and
+        the tensors' dtypes, 16-byte alignment and device. The bound call keeps no tensor of its own.
+        """
+        if not self.direct:
+            return None
+        hit = self.compiled.get(self.key(args, kwargs))
+        if hit is None:
+            return None
+        compiled, constexprs = hit
+        runner = compiled[(*grid, 1, 1)[:3]]
+        slots = sorted([i for i, a in enumerate(args) if isinstance(a, torch.Tensor)] + list(self.volatile))
+        template = [None if i in slots else a for i, a in enumerate(args)] + list(constexprs)
+        places = tuple(enumerate(slots))  # (position in values, position in the kernel's arguments)
+
+        def launch(*values):
+            full = template.copy()
+            for j, i in places:
+                full[i] = values[j]
+            runner(*full)
+
+        return launch

@@ -277,17 +277,24 @@ def test_a_tuned_key_launches_its_config_directly(monkeypatch):
         def __getitem__(self, grid):
             return lambda *args, **kwargs: calls.append(("autotuner", grid, args, kwargs))
 
-    def launcher(grid, *args, **kwargs):
-        calls.append(("kernel", grid, args, kwargs))
+    class Launcher:
+        def __call__(self, grid, *args, **kwargs):
+            calls.append(("kernel", grid, args, kwargs))
+
+        def bind(self, grid, args, kwargs):
+            return ("bound", grid, args, kwargs)
 
     tuner = Tuner()
     monkeypatch.setattr(attention, "_TUNED", {})
-    monkeypatch.setattr(attention, "_LAUNCHERS", {tuner: launcher})
+    monkeypatch.setattr(attention, "_LAUNCHERS", {tuner: Launcher()})
     grid = lambda meta: (3, meta["BLOCK_M"] // 16)  # noqa: E731
-    for key in ("a", "a", "b", "a"):
-        attention._launch(tuner, grid, key, 1, 2, D=16)
+    bound = [attention._launch(tuner, grid, key, 1, 2, D=16, bind=True) for key in ("a", "a", "b", "a")]
     assert [c[0] for c in calls] == ["autotuner", "kernel", "autotuner", "kernel"]
-    assert calls[1] == ("kernel", (3, 4), (1, 2), {"D": 16, "BLOCK_M": 64, "num_warps": 4})
+    tuned = {"D": 16, "BLOCK_M": 64, "num_warps": 4}
+    assert calls[1] == ("kernel", (3, 4), (1, 2), tuned)
+    # Asked to, a tuned launch hands back the same call bound, for the step's plan; the tuning call has none to give.
+    assert bound == [None, ("bound", (3, 4), (1, 2), tuned), None, ("bound", (3, 4), (1, 2), tuned)]
+    assert attention._launch(tuner, grid, "a", 1, 2, D=16) is None
 
 
 @pytest.mark.gpu

@@ -50,11 +50,12 @@ q, k, v = (torch.randn(2, 3, 45, 32, dtype=torch.bfloat16, requires_grad=True) f
 do = torch.randn(2, 3, 45, 32, dtype=torch.bfloat16)
 for dropout in (0.0, 0.1):
     steps = []
-    for seed in (11, 12):  # with dropout the seed changes; the compiled kernels must not
+    for seed in (11, 12, 13):  # with dropout the seed changes; the compiled kernels must not
         torch.autograd.grad(A.causal_attention(q, k, v, dropout_p=dropout, seed=seed), (q, k, v), do)
         steps.append(take())
     report[f"step-{dropout}"] = steps
 report["compiled"] = {str(t.fn.fn.__name__): len(l.compiled) for t, l in A._LAUNCHERS.items()}
+report["plans"] = len(A._PLANS)
 
 # A tensor that is not 16-byte aligned must not reuse the kernel compiled for aligned ones: here O, which only the
 # dQ kernel reads (it makes Δ from it). Two backward passes: the first compiles, the second reuses.
@@ -66,6 +67,25 @@ report["misaligned"] = take()
 dq = A._LAUNCHERS[A._attn_bwd_dq]
 report["dq_kernels"] = len(dq.compiled)
 report["dq_distinct"] = len({id(c) for c, _ in dq.compiled.values()})
+
+# With a plan for aligned tensors of this very shape at hand, a misaligned O still gets its own kernel.
+o_ok = torch.empty(2, 3, 45, 32, dtype=torch.bfloat16)
+for _ in range(3):
+    A._backward(do, q.detach(), k.detach(), v.detach(), o_ok, lse, 0.17, 0.0, 0)
+take()
+A._backward(do, q.detach(), k.detach(), v.detach(), o, lse, 0.17, 0.0, 0)
+report["misaligned_after_plan"] = take()
+
+# A plan binds shapes and strides, never the tensors it was made from.
+import gc, weakref
+qa, ka, va = (torch.randn(1, 2, 20, 16, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+for _ in range(3):
+    torch.autograd.grad(A.causal_attention(qa, ka, va), (qa, ka, va), torch.ones_like(qa))
+take()
+alive = weakref.ref(qa)
+del qa, ka, va
+gc.collect()
+report["plan_keeps_tensors"] = alive() is not None
 
 # Decode: split into 3 and merged by the second kernel, then one split writing directly.
 qd = torch.randn(2, 3, 1, 32, dtype=torch.float16)
@@ -95,15 +115,18 @@ def report():
 
 @pytest.mark.parametrize("dropout", ["0.0", "0.1"])
 def test_a_training_step_launches_what_triton_would(report, dropout):
-    """Step 1 (seed 11) goes through Triton, step 2 (seed 12) launches directly: the launcher sees the same grid,
-    metadata, hooks and arguments, but for the seed, passed through as given."""
-    through_triton, direct = report[f"step-{dropout}"]
+    """Step 1 (seed 11) goes through Triton's autotuner, step 2 (seed 12) through `Launcher`, step 3 (seed 13) through
+    the step's bound launches (`attention._PLANS`): the launcher sees the same grid, metadata, hooks and arguments,
+    but for the seed, passed through as given."""
+    through_triton, *direct = report[f"step-{dropout}"]
     names = [launch[0] for launch in through_triton]
     assert names == ["_attn_fwd_kernel", "_attn_bwd_dq_kernel", "_attn_bwd_dkdv_kernel"]
-    for a, b in zip(through_triton, direct, strict=True):
-        assert a[:3] == b[:3]
-        changed = [(x, y) for x, y in zip(a[3], b[3], strict=True) if x != y]
-        assert changed == [("11", "12")], a[0]
+    for seed, step in zip(("12", "13"), direct, strict=True):
+        for a, b in zip(through_triton, step, strict=True):
+            assert a[:3] == b[:3]
+            changed = [(x, y) for x, y in zip(a[3], b[3], strict=True) if x != y]
+            assert changed == [("11", seed)], a[0]
+    assert report["plans"] == 4  # forward and backward, with and without dropout
 
 
 def test_each_kernel_compiles_once_per_dropout_setting_not_per_seed(report):
@@ -116,6 +139,11 @@ def test_a_misaligned_tensor_gets_its_own_kernel(report):
     assert launches[:2] == launches[2:]
     assert launches[0][3][2 + 3][-1] == 2  # after the two hooks, Q, K, V, then O: 2 bytes past a 16-byte boundary
     assert report["dq_kernels"] == 3 and report["dq_distinct"] == 3  # two dropout settings, and the misaligned O
+    assert report["misaligned_after_plan"] == launches[:2]  # the aligned step's plan is not used for it
+
+
+def test_a_launch_plan_keeps_no_tensor_alive(report):
+    assert report["plan_keeps_tensors"] is False
 
 
 @pytest.mark.parametrize("splits", ["3", "1"])
