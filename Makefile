@@ -39,8 +39,9 @@ bench: $(STAMP)
 	$(BIN)/python -m pytest -q benchmarks --benchmark-only --benchmark-columns=min,median,mean,rounds
 
 # On a GPU machine (no network there): its system Python already has torch, triton, transformers and pytest, so
-# install this checkout into it without dependencies, then run the CUDA tests (gpu-test), the benchmarks and a profile
-# of where a training step's attention spends its time (gpu-bench). BENCH_JSON=path keeps the benchmarks' figures;
+# install this checkout into it without dependencies, then run the CUDA tests (gpu-test), the benchmarks, a profile
+# of where a training step's attention spends its time, on the GPU and on the host, and the decode settings' sweep
+# (gpu-bench). BENCH_JSON=path keeps the benchmarks' figures;
 # LOG_DIR=dir writes each step's output to dir/<step>.log as it runs (a run cut short by a time limit keeps what the
 # finished steps printed) and ends with each log's last lines.
 .PHONY: gpu-test gpu-bench gpu-install
@@ -76,7 +77,10 @@ gpu-bench: gpu-install
 	$(PYTHON) -m pytest -q -m gpu benchmarks/bench_train.py --benchmark-columns=min,median,mean,rounds \
 		$(if $(BENCH_JSON),--benchmark-json=$(basename $(BENCH_JSON))-train.json) $(call log,bench-train) || status=1; \
 	$(PYTHON) benchmarks/profile_attention.py $(call log,profile-attention) || status=1; \
-	$(call logs_tail,bench-attention bench-generate bench-train profile-attention) exit $$status
+	$(PYTHON) benchmarks/profile_host.py $(call log,profile-host) || status=1; \
+	$(PYTHON) benchmarks/tune_decode.py $(if $(BENCH_JSON),--json $(basename $(BENCH_JSON))-tune-decode.json) \
+		$(call log,tune-decode) || status=1; \
+	$(call logs_tail,bench-attention bench-generate bench-train profile-attention profile-host tune-decode) exit $$status
 
 clean:
 	rm -rf build *.egg-info gpt2tui/*.so .pytest_cache .benchmarks
