@@ -394,10 +394,12 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError("q, k and v must be on one device")
 
 
-def _empty(shape, dtype, device) -> torch.Tensor:
+def _empty(shape, dtype, device, stride=None) -> torch.Tensor:
     # Every buffer the kernels fill comes from here, so a test can hand out poisoned memory and prove every element
     # gets written.
-    return torch.empty(shape, dtype=dtype, device=device)
+    if stride is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    return torch.empty_strided(shape, stride, dtype=dtype, device=device)
 
 
 def _empty_like(t: torch.Tensor) -> torch.Tensor:

@@ -318,8 +318,11 @@ def _tickets(device: torch.device, size: int) -> torch.Tensor | None:
 _launch_split, _launch_merge = Launcher(_decode_split_kernel), Launcher(_decode_merge_kernel)
 
 
-def _torch_empty(shape, dtype, device) -> torch.Tensor:
-    return torch.empty(shape, dtype=dtype, device=device)  # looked up per call: tests poison torch.empty
+def _torch_empty(shape, dtype, device, stride=None) -> torch.Tensor:
+    # torch's functions looked up per call: tests poison them.
+    if stride is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    return torch.empty_strided(shape, stride, dtype=dtype, device=device)
 
 
 def _launch(q, k_cache, v_cache, cache_lens, scale, max_len, num_splits):

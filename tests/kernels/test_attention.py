@@ -122,9 +122,10 @@ def test_output_and_gradients_come_in_the_inputs_memory_order(device):
 def test_every_element_is_written(device, monkeypatch, layout):
     """Buffers start as NaN; any element a kernel skipped would surface in the output or a gradient."""
 
-    def poisoned(shape, dtype, device):
-        t = torch.empty(shape, dtype=dtype, device=device)
-        return t.fill_(float("nan") if dtype.is_floating_point else 3)
+    empty = attention._empty
+
+    def poisoned(shape, dtype, device, stride=None):
+        return empty(shape, dtype, device, stride).fill_(float("nan") if dtype.is_floating_point else 3)
 
     monkeypatch.setattr(attention, "_empty", poisoned)
     for T in (1, 31, 70):

@@ -29,13 +29,15 @@ def _poison_buffers(monkeypatch):
     """The output and the splits' scratch come out of torch.empty full of NaN, so a value never written, or a merge
     that reads a split before it is written (memory reused from an earlier call could otherwise hold the right
     numbers), shows up as NaN."""
-    empty = torch.empty
+    def poison(make):
+        def poisoned(*args, **kwargs):
+            t = make(*args, **kwargs)
+            return t.fill_(float("nan")) if t.is_floating_point() else t
 
-    def poisoned(*args, **kwargs):
-        t = empty(*args, **kwargs)
-        return t.fill_(float("nan")) if t.is_floating_point() else t
+        return poisoned
 
-    monkeypatch.setattr(decode.torch, "empty", poisoned)
+    monkeypatch.setattr(decode.torch, "empty", poison(torch.empty))
+    monkeypatch.setattr(decode.torch, "empty_strided", poison(torch.empty_strided))
 
 
 @pytest.fixture(params=["kernel", "fused"])
