@@ -98,10 +98,14 @@ def atomic_directory(path: str | os.PathLike, owns: Collection[str] | Callable[[
     tmp.mkdir()
     try:
         yield tmp
+        # Some writers (safetensors) create their files 0600; a model directory should be as readable as any file the
+        # user makes. The directory's own mode is what the umask gives a new directory, so its rw bits are a file's.
+        file_mode = tmp.stat().st_mode & 0o666
         for f in tmp.iterdir():
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
+                os.chmod(f, file_mode)
         if path.exists():
             os.replace(path, old)
         os.replace(tmp, path)

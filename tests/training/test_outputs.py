@@ -2,14 +2,17 @@
 finished run says so in one line instead of a traceback."""
 
 import json
+import os
+import stat
 
 import pytest
 import torch
 from gpt2tui.training.loop import CHECKPOINT
 
+from gpt2tui import GPT2, GPT2Config
 from gpt2tui.atomic import MODEL_DIR_FILES, atomic_directory, check_replaceable
 from gpt2tui.errors import OutputInTheWayError
-from gpt2tui.weights import models_dir
+from gpt2tui.weights import models_dir, save_checkpoint
 from tests.training.helpers import (
     instruction_records,
     metrics,
@@ -251,3 +254,14 @@ def test_a_write_killed_mid_way_leaves_nothing_after_the_next_one(tmp_path):
     with atomic_directory(tmp_path / "ckpt", MODEL_DIR_FILES) as tmp:
         (tmp / "config.json").write_text("{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_a_saved_model_directory_is_as_readable_as_any_new_file(tmp_path):
+    # safetensors creates its files 0600; under umask 022 a model directory's files should be 0644 like any other.
+    old = os.umask(0o022)
+    try:
+        out = save_checkpoint(GPT2(GPT2Config(context_length=8, emb_dim=8, n_heads=2, n_layers=1)), tmp_path / "m")
+    finally:
+        os.umask(old)
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in out.iterdir()}
+    assert "model.safetensors" in modes and set(modes.values()) == {0o644}, modes
