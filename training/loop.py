@@ -203,6 +203,38 @@ def is_oom(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
+def _available_memory() -> int | None:
+    """Bytes Linux says new allocations can take without swapping (MemAvailable), or None where it does not say."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_batch_fits(batch_size: int, T: int, vocab_size: int, device: torch.device) -> None:
+    """On the CPU, refuse a micro-batch whose logits alone cannot fit in the free memory. There an allocation too big
+    for the machine is granted and the process killed when it touches the pages, with no error to catch (CUDA raises
+    one, which the step turns into a message). The estimate is a lower bound, so it never refuses a batch that fits: a
+    step holds the logits and their float32 log-softmax at once, at least 8 bytes per logit."""
+    if device.type != "cpu":
+        return
+    free, need = _available_memory(), 8 * batch_size * T * vocab_size
+    if free is not None and need > free:
+        raise TrainingError(
+            f"a batch of {batch_size} sequences of {T} tokens needs at least {_size(need)} for its logits alone, and "
+            f"{_size(free)} of memory is free; lower --batch-size (raise --grad-accum to keep the same effective "
+            f"batch) or --context-length"
+        )
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
 def flops_per_token(model: torch.nn.Module, T: int) -> float:
     """Training FLOPs per token: 6 per parameter (forward + backward) plus attention's 12·L·C·T (PaLM, appendix B)."""
     c = model.config

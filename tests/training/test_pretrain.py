@@ -4,6 +4,7 @@ import json
 
 import pytest
 from gpt2tui.training import data as data_module
+from gpt2tui.training import loop
 from gpt2tui.training.loop import TrainConfig
 
 from gpt2tui import load_model
@@ -117,6 +118,18 @@ def test_a_batch_too_large_for_memory_is_caught_with_advice(tmp_path, story, cap
     code, _, err = run_cli(capsys, *pretrain_argv(story, tmp_path / "run", "--max-steps", "2"))
     assert code == 1 and "does not fit in memory" in err and "--batch-size" in err
     assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+def test_a_batch_whose_logits_cannot_fit_is_refused_before_the_os_kills_the_run(tmp_path, story, capsys, monkeypatch):
+    # 4 sequences of 32 tokens over 50,257 ids: 51 MiB of logits at 8 bytes each, more than the 10 MiB "free" here.
+    monkeypatch.setattr(loop, "_available_memory", lambda: 10 * 2**20)
+    code, _, err = run_cli(capsys, *pretrain_argv(story, tmp_path / "run", "--max-steps", "2"))
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "a batch of 4 sequences of 32 tokens needs at least 49 MiB for its logits alone, and 10 MiB" in err
+    assert "--batch-size" in err and "--grad-accum" in err
+    assert not (tmp_path / "run" / "checkpoint").exists()
+    monkeypatch.setattr(loop, "_available_memory", lambda: None)  # a system that does not say: no check
+    assert run_cli(capsys, *pretrain_argv(story, tmp_path / "run2", "--max-steps", "1"))[0] == 0
 
 
 def test_schedule_warms_up_then_decays_to_a_tenth():
