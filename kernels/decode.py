@@ -48,9 +48,11 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _LOG2E = 1.4426950408889634
 
 # Keys per inner step; a split is a whole number of these. Chosen by `benchmarks/tune_decode.py` on an H100 (RESULTS.md):
-# at batch 1, bf16, D=64, splits of one 128-key block were the fastest setting at every cache length, 3.0–4.9 µs a
-# layer call in a CUDA graph, against 3.4–5.4 µs for 64-key blocks in splits of two. Rows wider than 128 bytes (D=128,
-# or float32 with D=64) keep 64-key blocks: 128 would double each program's registers, and that is unmeasured.
+# at batch 1, bf16, D=64, 128-key blocks in splits of one block (none below three blocks) took 3.0–4.9 µs a layer
+# call in a CUDA graph at 128–1024 cached keys, against 3.4–5.4 µs for 64-key blocks in splits of two. Of 16 settings
+# it was the fastest at 1024 keys and over the whole cache, and within 0.4 µs of the fastest elsewhere. Rows wider
+# than 128 bytes (D=128, or float32 with D=64) keep 64-key blocks: 128 would double each program's registers, and
+# that is unmeasured.
 BLOCK_N = 128
 BLOCK_N_WIDE_ROWS = 64
 MIN_BLOCKS_PER_SPLIT = 1  # a split reads at least this many key blocks: fewer keys than that and the merge costs more
