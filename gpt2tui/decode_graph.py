@@ -91,8 +91,14 @@ class CUDAGraph:
 
     def capture(self, fn) -> None:
         # thread_local: the chat app decodes in a worker thread, and the UI thread's work must not abort the capture.
-        with torch.cuda.graph(self.graph, stream=self.stream, capture_error_mode="thread_local"):
-            fn()
+        current = torch.cuda.current_stream(self.device)
+        try:
+            with torch.cuda.graph(self.graph, stream=self.stream, capture_error_mode="thread_local"):
+                fn()
+        finally:
+            # A capture that fails as it ends raises before torch.cuda.graph puts the thread's stream back, and the
+            # eager steps that follow must not run on the side stream, past the caching allocator's stream tracking.
+            torch.cuda.set_stream(current)
 
     def replay(self) -> None:
         self.graph.replay()
@@ -124,22 +130,33 @@ class GraphedDecodeStep:
         cache = self.cache
         if max(cache.lens) + 1 > cache.max_len:
             raise ValueError(f"KV cache is full: {max(cache.lens)} cached + 1 new token exceed its {cache.max_len}")
+        if self._graph is None or (not self._captured and _refused_on(cache.device)):
+            # No graph here: the plain eager step, which advances the cache's lengths itself.
+            self._graph = None
+            return self.model.head(self.model.hidden(next_ids.view(-1, 1), cache)[:, -1])
         self.ids.copy_(next_ids.view(-1, 1))
         if self._captured:
-            if self._graph is None:
-                self._step()
-            else:
-                self._graph.replay()
+            self._graph.replay()
         else:
             self._graph.warm_up(self._step)  # the real first step, run eagerly
             try:
                 self._graph.capture(self._step)  # records the same kernels; runs nothing
             except RuntimeError as err:
                 # Graphs are on by default, so a device or driver that refuses the capture must not end the reply:
-                # the warm-up has already made this token's logits, and later steps run the same code eagerly.
+                # the warm-up has already made this token's logits, later steps run eagerly, and so do later
+                # decoders on this device (one warning, not one per reply).
                 warnings.warn(f"decoding without a CUDA graph: the capture failed ({err}); set {ENV_VAR}=0 to skip "
                               "the attempt", RuntimeWarning, stacklevel=2)
+                _REFUSED.add(str(cache.device))
                 self._graph = None
             self._captured = True
         cache.lens = [n + 1 for n in cache.lens]
         return self.logits
+
+
+# Devices whose driver refused a capture in this process: their decoders step eagerly from then on.
+_REFUSED: set[str] = set()
+
+
+def _refused_on(device: torch.device) -> bool:
+    return str(device) in _REFUSED

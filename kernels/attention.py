@@ -356,7 +356,8 @@ def _launch(tuner, grid, key: tuple, *args, bind: bool = False, **kwargs):
 # bound launches of that call. With them a step's Python is its allocations and three bound launches: no strides to
 # gather, no tuned-config or specialization key to build and look up (RESULTS.md: on a GPU machine's host the lone
 # forward+backward waits for Python). Everything a kernel takes but its tensors and seed follows from the plan's key;
-# the tensors' 16-byte alignment, which the compiled kernels assume, is checked on each use.
+# the tensors' 16-byte alignment, which the compiled kernels assume, is checked on each use (outputs too: `_empty` is
+# a hook that need not hand out aligned memory).
 _PLANS: dict[tuple, tuple] = {}
 _MAX_PLANS = 256  # a run that keeps changing shapes starts over rather than growing without bound
 
@@ -423,7 +424,7 @@ def _forward(q, k, v, sm_scale: float, dropout_p: float, seed: int) -> tuple[tor
     o = _empty_like(q)  # (B, H, T, D)
     lse = _empty((B * H, T), torch.float32, q.device)  # (B·H, T), base 2
     plan_key = ("fwd", shape, q.stride(), k.stride(), v.stride(), q.dtype, q.device, sm_scale, dropout_p, _width(seed))
-    plan, aligned = _PLANS.get(plan_key), _aligned(q, k, v)
+    plan, aligned = _PLANS.get(plan_key), _aligned(q, k, v, o, lse)
     if plan is not None and aligned:
         plan[0](q, k, v, o, lse, seed)
         return o, lse
@@ -447,7 +448,7 @@ def _backward(do, q, k, v, o, lse, sm_scale: float, dropout_p: float, seed: int)
     # o comes from the forward, laid out like q; do's strides are the caller's.
     plan_key = ("bwd", shape, q.stride(), k.stride(), v.stride(), o.stride(), do.stride(), q.dtype, q.device,
                 sm_scale, dropout_p, _width(seed))
-    plan, aligned = _PLANS.get(plan_key), _aligned(q, k, v, o, do, lse)
+    plan, aligned = _PLANS.get(plan_key), _aligned(q, k, v, o, do, lse, delta, dq, dk, dv)
     if plan is not None and aligned:
         plan[0](q, k, v, o, do, lse, delta, dq, seed)
         plan[1](q, k, v, do, lse, delta, dk, dv, seed)

@@ -50,11 +50,11 @@ _LOG2E = 1.4426950408889634
 # Keys per inner step; a split is a whole number of these. Chosen by `benchmarks/tune_decode.py` on an H100 (RESULTS.md):
 # at batch 1, bf16, D=64, 128-key blocks in splits of one block (none below three blocks) took 3.0–4.9 µs a layer
 # call in a CUDA graph at 128–1024 cached keys, against 3.4–5.4 µs for 64-key blocks in splits of two. Of 16 settings
-# it was the fastest at 1024 keys and over the whole cache, and within 0.4 µs of the fastest elsewhere. Rows wider
-# than 128 bytes (D=128, or float32 with D=64) keep 64-key blocks: 128 would double each program's registers, and
-# that is unmeasured.
-BLOCK_N = 128
-BLOCK_N_WIDE_ROWS = 64
+# it was the fastest at 1024 keys and over the whole cache, and within 0.4 µs of the fastest elsewhere. float32
+# inputs and D=128 keep 64-key blocks: unmeasured with 128, and float32 with D=32 and 64 queries would then need
+# 104 KiB of shared memory, more than consumer GPUs (sm_86/89/120) have (an sm_86 build: 106,752 bytes).
+BLOCK_N = 128  # 16-bit inputs, D <= 64
+BLOCK_N_OTHER = 64  # float32 inputs, or D = 128
 MIN_BLOCKS_PER_SPLIT = 1  # a split reads at least this many key blocks: fewer keys than that and the merge costs more
 # Caches of fewer key blocks than this are not split at all. Same run: at batch 1, one program reading a second 128-key
 # block took ~0.9 µs more, while splitting and merging took ~1.6 µs more (256 keys: 3.9 µs unsplit, 4.6 µs in two).
@@ -230,13 +230,15 @@ def _decode_merge_kernel(
     stride_pbh, stride_ps, stride_pm,
     stride_lbh, stride_ls,
     stride_ob, stride_oh, stride_om,
-    H, num_splits,
+    H, N_Q, num_splits,
     HEAD_DIM: tl.constexpr,
     SPLITS: tl.constexpr,
 ):  # fmt: skip
-    # One program per (row·head, query): for decode, one query per row, a 16-row block would be 15/16 idle.
-    bh = tl.program_id(0)
-    m = tl.program_id(1)
+    # One program per (row·head, query), on one grid axis (the others stop at 65,535): for decode, one query per row,
+    # a 16-row block would be 15/16 idle.
+    pid = tl.program_id(0)
+    bh = pid // N_Q
+    m = pid % N_Q
     off_b = bh // H
     off_h = bh % H
     _merge_row(
@@ -337,7 +339,7 @@ def _launch(q, k_cache, v_cache, cache_lens, scale, max_len, num_splits):
         return out
     block_m = _block_m(n)
     m_blocks = _cdiv(n, block_m)
-    block_n = BLOCK_N if D * q.element_size() <= 128 else BLOCK_N_WIDE_ROWS
+    block_n = BLOCK_N if q.element_size() == 2 and D <= 64 else BLOCK_N_OTHER
     n_blocks = _cdiv(max_len, block_n)
     if num_splits is None:
         splits = choose_num_splits(B * H * m_blocks, max_len, _device_sms(q.device), block_n)
@@ -377,11 +379,11 @@ def _launch(q, k_cache, v_cache, cache_lens, scale, max_len, num_splits):
     )  # fmt: skip
     if not direct and tickets is None:
         _launch_merge(
-            (B * H, n), o_part, lse, out,
+            (B * H * n,), o_part, lse, out,
             *p_strides,
             *l_strides,
             *o_strides,
-            H, splits,
+            H, n, splits,
             HEAD_DIM=D, SPLITS=merge_splits,
             num_warps=1 if D <= 64 else 2,  # one row of D values per program
         )  # fmt: skip

@@ -91,18 +91,52 @@ def test_a_full_cache_is_refused_not_overrun(stand_in):
 
 
 def test_a_refused_capture_falls_back_to_eager_steps_with_one_warning(stand_in, tok, monkeypatch):
+    captures = []
+
     def refuse(self, fn):
+        captures.append(self)
         raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
 
     monkeypatch.setattr(stand_in, "capture", refuse)
+    monkeypatch.setattr(decode_graph, "_REFUSED", set())
     model = _model("sdpa")
-    prompts = [tok.encode(t) for t in ["Hi", "x y z"]]
+    prompts = [tok.encode(t) for t in ["Hi", "x y z", "A third prompt"]]
     params = SamplingParams(max_new_tokens=12, temperature=0, stop_at_eos=False)
+    finish = {1: 4}  # a row leaves: the smaller batch gets a new step, which must not try again
     eager, _ = _run(model, prompts, params, graphed=False)
     with pytest.warns(RuntimeWarning, match="decoding without a CUDA graph: the capture failed") as caught:
-        graphed, _ = _run(model, prompts, params, graphed=True)
-    assert graphed == eager
-    assert len(caught) == 1 and stand_in.instances[0].replays == 0
+        graphed, _ = _run(model, prompts, params, graphed=True, finish_after=finish)
+        again, _ = _run(model, prompts, params, graphed=True)  # a later reply on the same device
+    for row, (e, g) in enumerate(zip(eager, graphed, strict=True)):
+        assert g == e[: finish.get(row, len(e))]
+    assert again == eager
+    assert len(caught) == 1 and len(captures) == 1
+    assert all(g.replays == 0 for g in stand_in.instances)
+
+
+def test_a_capture_that_fails_as_it_ends_puts_the_threads_stream_back(monkeypatch):
+    # torch.cuda.graph restores the stream only after its capture ended cleanly; the eager steps after a refused
+    # capture must not stay on the side stream.
+    streams = ["default"]
+
+    class Graph:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            streams.append("side")
+
+        def __exit__(self, *exc):
+            raise RuntimeError("operation failed due to a previous error during capture")
+
+    monkeypatch.setattr(torch.cuda, "graph", Graph)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: streams[-1])
+    monkeypatch.setattr(torch.cuda, "set_stream", streams.append)
+    graph = object.__new__(decode_graph.CUDAGraph)  # no CUDA here to make its stream and graph
+    graph.device, graph.stream, graph.graph = torch.device("cuda", 0), "side", None
+    with pytest.raises(RuntimeError, match="during capture"):
+        graph.capture(lambda: None)
+    assert streams[-1] == "default"
 
 
 def test_the_switch(monkeypatch):

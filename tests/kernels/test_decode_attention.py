@@ -126,8 +126,8 @@ def test_forced_splits_agree(dtype, merge):
 
 
 def test_heuristic_split_for_batch_one():
-    """One row, one head: the default splits the keys (into 3 under the interpreter's notional 4 SMs: 300 keys are
-    3 blocks of 128, and a split takes at least 1)."""
+    """One row, one head: the default splits the keys (into 5 under the interpreter's notional 4 SMs: 300 float32 keys
+    are 5 blocks of 64, and a split takes at least 1)."""
     q, k, v, L = _inputs(1, 1, 1, 320, 64, (300,), torch.float32, seed=2)
     _assert_matches(decode_attention(q, k, v, L), q, k, v, L)
 
