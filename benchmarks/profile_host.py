@@ -59,8 +59,19 @@ def main() -> None:
     launcher = Launcher(_empty_kernel)
     out = causal_attention(q, k, v)
     ctx = out.grad_fn  # a custom Function's grad_fn is its ctx
+    def without_plans():
+        keep, A._keep_plan = A._keep_plan, lambda key, launches: None
+        saved = dict(A._PLANS)
+        A._PLANS.clear()
+        try:
+            torch.autograd.grad(causal_attention(q, k, v), (q, k, v), do)
+        finally:
+            A._keep_plan = keep
+            A._PLANS.update(saved)
+
     workloads = {
         "triton forward+backward (autograd.grad)": lambda: torch.autograd.grad(causal_attention(q, k, v), (q, k, v), do),
+        "triton forward+backward, no launch plans (and the swap's ~1 µs)": without_plans,
         "sdpa forward+backward (autograd.grad)": lambda: torch.autograd.grad(
             causal_attention_sdpa(q, k, v), (q, k, v), do
         ),
