@@ -346,6 +346,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if needs_scaler else None
         self.step = 0
         self._stop = False
+        self._batch_checked = False
 
     # -- logging -----------------------------------------------------------------------------------------------
 
@@ -430,6 +431,11 @@ class Trainer:
 
     def _micro(self, model, k: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         x, y = self.data.train_batch(k, self.d.rank, self.d.world)
+        if not self._batch_checked:
+            # Once, before the first forward, while the free memory still says what a step can take. (pretrain checks
+            # before tokenising; a fine-tune's batches are only as long as their longest example, known from here.)
+            check_batch_fits(x.shape[0], x.shape[1], self.raw.config.vocab_size, self.device)
+            self._batch_checked = True
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)  # (B, T)
         ctx = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
         with ctx:

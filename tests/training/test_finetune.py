@@ -36,6 +36,19 @@ def test_finetuning_makes_the_model_answer_its_examples(tmp_path, capsys):
     assert len(rows) == 2 and {"instruction", "input", "output", "model_response"} <= set(rows[0])
 
 
+def test_a_batch_whose_logits_cannot_fit_is_refused_before_the_first_step(tmp_path, capsys, monkeypatch):
+    from gpt2tui.training import loop
+
+    monkeypatch.setattr(loop, "_available_memory", lambda: 2**20)  # 1 MiB "free"
+    base = tiny_model_dir(tmp_path / "base")
+    data = write_jsonl(tmp_path / "clans.jsonl", instruction_records())
+    code, _, err = run_cli(capsys, "finetune", "--data", data, "--base", base, "--out", tmp_path / "bot", "--epochs",
+                           "1", "--batch-size", "8", "--max-new-tokens", "1")
+    assert code == 1 and "Traceback" not in err
+    assert "a batch of 8 sequences of" in err and "for its logits alone, and 1 MiB of memory is free" in err
+    assert not (tmp_path / "bot").exists()
+
+
 def test_lora_trains_only_adapters_and_merges_to_the_same_logits():
     torch.manual_seed(0)
     model = GPT2(GPT2Config(**TINY))
