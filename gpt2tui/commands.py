@@ -11,12 +11,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from .config import GPT2Config
+from .errors import CheckpointError, ConfigError, ModelNotFoundError
 from .generate import stream
 from .kernels import AttentionBackendError, resolve_backend
 from .weights import (
     OFFICIAL,
     download,
     load_model,
+    load_weights,
     local_models,
     models_dir,
     pick_device,
@@ -126,6 +128,15 @@ def cmd_info(args) -> int:
     except AttentionBackendError as e:
         backend = f"unavailable: {e}"
     table.add_row("attention backend", f"{backend} (asked: {config.attn_backend})")
+    # The checks a load makes, on the weight files' headers only: a missing, truncated or mismatched file shows here,
+    # not first in the middle of a chat.
+    try:
+        load_weights(path, shapes_only=True)
+    except (CheckpointError, ModelNotFoundError, ConfigError):
+        table.add_row("weights", "[red]cannot be loaded[/] (below)")
+        Console(highlight=False).print(table)
+        raise
+    table.add_row("weights", "every tensor present, with the config's shapes (values not read)")
     Console(highlight=False).print(table)
     return 0
 

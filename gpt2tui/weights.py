@@ -169,10 +169,24 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+# safetensors' dtype names → torch's, for reading a file's header alone (`shapes_only`). A name not here (an fp8 type,
+# say) reads as uint8: not floating point, so the checks refuse it as they would the loaded tensor.
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def _read_safetensors(path: Path, shapes_only: bool = False) -> dict[str, torch.Tensor]:
+    """The file's tensors; with `shapes_only`, meta tensors of their shapes and dtypes from the header alone."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     try:
+        if shapes_only:
+            with safe_open(str(path), framework="pt") as f:
+                slices = {k: f.get_slice(k) for k in f.keys()}
+                return {k: torch.empty(s.get_shape(), dtype=_SAFETENSORS_DTYPES.get(s.get_dtype(), torch.uint8),
+                                       device="meta") for k, s in slices.items()}
         return load_file(str(path), device="cpu")
     except Exception as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -181,9 +195,9 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         ) from None
 
 
-def _read_bin(path: Path) -> dict[str, torch.Tensor]:
+def _read_bin(path: Path, shapes_only: bool = False) -> dict[str, torch.Tensor]:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="meta" if shapes_only else "cpu", weights_only=True)
     except Exception as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
@@ -194,11 +208,12 @@ def _read_bin(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def read_state_dict(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:
-    """All tensors of a model directory, whichever weight file it has, and the file (or index) they came from."""
+def read_state_dict(directory: Path, shapes_only: bool = False) -> tuple[dict[str, torch.Tensor], Path]:
+    """All tensors of a model directory, whichever weight file it has, and the file (or index) they came from. With
+    `shapes_only`, meta tensors: names, shapes and dtypes, no values read."""
     single, index, pickle = (directory / n for n in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"))
     if single.is_file():
-        return _read_safetensors(single), single
+        return _read_safetensors(single, shapes_only), single
     if index.is_file():
         shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
         if not shards:
@@ -207,10 +222,10 @@ def read_state_dict(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:
         for shard in shards:
             if not (directory / shard).is_file():
                 raise ModelNotFoundError(f"{directory / shard} is missing (listed in {index.name}); download it again")
-            state.update(_read_safetensors(directory / shard))
+            state.update(_read_safetensors(directory / shard, shapes_only))
         return state, index
     if pickle.is_file():
-        return _read_bin(pickle), pickle
+        return _read_bin(pickle, shapes_only), pickle
     raise ModelNotFoundError(
         f"{directory} has no model.safetensors or pytorch_model.bin; {GET_WEIGHTS_HINT}"
     )
@@ -311,7 +326,7 @@ def _adapter_meta(directory: Path) -> dict:
     return meta
 
 
-def _load_adapter(directory: Path, dtype: torch.dtype | None) -> GPT2:
+def _load_adapter(directory: Path, dtype: torch.dtype | None, shapes_only: bool = False) -> GPT2:
     """The base model an adapter names with `(alpha / rank) · B A` added to each adapted weight: the same model
     `finetune --lora --merge` would have written, built at load time (the base must still be where it was)."""
     meta = _adapter_meta(directory)
@@ -319,8 +334,8 @@ def _load_adapter(directory: Path, dtype: torch.dtype | None) -> GPT2:
         scale = float(meta["alpha"]) / int(meta["rank"])
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
         raise CheckpointError(f"{directory / 'adapter_config.json'}: rank and alpha are missing or invalid") from None
-    model = load_weights(resolve(meta["base"], allow_download=False), dtype=torch.float32)
-    state = _read_safetensors(directory / "adapter.safetensors")
+    model = load_weights(resolve(meta["base"], allow_download=False), dtype=torch.float32, shapes_only=shapes_only)
+    state = _read_safetensors(directory / "adapter.safetensors", shapes_only)
     modules = dict(model.named_modules())
     names = {k.rsplit(".lora_", 1)[0] for k in state}
     with torch.no_grad():
@@ -339,20 +354,22 @@ def _load_adapter(directory: Path, dtype: torch.dtype | None) -> GPT2:
     return model.to(dtype) if dtype is not None else model
 
 
-def load_weights(path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> GPT2:
+def load_weights(path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device | None = None,
+                 shapes_only: bool = False) -> GPT2:
     """A `GPT2` from a model directory (Hugging Face GPT-2, our own checkpoint, or a LoRA adapter over one), in eval
-    mode."""
+    mode. `shapes_only` runs every check of a load (files present and readable, names, shapes and dtypes against the
+    config) on the weight files' headers, reading no values: the model comes back on the meta device."""
     directory = Path(path).expanduser()
     if not directory.is_dir():
         raise ModelNotFoundError(f"no model directory at {directory}; {GET_WEIGHTS_HINT}")
     if _is_adapter(directory):
-        model = _load_adapter(directory, dtype)
+        model = _load_adapter(directory, dtype, shapes_only)
         model.name_or_path = str(directory)
         return model.to(device) if device is not None else model
     meta = _read_json(directory / "config.json")
     if "model_type" in meta:
         config = config_from_hf(meta, str(directory / "config.json"))
-        state, source = read_state_dict(directory)
+        state, source = read_state_dict(directory, shapes_only)
         model = _build(config, _rename_hf(state), source, transposed=True, dtype=dtype)
         chat_template = None
     else:
@@ -363,7 +380,7 @@ def load_weights(path: str | os.PathLike, dtype: torch.dtype | None = None, devi
         meta.pop("format_version", None)
         chat_template = meta.pop("chat_template", None)
         config = GPT2Config.from_dict(meta, source=str(directory / "config.json"))
-        state, source = read_state_dict(directory)
+        state, source = read_state_dict(directory, shapes_only)
         model = _build(config, {k: (k, t) for k, t in state.items()}, source, dtype=dtype)
     model.chat_template = chat_template
     model.name_or_path = str(directory)

@@ -53,8 +53,34 @@ def test_info_prints_config_params_memory_device_and_backend(capsys):
     code, out, _ = run(capsys, "info", "--model", "tiny")
     assert code == 0
     n = GPT2Config(context_length=64, emb_dim=64, n_heads=4, n_layers=2).n_params()
-    for words in ("emb_dim", "n_layers", f"{n:,}", "fp32 / bf16", "cpu", "sdpa"):
+    for words in ("emb_dim", "n_layers", f"{n:,}", "fp32 / bf16", "cpu", "sdpa", "every tensor present"):
         assert words in out
+
+
+def test_info_checks_the_weights_without_loading_them(capsys, tmp_path, monkeypatch):
+    from gpt2tui import weights
+
+    path = save_checkpoint(GPT2(GPT2Config(context_length=64, emb_dim=64, n_heads=4, n_layers=2)), tmp_path / "m")
+    monkeypatch.setattr(weights, "_build", _counting(weights._build, seen := []))
+    assert run(capsys, "info", "--model", str(path))[0] == 0
+    assert seen == ["meta"]  # one check, on meta tensors: no values read
+    data = (path / "model.safetensors").read_bytes()
+    (path / "model.safetensors").write_bytes(data[: len(data) // 2])  # a download cut short
+    code, out, err = run(capsys, "info", "--model", str(path))
+    assert code == 1 and "emb_dim" in out and "cannot be loaded" in out
+    assert "model.safetensors is truncated or corrupt" in err and "Traceback" not in err
+    save_checkpoint(GPT2(GPT2Config(context_length=64, emb_dim=32, n_heads=4, n_layers=2)), tmp_path / "other")
+    (path / "model.safetensors").write_bytes((tmp_path / "other" / "model.safetensors").read_bytes())
+    code, _, err = run(capsys, "info", "--model", str(path))
+    assert code == 1 and "config.json does not match the weights" in err
+
+
+def _counting(build, seen):
+    def wrapped(config, named, *args, **kwargs):
+        seen.append(next(iter(named.values()))[1].device.type)
+        return build(config, named, *args, **kwargs)
+
+    return wrapped
 
 
 def test_models_lists_saved_models(capsys):
