@@ -38,7 +38,7 @@ OFFICIAL = {
 HF_FILES = ["config.json", "model.safetensors", "generation_config.json"]
 _HF_TRANSPOSED = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
 _HF_BUFFER = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
-GET_WEIGHTS_HINT = "get weights with `gpt2tui download gpt2` (online) or pass a model directory with --model PATH"
+GET_WEIGHTS_HINT = "get weights with `gpt2tui download gpt2` (online), or pass the path of a model directory"
 
 
 # -- where things live -------------------------------------------------------------------------------------------
