@@ -83,6 +83,14 @@ def _on_device(t: torch.Tensor):
     return contextlib.nullcontext()
 
 
+def _new_tensor(shape, dtype, device, stride=None) -> torch.Tensor:
+    """An uninitialised tensor, strided when `stride` is given. torch's functions are looked up per call: tests
+    poison them to prove every element a kernel should write gets written."""
+    if stride is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    return torch.empty_strided(shape, stride, dtype=dtype, device=device)
+
+
 def _empty_in_order_of(t: torch.Tensor, empty) -> torch.Tensor:
     """An uninitialised `(B, H, T, D)` tensor like `t`, in `t`'s memory order, from `empty(shape, dtype, device,
     stride)` (stride None: contiguous). A model's q is `(B, T, H, D)` in memory (heads viewed out of one projection); an

@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _cdiv, _empty_in_order_of, _interpreting, _next_power_of_2, _on_device
+from . import _cdiv, _empty_in_order_of, _interpreting, _new_tensor, _next_power_of_2, _on_device
 from .launch import Launcher, _width
 
 LOG2E = 1.4426950408889634
@@ -347,9 +347,9 @@ def _launch(tuner, grid, key: tuple, *args, bind: bool = False, **kwargs):
         tuner[grid](*args, **kwargs)
         _TUNED[key] = tuner.best_config.all_kwargs()
         return None
-    launcher = _LAUNCHERS[tuner]
-    launcher(grid(config), *args, **kwargs, **config)
-    return launcher.bind(grid(config), args, {**kwargs, **config}) if bind else None
+    launcher, shape = _LAUNCHERS[tuner], grid(config)
+    launcher(shape, *args, **kwargs, **config)
+    return launcher.bind(shape, args, {**kwargs, **config}) if bind else None
 
 
 # Per-shape launch plans: (forward or backward, shapes, strides, dtype, device, scale, dropout, seed width) → the
@@ -398,9 +398,7 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
 def _empty(shape, dtype, device, stride=None) -> torch.Tensor:
     # Every buffer the kernels fill comes from here, so a test can hand out poisoned memory and prove every element
     # gets written.
-    if stride is None:
-        return torch.empty(shape, dtype=dtype, device=device)
-    return torch.empty_strided(shape, stride, dtype=dtype, device=device)
+    return _new_tensor(shape, dtype, device, stride)
 
 
 def _empty_like(t: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import AttentionBackendError, _cdiv, _empty_in_order_of, _next_power_of_2, _on_device
+from . import AttentionBackendError, _cdiv, _empty_in_order_of, _new_tensor, _next_power_of_2, _on_device
 from .launch import Launcher
 
 __all__ = ["decode_attention", "choose_num_splits"]
@@ -322,19 +322,12 @@ def _tickets(device: torch.device, size: int) -> torch.Tensor | None:
 _launch_split, _launch_merge = Launcher(_decode_split_kernel), Launcher(_decode_merge_kernel)
 
 
-def _torch_empty(shape, dtype, device, stride=None) -> torch.Tensor:
-    # torch's functions looked up per call: tests poison them.
-    if stride is None:
-        return torch.empty(shape, dtype=dtype, device=device)
-    return torch.empty_strided(shape, stride, dtype=dtype, device=device)
-
-
 def _launch(q, k_cache, v_cache, cache_lens, scale, max_len, num_splits):
     B, H, n, D = q.shape
     S_max = k_cache.shape[2]
     # In q's memory order, as the fused forward's output: the model's view back to (B, n, C) is free for a chunked
     # prefill too.
-    out = _empty_in_order_of(q, _torch_empty)  # (B, H, n, D)
+    out = _empty_in_order_of(q, _new_tensor)  # (B, H, n, D)
     if B == 0 or H == 0:
         return out
     block_m = _block_m(n)
