@@ -178,14 +178,15 @@ def _dkdv_tiles(
 
 @triton.jit(do_not_specialize=["seed"])
 def _attn_bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV,
+    Q, K, V, DO, STATS, DK, DV,
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
     stride_dob, stride_doh, stride_dot, stride_gb, stride_gh, stride_gt,
-    H, T, T_bucket, qk_scale, sm_scale, seed, dropout_p,
+    H, T, T_bucket, delta_at, qk_scale, sm_scale, seed, dropout_p,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
     COMPENSATE: tl.constexpr,
 ):
-    """One key block: dV = Σ_i Pdᵀ dO and dK = Σ_i dSᵀ Q · scale over the queries at or after it."""
+    """One key block: dV = Σ_i Pdᵀ dO and dK = Σ_i dSᵀ Q · scale over the queries at or after it. STATS holds the
+    log-sum-exp `(B·H, T)` and, from `delta_at` on, Δ `(B·H, T)`."""
     bh = tl.program_id(0)
     start_n = tl.program_id(1) * BLOCK_N  # the first key blocks see the most queries: they launch first
     b = (bh // H).to(tl.int64)
@@ -199,8 +200,8 @@ def _attn_bwd_dkdv_kernel(
                 other=0.0)  # (BLOCK_N, D)
     q_base = Q + b * stride_qb + h * stride_qh
     do_base = DO + b * stride_dob + h * stride_doh
-    lse_base = LSE + bh.to(tl.int64) * T
-    delta_base = DELTA + bh.to(tl.int64) * T
+    lse_base = STATS + bh.to(tl.int64) * T
+    delta_base = STATS + delta_at + bh.to(tl.int64) * T
     dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     c_dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)  # the compensations (float32 inputs only)
@@ -243,10 +244,10 @@ def _dq_tiles(
 
 @triton.jit(do_not_specialize=["seed"])
 def _attn_bwd_dq_kernel(
-    Q, K, V, OUT, DO, LSE, DELTA, DQ,
+    Q, K, V, OUT, DO, STATS, DQ,
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
     stride_ob, stride_oh, stride_ot, stride_dob, stride_doh, stride_dot, stride_gb, stride_gh, stride_gt,
-    H, T, T_bucket, qk_scale, sm_scale, seed, dropout_p,
+    H, T, T_bucket, delta_at, qk_scale, sm_scale, seed, dropout_p,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
     COMPENSATE: tl.constexpr,
 ):
@@ -267,8 +268,8 @@ def _attn_bwd_dq_kernel(
                 mask=row_ok[:, None], other=0.0)
     # Δ_i = Σ_d dO_id · O_id, the row term of the softmax gradient (with dropout too: O already carries the mask).
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # (BLOCK_M,)
-    tl.store(DELTA + bh.to(tl.int64) * T + offs_m, delta, mask=row_ok)
-    lse = tl.load(LSE + bh.to(tl.int64) * T + offs_m, mask=row_ok, other=float("inf"))
+    tl.store(STATS + delta_at + bh.to(tl.int64) * T + offs_m, delta, mask=row_ok)
+    lse = tl.load(STATS + bh.to(tl.int64) * T + offs_m, mask=row_ok, other=float("inf"))
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
     dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
@@ -407,6 +408,22 @@ def _empty_like(t: torch.Tensor) -> torch.Tensor:
     return _empty_in_order_of(t, _empty)
 
 
+def _delta_at(n: int) -> int:
+    """Where Δ starts in the statistics buffer of `n` rows: past the n log-sum-exps, rounded up to 16 floats, which
+    Triton then knows divides the offset (aligned loads)."""
+    return -(-n // 16) * 16
+
+
+def _stats(B: int, H: int, T: int, device) -> torch.Tensor:
+    """One float32 buffer for the forward's log-sum-exp `(B·H, T)` and, at `_delta_at`, the backward's Δ `(B·H, T)`,
+    flat. One allocation where there were two: on a GPU machine's host each costs ~5 µs, and a lone training step there
+    waits for its host (RESULTS.md). The kernels find Δ by that offset: a view made in the backward would cost more
+    host time than the allocation it saves (autograd runs the backward on a worker thread, where creating a tensor is
+    slower still)."""
+    n = B * H * T
+    return _empty((_delta_at(n) + n,), torch.float32, device)
+
+
 def _unit_last(t: torch.Tensor) -> torch.Tensor:
     # The kernels take any strides but the head dim's, which must be 1 for vector loads.
     return t if t.stride(-1) == 1 else t.contiguous()
@@ -418,52 +435,54 @@ def _precision(dtype: torch.dtype) -> str:
 
 
 def _forward(q, k, v, sm_scale: float, dropout_p: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns the output and the statistics buffer (`_stats`) with the log-sum-exp written, in base 2."""
     B, H, T, D = shape = q.shape
     o = _empty_like(q)  # (B, H, T, D)
-    lse = _empty((B * H, T), torch.float32, q.device)  # (B·H, T), base 2
+    stats = _stats(B, H, T, q.device)  # the log-sum-exp (B·H, T) at its start, flat
     plan_key = ("fwd", shape, q.stride(), k.stride(), v.stride(), q.dtype, q.device, sm_scale, dropout_p, _width(seed))
-    plan, aligned = _PLANS.get(plan_key), _aligned(q, k, v, o, lse)
+    plan, aligned = _PLANS.get(plan_key), _aligned(q, k, v, o, stats)
     if plan is not None and aligned:
-        plan[0](q, k, v, o, lse, seed)
-        return o, lse
+        plan[0](q, k, v, o, stats, seed)
+        return o, stats
     grid = lambda meta: (B * H, _cdiv(T, meta["BLOCK_M"]))  # noqa: E731
     T_bucket, dropout = _next_power_of_2(T), dropout_p > 0.0
     launch = _launch(
         _attn_fwd, grid, ("fwd", T_bucket, D, dropout, q.dtype),
-        q, k, v, o, lse,
+        q, k, v, o, stats,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
         H, T, T_bucket, sm_scale * LOG2E, seed, dropout_p,
         D=D, DROPOUT=dropout, PRECISION=_precision(q.dtype), bind=aligned and plan is None,
     )
     _keep_plan(plan_key, (launch,))
-    return o, lse
+    return o, stats
 
 
-def _backward(do, q, k, v, o, lse, sm_scale: float, dropout_p: float, seed: int):
+def _backward(do, q, k, v, o, stats, sm_scale: float, dropout_p: float, seed: int):
+    """`stats` is the forward's statistics buffer (`_stats`): the log-sum-exp, and room for Δ."""
     B, H, T, D = shape = q.shape
-    delta = _empty((B * H, T), torch.float32, q.device)  # (B·H, T), written by the dQ kernel, read by dK/dV's
     dq, dk, dv = _empty_like(q), _empty_like(q), _empty_like(q)  # 3 × (B, H, T, D), one layout: shared strides
     # o comes from the forward, laid out like q; do's strides are the caller's.
     plan_key = ("bwd", shape, q.stride(), k.stride(), v.stride(), o.stride(), do.stride(), q.dtype, q.device,
                 sm_scale, dropout_p, _width(seed))
-    plan, aligned = _PLANS.get(plan_key), _aligned(q, k, v, o, do, lse, delta, dq, dk, dv)
+    plan, aligned = _PLANS.get(plan_key), _aligned(q, k, v, o, do, stats, dq, dk, dv)
     if plan is not None and aligned:
-        plan[0](q, k, v, o, do, lse, delta, dq, seed)
-        plan[1](q, k, v, do, lse, delta, dk, dv, seed)
+        plan[0](q, k, v, o, do, stats, dq, seed)
+        plan[1](q, k, v, do, stats, dk, dv, seed)
         return dq, dk, dv
     T_bucket, dropout = _next_power_of_2(T), dropout_p > 0.0
     args = dict(D=D, DROPOUT=dropout, PRECISION=_precision(q.dtype), COMPENSATE=q.dtype == torch.float32,
                 bind=aligned and plan is None)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
-    common = (*do.stride()[:3], *dq.stride()[:3], H, T, T_bucket, sm_scale * LOG2E, sm_scale, seed, dropout_p)
+    common = (*do.stride()[:3], *dq.stride()[:3], H, T, T_bucket, _delta_at(B * H * T), sm_scale * LOG2E, sm_scale,
+              seed, dropout_p)
     # dQ first: it leaves Δ behind for dK/dV (kernels on one stream run in order).
     launch_dq = _launch(
         _attn_bwd_dq, lambda meta: (B * H, _cdiv(T, meta["BLOCK_M"])), ("dq", T_bucket, D, dropout, q.dtype),
-        q, k, v, o, do, lse, delta, dq, *strides, *o.stride()[:3], *common, **args,
+        q, k, v, o, do, stats, dq, *strides, *o.stride()[:3], *common, **args,
     )
     launch_dkdv = _launch(
         _attn_bwd_dkdv, lambda meta: (B * H, _cdiv(T, meta["BLOCK_N"])), ("dkdv", T_bucket, D, dropout, q.dtype),
-        q, k, v, do, lse, delta, dk, dv, *strides, *common, **args,
+        q, k, v, do, stats, dk, dv, *strides, *common, **args,
     )
     _keep_plan(plan_key, (launch_dq, launch_dkdv))
     return dq, dk, dv
@@ -474,17 +493,25 @@ class FlashAttentionFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, dropout_p: float, sm_scale: float, seed: int):
         q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
         with _on_device(q):
-            o, lse = _forward(q, k, v, sm_scale, dropout_p, seed)
-        ctx.save_for_backward(q, k, v, o, lse)
+            o, stats = _forward(q, k, v, sm_scale, dropout_p, seed)
+        ctx.save_for_backward(q, k, v, o, stats)
         ctx.sm_scale, ctx.dropout_p, ctx.seed = sm_scale, dropout_p, seed
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, o, lse = ctx.saved_tensors
+        q, k, v, o, stats = ctx.saved_tensors
         with _on_device(q):
-            dq, dk, dv = _backward(_unit_last(do), q, k, v, o, lse, ctx.sm_scale, ctx.dropout_p, ctx.seed)
+            dq, dk, dv = _backward(_unit_last(do), q, k, v, o, stats, ctx.sm_scale, ctx.dropout_p, ctx.seed)
         return dq, dk, dv, None, None, None
+
+
+# `Function.apply` runs Python of its own before autograd's C++ (default-argument binding, then functorch's dead-wrapper
+# unwrapping as a generator over the arguments): ~3 µs a call on the CPU, more on a GPU machine's slower host, where a
+# lone step waits for its host. Outside functorch transforms and torch.compile, which need `apply` itself, the same
+# call goes straight to the C++ `apply`, unwrapping dead wrappers as `Function.apply` would.
+_apply_directly = super(torch.autograd.Function, FlashAttentionFunction).apply
+_unwrap_if_dead = torch._C._functorch.unwrap_if_dead
 
 
 def _new_seed() -> int:
@@ -515,7 +542,10 @@ def causal_attention(
     sm_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if dropout_p > 0.0 and seed is None:
         seed = _new_seed()
-    return FlashAttentionFunction.apply(q, k, v, float(dropout_p), sm_scale, int(seed or 0))
+    if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
+        return FlashAttentionFunction.apply(q, k, v, float(dropout_p), sm_scale, int(seed or 0))
+    return _apply_directly(_unwrap_if_dead(q), _unwrap_if_dead(k), _unwrap_if_dead(v), float(dropout_p), sm_scale,
+                           int(seed or 0))
 
 
 def attention_dropout_mask(seed: int, B: int, H: int, T: int, dropout_p: float, device="cpu") -> torch.Tensor:

@@ -6,7 +6,9 @@ and ~22 µs on 3.9 before its C launcher starts (RESULTS.md). A training step la
 layer and an eager decode step two, so that time is often longer than the kernels'.
 
 How: the first call of each specialization goes through Triton, which compiles and returns the `CompiledKernel`;
-later calls launch that kernel through its own `kernel[grid](*args)` runner, which does only the C launch (~3 µs).
+later calls launch that kernel through its C launcher (`CompiledKernel.run`), with the stream Triton's own runner
+would find. That runner (`compiled[grid](*args)`) also builds launch metadata for profiler hooks, ~1.5 µs a launch on
+the CPU even with none set, so it is used only while a launch hook is set (proton's, say).
 The one thing to get right is *which* compiled kernel a call may reuse. Triton specializes on each tensor's dtype and
 16-byte alignment and on integer values (== 1, divisible by 16, 32- or 64-bit); this key is finer: tensors by dtype,
 alignment and device, other arguments by exact value, the launch options and constexprs by value. So two calls that
@@ -25,6 +27,8 @@ from operator import itemgetter
 
 import torch
 import triton
+from triton import knobs
+from triton.runtime import driver
 
 from . import _interpreting
 
@@ -45,6 +49,31 @@ def _enabled() -> bool:
 def _width(value: int) -> int:
     """Which of Triton's integer types an unspecialized int argument gets: i32, i64, or u64 (2**63 and above)."""
     return 0 if -(2**31) <= value < 2**31 else 1 if value < 2**63 else 2
+
+
+def _idle(hook) -> bool:
+    # A HookChain (Triton 3.5 on) is never None, even with nothing in it; before that an unset hook was None.
+    return hook is None or (type(hook).__name__ == "HookChain" and not hook.calls)
+
+
+def _runner(compiled, grid: tuple):
+    """`compiled[grid]`: launches the compiled kernel over `grid` with the current stream. While no launch hook is
+    set, straight through the C launcher with no launch metadata (what the hooks would have been handed), as Triton's
+    runner would call it; otherwise through that runner, so a profiler sees every launch."""
+    grid = (*grid, 1, 1)[:3]
+    through_triton = compiled[grid]  # loads the kernel on first use
+    run, function, packed = compiled.run, compiled.function, compiled.packed_metadata
+    gx, gy, gz = grid
+    device, stream = driver.active.get_current_device, driver.active.get_current_stream
+    runtime = knobs.runtime
+
+    def runner(*args):
+        if _idle(runtime.launch_enter_hook) and _idle(runtime.launch_exit_hook):
+            run(gx, gy, gz, stream(device()), function, packed, None, None, None, *args)
+        else:
+            through_triton(*args)
+
+    return runner
 
 
 def _pick(positions: list[int]):
@@ -109,7 +138,7 @@ class Launcher:
                 self.compiled[key] = compiled, tuple(kwargs[name] for name in self.names[len(args):])
             return
         compiled, constexprs = hit
-        compiled[(*grid, 1, 1)[:3]](*args, *constexprs)
+        _runner(compiled, grid)(*args, *constexprs)
 
     def bind(self, grid: tuple, args: tuple, kwargs: dict):
         """This call with everything fixed but its tensors and volatile arguments, or None before its specialization
@@ -126,7 +155,7 @@ class Launcher:
         if hit is None:
             return None
         compiled, constexprs = hit
-        runner = compiled[(*grid, 1, 1)[:3]]
+        runner = _runner(compiled, grid)
         slots = sorted([i for i, a in enumerate(args) if isinstance(a, torch.Tensor)] + list(self.volatile))
         template = [None if i in slots else a for i, a in enumerate(args)] + list(constexprs)
         places = tuple(enumerate(slots))  # (position in values, position in the kernel's arguments)

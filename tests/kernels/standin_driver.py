@@ -21,6 +21,9 @@ class RecordingLauncher:
         self.name = getattr(src, "name", "?")
 
     def __call__(self, *args):
+        # As Triton's C launcher does: the enter hook with the launch metadata, when a hook is given.
+        if args[7] is not None:
+            args[7](args[6])
         RecordingLauncher.launches.append((self.name, args))
 
 

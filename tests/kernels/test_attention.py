@@ -239,7 +239,7 @@ def test_float32_backward_keeps_its_compensated_sums_apart_from_the_dots():
     # build, the dots that make dV and dK must start from zero.
     import re
 
-    types = {n: "*fp32" for n in ("Q", "K", "V", "DO", "LSE", "DELTA", "DK", "DV")}
+    types = {n: "*fp32" for n in ("Q", "K", "V", "DO", "STATS", "DK", "DV")}
     types.update(qk_scale="fp32", sm_scale="fp32", dropout_p="fp32")
     const = {"BLOCK_M": 32, "BLOCK_N": 64, "D": 16, "DROPOUT": False, "PRECISION": "ieee", "COMPENSATE": True}
     ttgir = sm90("attention", "_attn_bwd_dkdv_kernel", types, const, "ttgir")
@@ -302,3 +302,20 @@ def test_a_tuned_key_launches_its_config_directly(monkeypatch):
 @pytest.mark.skipif(not ON_CUDA, reason="needs CUDA")
 def test_gpt2_shape_bf16_on_cuda():
     _assert_close_to_reference(*_qkv(4, 12, 1024, 64, torch.bfloat16, "cuda"))
+
+
+def test_functorch_transforms_and_torch_compile_get_the_function_s_own_apply(device, monkeypatch):
+    # A plain call skips `Function.apply`'s Python for the C++ `apply` beneath it (host time per step); under functorch
+    # transforms or while torch.compile traces, which both work through `Function.apply` itself, it must be that one.
+    q, k, v = _qkv(1, 2, 5, 16, torch.float32, device)
+    calls = []
+    real = attention.FlashAttentionFunction.apply
+    monkeypatch.setattr(attention.FlashAttentionFunction, "apply", lambda *a: calls.append(a) or real(*a))
+    plain = causal_attention(q, k, v)
+    assert calls == []
+    with pytest.raises(RuntimeError, match="setup_context"):  # what the Function itself says of vmap
+        torch.func.vmap(lambda x: causal_attention(x, k, v))(q.unsqueeze(0))
+    assert len(calls) == 1
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert torch.equal(causal_attention(q, k, v), plain)
+    assert len(calls) == 2

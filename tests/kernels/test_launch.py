@@ -37,7 +37,7 @@ def describe(launch):
             return ["tensor", list(a.shape), list(a.stride()), str(a.dtype), a.data_ptr() % 16]
         return repr(a)
     return [name, [one(a) for a in args[:6]], repr(sorted(meta.data.items())) if meta is not None else None,
-            [one(a) for a in args[7:]]]
+            [None if a is None else "hook" for a in args[7:9]], [one(a) for a in args[9:]]]
 
 def take():
     out = [describe(x) for x in RecordingLauncher.launches]
@@ -57,10 +57,22 @@ for dropout in (0.0, 0.1):
 report["compiled"] = {str(t.fn.fn.__name__): len(l.compiled) for t, l in A._LAUNCHERS.items()}
 report["plans"] = len(A._PLANS)
 
+# With a launch hook set (a profiler's), every launch goes through Triton's runner again, hook and metadata included.
+from triton import knobs
+seen = []
+hook = lambda metadata: seen.append(metadata.data["name"])
+knobs.runtime.launch_enter_hook.add(hook)
+torch.autograd.grad(A.causal_attention(q, k, v, dropout_p=0.1, seed=14), (q, k, v), do)
+knobs.runtime.launch_enter_hook.remove(hook)
+report["hooked"] = take()
+report["hook_saw"] = seen
+torch.autograd.grad(A.causal_attention(q, k, v, dropout_p=0.1, seed=15), (q, k, v), do)
+report["unhooked"] = take()
+
 # A tensor that is not 16-byte aligned must not reuse the kernel compiled for aligned ones: here O, which only the
 # dQ kernel reads (it makes Δ from it). Two backward passes: the first compiles, the second reuses.
 o = torch.empty(2 * 3 * 45 * 32 + 1, dtype=torch.bfloat16)[1:].view(2, 3, 45, 32)
-lse = torch.empty(6, 45)
+lse = A._stats(2, 3, 45, "cpu")
 for _ in range(2):
     A._backward(do, q.detach(), k.detach(), v.detach(), o, lse, 0.17, 0.0, 0)
 report["misaligned"] = take()
@@ -115,18 +127,34 @@ def report():
 
 @pytest.mark.parametrize("dropout", ["0.0", "0.1"])
 def test_a_training_step_launches_what_triton_would(report, dropout):
-    """Step 1 (seed 11) goes through Triton's autotuner, step 2 (seed 12) through `Launcher`, step 3 (seed 13) through
-    the step's bound launches (`attention._PLANS`): the launcher sees the same grid, metadata, hooks and arguments,
-    but for the seed, passed through as given."""
+    """Step 1 (seed 11) goes through Triton's autotuner, step 2 (seed 12) through `Launcher`, which hands each
+    kernel's first sight to Triton's `JITFunction.run`, step 3 (seed 13) through the step's bound launches
+    (`attention._PLANS`): the launcher sees the same grid, stream, kernel and arguments, but for the seed, passed
+    through as given. With no launch hook set, the bound launches hand it no hooks and no metadata."""
     through_triton, *direct = report[f"step-{dropout}"]
     names = [launch[0] for launch in through_triton]
     assert names == ["_attn_fwd_kernel", "_attn_bwd_dq_kernel", "_attn_bwd_dkdv_kernel"]
+    assert all(a[2] is not None and a[3] == ["hook", "hook"] for a in through_triton)
     for seed, step in zip(("12", "13"), direct, strict=True):
         for a, b in zip(through_triton, step, strict=True):
-            assert a[:3] == b[:3]
-            changed = [(x, y) for x, y in zip(a[3], b[3], strict=True) if x != y]
+            assert a[:2] == b[:2]
+            assert b[2:4] == (a[2:4] if seed == "12" else [None, [None, None]])
+            changed = [(x, y) for x, y in zip(a[4], b[4], strict=True) if x != y]
             assert changed == [("11", seed)], a[0]
     assert report["plans"] == 4  # forward and backward, with and without dropout
+
+
+def test_a_launch_hook_sees_every_launch_while_it_is_set(report):
+    """A profiler's launch hook (proton's, say) gets every launch with its metadata, as through Triton itself; once
+    it is removed, launches skip the hooks again."""
+    names = ["_attn_fwd_kernel", "_attn_bwd_dq_kernel", "_attn_bwd_dkdv_kernel"]
+    assert report["hook_saw"] == names
+    hooked, unhooked = report["hooked"], report["unhooked"]
+    assert [a[0] for a in hooked] == names and all(a[2] is not None and a[3] == ["hook", "hook"] for a in hooked)
+    assert [a[0] for a in unhooked] == names and all(a[2] is None and a[3] == [None, None] for a in unhooked)
+    for a, b in zip(hooked, unhooked, strict=True):
+        assert a[:2] == b[:2]
+        assert [(x, y) for x, y in zip(a[4], b[4], strict=True) if x != y] == [("14", "15")]
 
 
 def test_each_kernel_compiles_once_per_dropout_setting_not_per_seed(report):
@@ -136,10 +164,11 @@ def test_each_kernel_compiles_once_per_dropout_setting_not_per_seed(report):
 def test_a_misaligned_tensor_gets_its_own_kernel(report):
     launches = report["misaligned"]
     assert [launch[0] for launch in launches] == ["_attn_bwd_dq_kernel", "_attn_bwd_dkdv_kernel"] * 2
-    assert launches[:2] == launches[2:]
-    assert launches[0][3][2 + 3][-1] == 2  # after the two hooks, Q, K, V, then O: 2 bytes past a 16-byte boundary
+    # The first pass goes through Triton, the second through `Launcher`: the same kernel and arguments.
+    assert [(a[:2], a[4]) for a in launches[:2]] == [(a[:2], a[4]) for a in launches[2:]]
+    assert launches[0][4][3][-1] == 2  # Q, K, V, then O: 2 bytes past a 16-byte boundary
     assert report["dq_kernels"] == 3 and report["dq_distinct"] == 3  # two dropout settings, and the misaligned O
-    assert report["misaligned_after_plan"] == launches[:2]  # the aligned step's plan is not used for it
+    assert report["misaligned_after_plan"] == launches[2:]  # the aligned step's plan is not used for it
 
 
 def test_a_launch_plan_keeps_no_tensor_alive(report):
@@ -148,10 +177,13 @@ def test_a_launch_plan_keeps_no_tensor_alive(report):
 
 @pytest.mark.parametrize("splits", ["3", "1"])
 def test_decode_launches_what_triton_would(report, splits):
+    """The first call goes through Triton, the second through `Launcher`'s direct path: no hooks, no metadata."""
     launches = report[f"decode-{splits}"]
     per_call = 2 if splits == "3" else 1
     assert len(launches) == 2 * per_call
-    assert launches[:per_call] == launches[per_call:]
+    for a, b in zip(launches[:per_call], launches[per_call:], strict=True):
+        assert a[:2] == b[:2] and a[4] == b[4]
+        assert a[3] == ["hook", "hook"] and b[2:4] == [None, [None, None]]
 
 
 @pytest.mark.parametrize("value", ["triton", "fast"])
