@@ -65,7 +65,7 @@ def _record_configs(benchmark):
     """The block sizes the autotuner chose, for RESULTS.md and for the next round of tuning."""
     from gpt2tui.kernels import attention
 
-    for name in ("_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq"):
+    for name in ("_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq", "_attn_bwd"):
         best = getattr(getattr(attention, name), "best_config", None)
         if best is not None:
             benchmark.extra_info[name] = str(best)
@@ -86,19 +86,25 @@ def test_causal_forward(benchmark, impl, qkv):
         _record_configs(benchmark)
 
 
-@pytest.mark.parametrize("impl", list(CAUSAL))
+@pytest.mark.parametrize("impl", [*CAUSAL, "triton-fused-backward"])
 @pytest.mark.benchmark(group="attention-forward-backward-B8-H12-T1024-D64-bf16")
-def test_causal_forward_backward(benchmark, impl, qkv):
+def test_causal_forward_backward(benchmark, impl, qkv, monkeypatch):
+    """The case "triton-fused-backward" is the Triton path with its backward in one launch
+    ($GPT2TUI_ATTENTION_BACKWARD=fused)."""
+    from gpt2tui.kernels import attention
+
     q, k, v = qkv
     do = torch.randn_like(q)
-    fn = CAUSAL[impl]
+    if impl == "triton-fused-backward":
+        monkeypatch.setattr(attention, "BACKWARD", "fused")
+    fn = CAUSAL[impl.removesuffix("-fused-backward")]
 
     def step():
         torch.autograd.grad(fn(q, k, v), (q, k, v), do)
 
     # In a CUDA graph too: the kernels' time without the host's, which a lone step on a slow host is mostly about.
     _timed(benchmark, step, FWD_FLOPS + BWD_FLOPS, rounds=10, cudagraph=True)
-    if impl == "triton":
+    if impl.startswith("triton"):
         _record_configs(benchmark)
 
 

@@ -69,8 +69,16 @@ def main() -> None:
             A._keep_plan = keep
             A._PLANS.update(saved)
 
+    def fused_backward():
+        A.BACKWARD = "fused"
+        try:
+            torch.autograd.grad(causal_attention(q, k, v), (q, k, v), do)
+        finally:
+            A.BACKWARD = "split"
+
     workloads = {
         "triton forward+backward (autograd.grad)": lambda: torch.autograd.grad(causal_attention(q, k, v), (q, k, v), do),
+        "triton forward+backward, backward in one launch": fused_backward,
         "triton forward+backward, no launch plans (and the swap's ~1 µs)": without_plans,
         "sdpa forward+backward (autograd.grad)": lambda: torch.autograd.grad(
             causal_attention_sdpa(q, k, v), (q, k, v), do
@@ -82,6 +90,8 @@ def main() -> None:
         "torch x.add_(1) (one aten launch)": lambda: x.data.add_(1),
         "torch.empty (B,T,H,D) bf16": lambda: torch.empty(B, T, H, D, device=DEVICE, dtype=torch.bfloat16),
         "autograd.grad through a do-nothing Function": lambda: torch.autograd.grad(_Identity.apply(x), x, x),
+        # The same round trip through a C++ node: what the Function's Python adds, beyond autograd's own handoff.
+        "autograd.grad through a view (C++ node)": lambda: torch.autograd.grad(x.view_as(x), x, x),
     }
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, Triton {triton.__version__}; {N} calls each")
     print("workload | host issue µs/call | step µs/call")

@@ -6,6 +6,7 @@ SDPA happens to be exact (T=1) do not demand exactness. On the CPU these run in 
 """
 
 import math
+import os
 
 import pytest
 import torch
@@ -139,6 +140,36 @@ def test_every_element_is_written(device, monkeypatch, layout):
             assert torch.isfinite(t).all()
         mask = attention_dropout_mask(5, 2, 3, T, 0.2, device=device)
         assert mask.dtype == torch.bool
+
+
+@pytest.mark.parametrize("T", [1, 37, 129])
+def test_the_one_launch_backward_matches_float64(T, device, monkeypatch):
+    """$GPT2TUI_ATTENTION_BACKWARD=fused: dK/dV and dQ in one grid, Δ made from O by each dK/dV program."""
+    monkeypatch.setattr(attention, "BACKWARD", "fused")
+    _assert_close_to_reference(*_qkv(3, 5, T, 32, torch.float32, device, seed=T))
+    q, k, v = _qkv(2, 3, 45, 16, torch.float32, device, seed=3)
+    mask = attention_dropout_mask(99, 2, 3, 45, 0.25, device=device)
+    _assert_close_to_reference(q, k, v, dropout_mask=mask, dropout_p=0.25, seed=99)
+
+
+def test_the_one_launch_backward_writes_every_element(device, monkeypatch):
+    monkeypatch.setattr(attention, "BACKWARD", "fused")
+    empty = attention._empty
+    monkeypatch.setattr(attention, "_empty", lambda *a: empty(*a).fill_(float("nan")))
+    q, k, v = (t.detach().requires_grad_() for t in _model_layout(*_qkv(2, 3, 70, 16, torch.float32, device)))
+    causal_attention(q, k, v).sum().backward()
+    assert all(torch.isfinite(t).all() for t in (q.grad, k.grad, v.grad))
+
+
+def test_the_backward_switch_says_what_is_wrong():
+    import subprocess
+    import sys
+
+    env = {**os.environ, "GPT2TUI_ATTENTION_BACKWARD": "one"}
+    run = subprocess.run([sys.executable, "-c", "import gpt2tui.kernels.attention"], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode != 0
+    assert "$GPT2TUI_ATTENTION_BACKWARD is 'one'; set it to 'split' or 'fused', or unset it" in run.stderr
 
 
 def test_scale_argument(device):

@@ -57,6 +57,15 @@ for dropout in (0.0, 0.1):
 report["compiled"] = {str(t.fn.fn.__name__): len(l.compiled) for t, l in A._LAUNCHERS.items()}
 report["plans"] = len(A._PLANS)
 
+# The one-launch backward ($GPT2TUI_ATTENTION_BACKWARD=fused): through the autotuner, `Launcher`, then the plan.
+A.BACKWARD = "fused"
+steps = []
+for seed in (21, 22, 23):
+    torch.autograd.grad(A.causal_attention(q, k, v, dropout_p=0.1, seed=seed), (q, k, v), do)
+    steps.append(take())
+report["fused"] = steps
+A.BACKWARD = "split"
+
 # With a launch hook set (a profiler's), every launch goes through Triton's runner again, hook and metadata included.
 from triton import knobs
 seen = []
@@ -158,7 +167,17 @@ def test_a_launch_hook_sees_every_launch_while_it_is_set(report):
 
 
 def test_each_kernel_compiles_once_per_dropout_setting_not_per_seed(report):
-    assert report["compiled"] == {"_attn_fwd_kernel": 2, "_attn_bwd_dkdv_kernel": 2, "_attn_bwd_dq_kernel": 2}
+    assert report["compiled"] == {"_attn_fwd_kernel": 2, "_attn_bwd_dkdv_kernel": 2, "_attn_bwd_dq_kernel": 2,
+                                  "_attn_bwd_kernel": 0}
+
+
+def test_the_one_launch_backward_launches_once_and_plans_that_launch(report):
+    through_triton, *direct = report["fused"]
+    assert [a[0] for a in through_triton] == ["_attn_fwd_kernel", "_attn_bwd_kernel"]
+    for seed, step in zip(("22", "23"), direct, strict=True):
+        for a, b in zip(through_triton, step, strict=True):
+            assert a[:2] == b[:2]
+            assert [(x, y) for x, y in zip(a[4], b[4], strict=True) if x != y] == [("21", seed)], a[0]
 
 
 def test_a_misaligned_tensor_gets_its_own_kernel(report):
