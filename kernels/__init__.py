@@ -91,16 +91,21 @@ def _new_tensor(shape, dtype, device, stride=None) -> torch.Tensor:
     return torch.empty_strided(shape, stride, dtype=dtype, device=device)
 
 
-def _empty_in_order_of(t: torch.Tensor, empty) -> torch.Tensor:
-    """An uninitialised `(B, H, T, D)` tensor like `t`, in `t`'s memory order, from `empty(shape, dtype, device,
-    stride)` (stride None: contiguous). A model's q is `(B, T, H, D)` in memory (heads viewed out of one projection); an
-    output laid out the same way makes the model's `y.transpose(1, 2).contiguous().view(B, T, C)`, and autograd's
+def _layout_of(t: torch.Tensor) -> tuple:
+    """(shape, dtype, device, stride) of an uninitialised `(B, H, T, D)` tensor like `t`, in `t`'s memory order (stride
+    None: contiguous), for `_new_tensor`. A model's q is `(B, T, H, D)` in memory (heads viewed out of one projection);
+    an output laid out the same way makes the model's `y.transpose(1, 2).contiguous().view(B, T, C)`, and autograd's
     backward of those views, free. Strided in one call rather than allocated and transposed: ~2.5 µs less host time
     per buffer, four buffers per training step."""
     B, H, T, D = shape = t.shape
     if t.stride(1) < t.stride(2):  # heads inside tokens
-        return empty(shape, t.dtype, t.device, (T * H * D, D, H * D, 1))
-    return empty(shape, t.dtype, t.device, None)
+        return shape, t.dtype, t.device, (T * H * D, D, H * D, 1)
+    return shape, t.dtype, t.device, None
+
+
+def _empty_in_order_of(t: torch.Tensor, empty) -> torch.Tensor:
+    """`empty(*_layout_of(t))`: `empty` takes (shape, dtype, device, stride), as `_new_tensor` does."""
+    return empty(*_layout_of(t))
 
 
 def _triton_unavailable(device: torch.device | str | None, head_dim: int | None, dtype: torch.dtype | None) -> str | None:

@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _cdiv, _empty_in_order_of, _interpreting, _new_tensor, _next_power_of_2, _on_device
+from . import _cdiv, _interpreting, _layout_of, _new_tensor, _next_power_of_2, _on_device
 from .launch import Launcher, _width
 
 LOG2E = 1.4426950408889634
@@ -447,9 +447,9 @@ def _launch(tuner, grid, key: tuple, *args, bind: bool = False, **kwargs):
 
 
 # Per-shape launch plans: (forward or backward, shapes, strides, dtype, device, scale, dropout, seed width) → the
-# bound launches of that call. With them a step's Python is its allocations and three bound launches: no strides to
-# gather, no tuned-config or specialization key to build and look up (RESULTS.md: on a GPU machine's host the lone
-# forward+backward waits for Python). Everything a kernel takes but its tensors and seed follows from the plan's key;
+# arguments of that call's allocations (for `_empty`) and its bound launches. With them a step's Python is its
+# allocations and its bound launches: no layouts or strides to work out, no tuned-config or specialization key to
+# build and look up (RESULTS.md: on a GPU machine's host the lone forward+backward waits for Python). Everything a kernel takes but its tensors and seed follows from the plan's key;
 # the tensors' 16-byte alignment, which the compiled kernels assume, is checked on each use (outputs too: `_empty` is
 # a hook that need not hand out aligned memory).
 _PLANS: dict[tuple, tuple] = {}
@@ -463,11 +463,11 @@ def _aligned(*tensors: torch.Tensor) -> bool:
     return ptr % 16 == 0
 
 
-def _keep_plan(key: tuple, launches: tuple) -> None:
+def _keep_plan(key: tuple, allocations: tuple, launches: tuple) -> None:
     if all(launch is not None for launch in launches):
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.clear()
-        _PLANS[key] = launches
+        _PLANS[key] = allocations, launches
 
 
 # The seed is the one argument that changes from call to call (with dropout): it is not specialized on (see launch.py).
@@ -497,16 +497,15 @@ def _empty(shape, dtype, device, stride=None) -> torch.Tensor:
     return _new_tensor(shape, dtype, device, stride)
 
 
-def _empty_like(t: torch.Tensor) -> torch.Tensor:
-    # Output and gradients in q's memory order, as SDPA's flash kernels return them: for the model's head views a
-    # (B, H, T, D)-contiguous result would cost a copy of each.
-    return _empty_in_order_of(t, _empty)
-
-
 def _delta_at(n: int) -> int:
     """Where Δ starts in the statistics buffer of `n` rows: past the n log-sum-exps, rounded up to 16 floats, which
     Triton then knows divides the offset (aligned loads)."""
     return -(-n // 16) * 16
+
+
+def _stats_layout(B: int, H: int, T: int, device) -> tuple:
+    n = B * H * T
+    return (_delta_at(n) + n,), torch.float32, device, None
 
 
 def _stats(B: int, H: int, T: int, device) -> torch.Tensor:
@@ -515,8 +514,7 @@ def _stats(B: int, H: int, T: int, device) -> torch.Tensor:
     waits for its host (RESULTS.md). The kernels find Δ by that offset: a view made in the backward would cost more
     host time than the allocation it saves (autograd runs the backward on a worker thread, where creating a tensor is
     slower still)."""
-    n = B * H * T
-    return _empty((_delta_at(n) + n,), torch.float32, device)
+    return _empty(*_stats_layout(B, H, T, device))
 
 
 def _unit_last(t: torch.Tensor) -> torch.Tensor:
@@ -531,14 +529,21 @@ def _precision(dtype: torch.dtype) -> str:
 
 def _forward(q, k, v, sm_scale: float, dropout_p: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns the output and the statistics buffer (`_stats`) with the log-sum-exp written, in base 2."""
-    B, H, T, D = shape = q.shape
-    o = _empty_like(q)  # (B, H, T, D)
-    stats = _stats(B, H, T, q.device)  # the log-sum-exp (B·H, T) at its start, flat
-    plan_key = ("fwd", shape, q.stride(), k.stride(), v.stride(), q.dtype, q.device, sm_scale, dropout_p, _width(seed))
-    plan, aligned = _PLANS.get(plan_key), _aligned(q, k, v, o, stats)
-    if plan is not None and aligned:
-        plan[0](q, k, v, o, stats, seed)
-        return o, stats
+    plan_key = ("fwd", q.shape, q.stride(), k.stride(), v.stride(), q.dtype, q.device, sm_scale, dropout_p,
+                _width(seed))
+    plan = _PLANS.get(plan_key)
+    if plan is not None:
+        (o_layout, stats_layout), (launch,) = plan
+        o, stats = _empty(*o_layout), _empty(*stats_layout)
+        if _aligned(q, k, v, o, stats):
+            launch(q, k, v, o, stats, seed)
+            return o, stats
+    B, H, T, D = q.shape
+    # The output in q's memory order, as SDPA's flash kernels return it: for the model's head views a (B, H, T, D)-
+    # contiguous result would cost a copy. The log-sum-exp (B·H, T) at the start of the statistics buffer, flat.
+    layouts = (_layout_of(q), _stats_layout(B, H, T, q.device))
+    o, stats = _empty(*layouts[0]), _empty(*layouts[1])
+    aligned = _aligned(q, k, v, o, stats)
     grid = lambda meta: (B * H, _cdiv(T, meta["BLOCK_M"]))  # noqa: E731
     T_bucket, dropout = _next_power_of_2(T), dropout_p > 0.0
     launch = _launch(
@@ -548,22 +553,27 @@ def _forward(q, k, v, sm_scale: float, dropout_p: float, seed: int) -> tuple[tor
         H, T, T_bucket, sm_scale * LOG2E, seed, dropout_p,
         D=D, DROPOUT=dropout, PRECISION=_precision(q.dtype), bind=aligned and plan is None,
     )
-    _keep_plan(plan_key, (launch,))
+    _keep_plan(plan_key, layouts, (launch,))
     return o, stats
 
 
 def _backward(do, q, k, v, o, stats, sm_scale: float, dropout_p: float, seed: int):
     """`stats` is the forward's statistics buffer (`_stats`): the log-sum-exp, and room for Δ."""
-    B, H, T, D = shape = q.shape
-    dq, dk, dv = _empty_like(q), _empty_like(q), _empty_like(q)  # 3 × (B, H, T, D), one layout: shared strides
     # o comes from the forward, laid out like q; do's strides are the caller's.
-    plan_key = ("bwd", BACKWARD, shape, q.stride(), k.stride(), v.stride(), o.stride(), do.stride(), q.dtype,
+    plan_key = ("bwd", BACKWARD, q.shape, q.stride(), k.stride(), v.stride(), o.stride(), do.stride(), q.dtype,
                 q.device, sm_scale, dropout_p, _width(seed))
-    plan, aligned = _PLANS.get(plan_key), _aligned(q, k, v, o, do, stats, dq, dk, dv)
-    if plan is not None and aligned:
-        for launch in plan:
-            launch(q, k, v, o, do, stats, dq, dk, dv, seed)
-        return dq, dk, dv
+    plan = _PLANS.get(plan_key)
+    if plan is not None:
+        layout, launches = plan
+        dq, dk, dv = _empty(*layout), _empty(*layout), _empty(*layout)
+        if _aligned(q, k, v, o, do, stats, dq, dk, dv):
+            for launch in launches:
+                launch(q, k, v, o, do, stats, dq, dk, dv, seed)
+            return dq, dk, dv
+    B, H, T, D = q.shape
+    layout = _layout_of(q)  # the gradients in q's memory order, as SDPA's flash kernels return them: one layout
+    dq, dk, dv = _empty(*layout), _empty(*layout), _empty(*layout)  # 3 × (B, H, T, D)
+    aligned = _aligned(q, k, v, o, do, stats, dq, dk, dv)
     T_bucket, dropout = _next_power_of_2(T), dropout_p > 0.0
     args = (
         q, k, v, o, do, stats, dq, dk, dv,
@@ -583,7 +593,7 @@ def _backward(do, q, k, v, o, stats, sm_scale: float, dropout_p: float, seed: in
             _launch(_attn_bwd_dkdv, lambda meta: (B * H, _cdiv(T, meta["BLOCK_N"])), ("dkdv", T_bucket, D, dropout,
                     q.dtype), *args, **kwargs),
         )
-    _keep_plan(plan_key, launches)
+    _keep_plan(plan_key, layout, launches)
     return dq, dk, dv
 
 
