@@ -56,20 +56,22 @@ def _idle(hook) -> bool:
     return hook is None or (type(hook).__name__ == "HookChain" and not hook.calls)
 
 
-def _runner(compiled, grid: tuple):
-    """`compiled[grid]`: launches the compiled kernel over `grid` with the current stream. While no launch hook is
-    set, straight through the C launcher with no launch metadata (what the hooks would have been handed), as Triton's
-    runner would call it; otherwise through that runner, so a profiler sees every launch."""
+def _runner(compiled, grid: tuple, device: int | None = None):
+    """`compiled[grid]`: launches the compiled kernel over `grid` with the current stream of `device` (None: of the
+    current device, looked up on each launch). While no launch hook is set, straight through the C launcher with no
+    launch metadata (what the hooks would have been handed), as Triton's runner would call it; otherwise through that
+    runner, so a profiler sees every launch."""
     grid = (*grid, 1, 1)[:3]
     through_triton = compiled[grid]  # loads the kernel on first use
     run, function, packed = compiled.run, compiled.function, compiled.packed_metadata
     gx, gy, gz = grid
-    device, stream = driver.active.get_current_device, driver.active.get_current_stream
+    current_device, stream = driver.active.get_current_device, driver.active.get_current_stream
     runtime = knobs.runtime
 
     def runner(*args):
         if _idle(runtime.launch_enter_hook) and _idle(runtime.launch_exit_hook):
-            run(gx, gy, gz, stream(device()), function, packed, None, None, None, *args)
+            run(gx, gy, gz, stream(current_device() if device is None else device), function, packed, None, None, None,
+                *args)
         else:
             through_triton(*args)
 
@@ -147,7 +149,8 @@ class Launcher:
         Returns `launch(*values)`: `values` are the tensors and volatile arguments, in the kernel's argument order.
         It launches the compiled kernel with no key to build or look up (~2 µs less per launch than a call), so it is
         only for calls that would have this call's key: the caller's own cache must imply every other argument, and
-        the tensors' dtypes, 16-byte alignment and device. The bound call keeps no tensor of its own.
+        the tensors' dtypes, 16-byte alignment and device. That device must be current when it launches, as it is
+        now: the launch takes the stream of the device current at binding. The bound call keeps no tensor of its own.
         """
         if not self.direct:
             return None
@@ -155,7 +158,7 @@ class Launcher:
         if hit is None:
             return None
         compiled, constexprs = hit
-        runner = _runner(compiled, grid)
+        runner = _runner(compiled, grid, driver.active.get_current_device())
         slots = sorted([i for i, a in enumerate(args) if isinstance(a, torch.Tensor)] + list(self.volatile))
         template = [None if i in slots else a for i, a in enumerate(args)] + list(constexprs)
         places = tuple(enumerate(slots))  # (position in values, position in the kernel's arguments)
