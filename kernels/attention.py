@@ -405,8 +405,9 @@ _attn_bwd_dq = triton.autotune(
 )(_attn_bwd_dq_kernel)
 # The one-launch backward: dK/dV and dQ blocks near the shapes the two kernels' tuning chose on an H100 (RESULTS.md:
 # 32×64 and 64×64, four warps), few enough that tuning it costs no more than tuning either of them.
+_FUSED_BLOCKS = [(32, 64, 64, 64), (32, 64, 64, 32), (64, 64, 64, 64)]  # (BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2)
 _attn_bwd = triton.autotune(
-    _configs([(32, 64, 64, 64), (32, 64, 64, 32), (64, 64, 64, 64)], [(4, 2), (4, 3)], (32, 64, 64, 32, 4, 2),
+    _configs(_FUSED_BLOCKS, [(4, 2), (4, 3)], (32, 64, 64, 32, 4, 2),
              names=("BLOCK_M1", "BLOCK_N1", "BLOCK_M2", "BLOCK_N2")),
     key=_TUNE_KEY,
 )(_attn_bwd_kernel)
