@@ -450,9 +450,11 @@ def _launch(tuner, grid, key: tuple, *args, bind: bool = False, **kwargs):
 # Per-shape launch plans: (forward or backward, shapes, strides, dtype, device, scale, dropout, seed width) → the
 # arguments of that call's allocations (for `_empty`) and its bound launches. With them a step's Python is its
 # allocations and its bound launches: no layouts or strides to work out, no tuned-config or specialization key to
-# build and look up (RESULTS.md: on a GPU machine's host the lone forward+backward waits for Python). Everything a kernel takes but its tensors and seed follows from the plan's key;
-# the tensors' 16-byte alignment, which the compiled kernels assume, is checked on each use (outputs too: `_empty` is
-# a hook that need not hand out aligned memory).
+# build and look up (RESULTS.md: on a GPU machine's host the lone forward+backward waits for Python). Everything a
+# kernel takes but its tensors and seed follows from the plan's key. The compiled kernels also assume every tensor is
+# 16-byte aligned: the caller's tensors (and the forward's, which a caller can hand `_backward` too) are checked on
+# each use; the buffers a plan allocates come from `_empty`, whose torch allocators align them to far more, and a
+# plan is only made where the first call's buffers were aligned.
 _PLANS: dict[tuple, tuple] = {}
 _MAX_PLANS = 256  # a run that keeps changing shapes starts over rather than growing without bound
 
@@ -535,8 +537,8 @@ def _forward(q, k, v, sm_scale: float, dropout_p: float, seed: int) -> tuple[tor
     plan = _PLANS.get(plan_key)
     if plan is not None:
         (o_layout, stats_layout), (launch,) = plan
-        o, stats = _empty(*o_layout), _empty(*stats_layout)
-        if _aligned(q, k, v, o, stats):
+        if _aligned(q, k, v):
+            o, stats = _empty(*o_layout), _empty(*stats_layout)
             launch(q, k, v, o, stats, seed)
             return o, stats
     B, H, T, D = q.shape
@@ -564,13 +566,19 @@ def _backward(do, q, k, v, o, stats, sm_scale: float, dropout_p: float, seed: in
     plan_key = ("bwd", BACKWARD, q.shape, q.stride(), k.stride(), v.stride(), o.stride(), do.stride(), q.dtype,
                 q.device, sm_scale, dropout_p, _width(seed))
     plan = _PLANS.get(plan_key)
-    if plan is not None:
+    if plan is not None and _aligned(q, k, v, o, do, stats):
         layout, launches = plan
-        dq, dk, dv = _empty(*layout), _empty(*layout), _empty(*layout)
-        if _aligned(q, k, v, o, do, stats, dq, dk, dv):
-            for launch in launches:
-                launch(q, k, v, o, do, stats, dq, dk, dv, seed)
-            return dq, dk, dv
+        dq = _empty(*layout)
+        if len(launches) == 2:
+            # dQ first, given dq in the places of dK and dV, which it never touches: the GPU starts on it while they
+            # are allocated. A lone step waits for its host until its first backward launch.
+            launches[0](q, k, v, o, do, stats, dq, dq, dq, seed)
+            dk, dv = _empty(*layout), _empty(*layout)
+            launches[1](q, k, v, o, do, stats, dq, dk, dv, seed)
+        else:
+            dk, dv = _empty(*layout), _empty(*layout)
+            launches[0](q, k, v, o, do, stats, dq, dk, dv, seed)
+        return dq, dk, dv
     B, H, T, D = q.shape
     layout = _layout_of(q)  # the gradients in q's memory order, as SDPA's flash kernels return them: one layout
     dq, dk, dv = _empty(*layout), _empty(*layout), _empty(*layout)  # 3 × (B, H, T, D)
