@@ -78,9 +78,12 @@ def _on_device(t: torch.Tensor):
     """A context that makes `t`'s CUDA device current, for the launches inside it: Triton launches on the current
     device, so with `t` on cuda:1 and cuda:0 current the kernels would run on cuda:0. Switching costs host time on
     every call, so only when needed."""
-    if t.device.type == "cuda" and t.device.index != torch.cuda.current_device():
-        return torch.cuda.device(t.device)
-    return contextlib.nullcontext()
+    if t.is_cuda and t.get_device() != torch.cuda.current_device():  # neither makes a torch.device: ~0.5 µs less
+        return torch.cuda.device(t.get_device())
+    return _NO_SWITCH
+
+
+_NO_SWITCH = contextlib.nullcontext()  # reusable: it holds no state
 
 
 def _new_tensor(shape, dtype, device, stride=None) -> torch.Tensor:

@@ -56,11 +56,14 @@ def _idle(hook) -> bool:
     return hook is None or (type(hook).__name__ == "HookChain" and not hook.calls)
 
 
-def _runner(compiled, grid: tuple, device: int | None = None):
+def _runner(compiled, grid: tuple, device: int | None = None, template: list | None = None, places: tuple = ()):
     """`compiled[grid]`: launches the compiled kernel over `grid` with the current stream of `device` (None: of the
     current device, looked up on each launch). While no launch hook is set, straight through the C launcher with no
     launch metadata (what the hooks would have been handed), as Triton's runner would call it; otherwise through that
-    runner, so a profiler sees every launch."""
+    runner, so a profiler sees every launch.
+
+    With a `template` (the kernel's arguments, None where the call gives them), the runner takes only those: `places`
+    pairs each one's position among the call's values with its position in the arguments."""
     grid = (*grid, 1, 1)[:3]
     through_triton = compiled[grid]  # loads the kernel on first use
     run, function, packed = compiled.run, compiled.function, compiled.packed_metadata
@@ -68,7 +71,13 @@ def _runner(compiled, grid: tuple, device: int | None = None):
     current_device, stream = driver.active.get_current_device, driver.active.get_current_stream
     runtime = knobs.runtime
 
-    def runner(*args):
+    def runner(*values):
+        if template is None:
+            args = values
+        else:
+            args = template.copy()
+            for j, i in places:
+                args[i] = values[j]
         if _idle(runtime.launch_enter_hook) and _idle(runtime.launch_exit_hook):
             run(gx, gy, gz, stream(current_device() if device is None else device), function, packed, None, None, None,
                 *args)
@@ -158,15 +167,7 @@ class Launcher:
         if hit is None:
             return None
         compiled, constexprs = hit
-        runner = _runner(compiled, grid, driver.active.get_current_device())
         slots = sorted([i for i, a in enumerate(args) if isinstance(a, torch.Tensor)] + list(self.volatile))
         template = [None if i in slots else a for i, a in enumerate(args)] + list(constexprs)
         places = tuple(enumerate(slots))  # (position in values, position in the kernel's arguments)
-
-        def launch(*values):
-            full = template.copy()
-            for j, i in places:
-                full[i] = values[j]
-            runner(*full)
-
-        return launch
+        return _runner(compiled, grid, driver.active.get_current_device(), template, places)

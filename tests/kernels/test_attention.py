@@ -307,7 +307,7 @@ def test_kernels_launch_on_the_tensors_device_not_the_current_one(monkeypatch):
     # Triton launches on the current device; q on cuda:1 while cuda:0 is current must switch first, and only then.
     from types import SimpleNamespace
 
-    on_cuda1 = SimpleNamespace(device=torch.device("cuda", 1))
+    on_cuda1 = SimpleNamespace(is_cuda=True, get_device=lambda: 1)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     switch = attention._on_device(on_cuda1)
     assert isinstance(switch, torch.cuda.device) and switch.idx == 1
