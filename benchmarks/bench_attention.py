@@ -2,9 +2,8 @@
 
     make gpu-check      # CUDA tests, then this file (and the other benchmarks)
 
-Groups: causal forward and forward+backward at B=8, H=12, T=1024, D=64 in bfloat16 (GPT-2 124M training), the Triton
-forward+backward also with its backward in one launch ("triton-fused-backward"), and at 4× the batch against SDPA;
-and decode (one new query against a KV cache of 128…1024 tokens, batch 1: one layer's call during generation), the
+Groups: causal forward and forward+backward at B=8, H=12, T=1024, D=64 in bfloat16 (GPT-2 124M training), the
+forward+backward also at 4× the batch against SDPA; and decode (one new query against a KV cache of 128…1024 tokens, batch 1: one layer's call during generation), the
 Triton decode both with its splits merged by a second kernel (the default) and inside the one launch ("triton-fused").
 
 pytest-benchmark's times are wall clock around a synchronised call, so they include Python and launch overhead. Each
@@ -66,7 +65,7 @@ def _record_configs(benchmark):
     """The block sizes the autotuner chose, for RESULTS.md and for the next round of tuning."""
     from gpt2tui.kernels import attention
 
-    for name in ("_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq", "_attn_bwd"):
+    for name in ("_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq"):
         best = getattr(getattr(attention, name), "best_config", None)
         if best is not None:
             benchmark.extra_info[name] = str(best)
@@ -87,25 +86,19 @@ def test_causal_forward(benchmark, impl, qkv):
         _record_configs(benchmark)
 
 
-@pytest.mark.parametrize("impl", [*CAUSAL, "triton-fused-backward"])
+@pytest.mark.parametrize("impl", list(CAUSAL))
 @pytest.mark.benchmark(group="attention-forward-backward-B8-H12-T1024-D64-bf16")
-def test_causal_forward_backward(benchmark, impl, qkv, monkeypatch):
-    """The case "triton-fused-backward" is the Triton path with its backward in one launch
-    ($GPT2TUI_ATTENTION_BACKWARD=fused)."""
-    from gpt2tui.kernels import attention
-
+def test_causal_forward_backward(benchmark, impl, qkv):
     q, k, v = qkv
     do = torch.randn_like(q)
-    if impl == "triton-fused-backward":
-        monkeypatch.setattr(attention, "BACKWARD", "fused")
-    fn = CAUSAL[impl.removesuffix("-fused-backward")]
+    fn = CAUSAL[impl]
 
     def step():
         torch.autograd.grad(fn(q, k, v), (q, k, v), do)
 
     # In a CUDA graph too: the kernels' time without the host's, which a lone step on a slow host is mostly about.
     _timed(benchmark, step, FWD_FLOPS + BWD_FLOPS, rounds=10, cudagraph=True)
-    if impl.startswith("triton"):
+    if impl == "triton":
         _record_configs(benchmark)
 
 

@@ -12,8 +12,8 @@ by a constant. Each group puts the fast path beside its baselines:
   argument on each call), through `JITFunction.run` with the tuned config, or through `launch.Launcher`, which
   launches the compiled specialization directly (ours);
 - ``attention-host-step``: a whole forward+backward at GPT-2 124M's shape (B=8, H=12, T=1024, D=64, bfloat16) through
-  `causal_attention` and autograd, with the same three paths for its three launches, and ours with the backward in
-  one launch ($GPT2TUI_ATTENTION_BACKWARD=fused). q, k, v are the model's head views of one projection, on the meta
+  `causal_attention` and autograd, with the same three paths for its three launches. q, k, v are the model's head
+  views of one projection, on the meta
   device: allocations cost what a caching allocator's do, not a size-dependent CPU malloc, and autograd runs the
   backward on a worker thread, as it does for CUDA tensors (where creating a tensor costs more than on the caller's);
 - ``attention-host-decode``: one layer's `decode_attention` at batch 1 (one query, 1024 cached tokens, 8 splits, two
@@ -37,7 +37,7 @@ from gpt2tui.kernels import decode as DEC  # noqa: E402
 
 B, H, T, D = 8, 12, 1024, 64
 DTYPE = torch.bfloat16
-TUNED = (A._attn_fwd, A._attn_bwd_dkdv, A._attn_bwd_dq, A._attn_bwd)
+TUNED = (A._attn_fwd, A._attn_bwd_dkdv, A._attn_bwd_dq)
 LAUNCHERS = (*A._LAUNCHERS.values(), DEC._launch_split, DEC._launch_merge)
 PATHS = ["Autotuner.run", "JITFunction.run", "Launcher"]
 
@@ -95,11 +95,8 @@ def test_launch_dkdv(benchmark, stand_in, monkeypatch, path):
 
 
 @pytest.mark.benchmark(group="attention-host-step")
-@pytest.mark.parametrize("path", [*PATHS, "Launcher, backward in one launch"])
+@pytest.mark.parametrize("path", PATHS)
 def test_forward_backward_step(benchmark, stand_in, monkeypatch, path):
-    if path == "Launcher, backward in one launch":
-        monkeypatch.setattr(A, "BACKWARD", "fused")
-        path = "Launcher"
     _take(monkeypatch, path)
     qkv = torch.empty(B, T, 3 * H * D, dtype=DTYPE, device="meta", requires_grad=True)
     q, k, v = (t.view(B, T, H, D).transpose(1, 2) for t in qkv.split(H * D, dim=2))

@@ -58,14 +58,9 @@ def test_cpu_train_step(benchmark, precision):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
-@pytest.mark.parametrize("backend", ["triton", "triton-fused-backward", "sdpa"])
-def test_cuda_train_step_124m(benchmark, backend, monkeypatch):
-    # "triton-fused-backward": the attention's backward in one launch ($GPT2TUI_ATTENTION_BACKWARD=fused).
-    if backend == "triton-fused-backward":
-        from gpt2tui.kernels import attention
-
-        monkeypatch.setattr(attention, "BACKWARD", "fused")
-    config = GPT2Config.from_preset("gpt2", drop_rate=0.0, attn_backend=backend.removesuffix("-fused-backward"))
+@pytest.mark.parametrize("backend", ["triton", "sdpa"])
+def test_cuda_train_step_124m(benchmark, backend):
+    config = GPT2Config.from_preset("gpt2", drop_rate=0.0, attn_backend=backend)
     model, opt, x = setup(config, B=16, T=1024, device=torch.device("cuda"))
     for _ in range(3):
         step(model, opt, x, torch.bfloat16)

@@ -22,22 +22,17 @@ def main() -> None:
     def step():
         torch.autograd.grad(causal_attention(q, k, v), (q, k, v), do)
 
-    # Both ways of running the backward: two launches (the default), and one ($GPT2TUI_ATTENTION_BACKWARD=fused).
-    for backward in ("split", "fused"):
-        A.BACKWARD = backward
-        for _ in range(3):  # the first call tunes
+    for _ in range(3):  # the first call tunes
+        step()
+    torch.cuda.synchronize()
+    for name in ("_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq"):
+        print(name, getattr(A, name).best_config)
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(20):
             step()
         torch.cuda.synchronize()
-        for name in ("_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq") if backward == "split" else ("_attn_bwd",):
-            print(name, getattr(A, name).best_config)
-
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(20):
-                step()
-            torch.cuda.synchronize()
-        print(f"backward: {backward}")
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=8))
-    A.BACKWARD = "split"
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=8))
 
     # The backward runs on autograd's device thread, which cProfile of this thread does not see; so the host side is
     # also profiled with the backward called directly, as autograd would.

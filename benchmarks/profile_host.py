@@ -69,16 +69,8 @@ def main() -> None:
             A._keep_plan = keep
             A._PLANS.update(saved)
 
-    def fused_backward():
-        A.BACKWARD = "fused"
-        try:
-            torch.autograd.grad(causal_attention(q, k, v), (q, k, v), do)
-        finally:
-            A.BACKWARD = "split"
-
     workloads = {
         "triton forward+backward (autograd.grad)": lambda: torch.autograd.grad(causal_attention(q, k, v), (q, k, v), do),
-        "triton forward+backward, backward in one launch": fused_backward,
         "triton forward+backward, no launch plans (and the swap's ~1 µs)": without_plans,
         "sdpa forward+backward (autograd.grad)": lambda: torch.autograd.grad(
             causal_attention_sdpa(q, k, v), (q, k, v), do

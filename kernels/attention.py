@@ -12,8 +12,7 @@ needs to rebuild the probabilities: `P = exp2(S·scale·log2e - lse)`. The backw
 atomics: first one program per query block computes that block's `Δ = rowsum(dO ∘ O)`, stores it and accumulates dQ;
 then one program per key block accumulates dK and dV over the queries that see it, reading the stored Δ. (Δ was a
 pre-pass kernel of its own: a launch and a pass over O and dO more, for a sum the dQ program can make from tiles it
-mostly loads anyway.) With $GPT2TUI_ATTENTION_BACKWARD=fused both kinds of program share one launch, one host launch
-less, and each dK/dV program makes Δ from O tiles itself, since programs of one launch cannot wait for each other.
+mostly loads anyway.)
 
 Dropout happens inside the kernels: whether probability (b·h, i, j) is kept is a Philox draw from a seed and the
 counter `((b·H + h)·T + i)·T + j`, so the backward regenerates exactly the forward's mask without storing it, and the
@@ -145,10 +144,10 @@ def _attn_fwd_kernel(
 
 @triton.jit
 def _dkdv_tiles(
-    dk, dv, c_dk, c_dv, k, v, q_base, do_base, o_base, lse_base, delta_base, stride_qt, stride_dot, stride_ot, seed,
-    dropout_p, bh, T, qk_scale, offs_n, lo, hi,
+    dk, dv, c_dk, c_dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt, stride_dot, seed, dropout_p, bh, T,
+    qk_scale, offs_n, lo, hi,
     BLOCK_M: tl.constexpr, D: tl.constexpr, DIAGONAL: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
-    COMPENSATE: tl.constexpr, DELTA_FROM_O: tl.constexpr,
+    COMPENSATE: tl.constexpr,
 ):
     offs_d = tl.arange(0, D)
     for start_m in range(lo, hi, BLOCK_M):
@@ -158,11 +157,7 @@ def _dkdv_tiles(
         do = tl.load(do_base + offs_m[:, None] * stride_dot + offs_d[None, :], mask=row_ok[:, None], other=0.0)
         # +inf for rows past the end makes their probabilities exactly 0.
         lse = tl.load(lse_base + offs_m, mask=row_ok, other=float("inf"))
-        if DELTA_FROM_O:  # made here from an O tile: nothing else in the launch may have stored it yet
-            o = tl.load(o_base + offs_m[:, None] * stride_ot + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-            delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-        else:
-            delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
+        delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
         s_t = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M) = Sᵀ
         p_t = tl.exp2(s_t - lse[None, :])
         if DIAGONAL:
@@ -181,18 +176,19 @@ def _dkdv_tiles(
     return dk, dv, c_dk, c_dv
 
 
-@triton.jit
-def _dkdv_block(
-    Q, K, V, OUT, DO, STATS, DK, DV,
+@triton.jit(do_not_specialize=["seed"])
+def _attn_bwd_dkdv_kernel(
+    Q, K, V, DO, STATS, DK, DV,
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
-    stride_ob, stride_oh, stride_ot, stride_dob, stride_doh, stride_dot, stride_gb, stride_gh, stride_gt,
-    H, T, delta_at, qk_scale, sm_scale, seed, dropout_p, bh, start_n,
+    stride_dob, stride_doh, stride_dot, stride_gb, stride_gh, stride_gt,
+    H, T, T_bucket, delta_at, qk_scale, sm_scale, seed, dropout_p,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
-    COMPENSATE: tl.constexpr, DELTA_FROM_O: tl.constexpr,
+    COMPENSATE: tl.constexpr,
 ):
-    """Key block `start_n` of row·head `bh`: dV = Σ_i Pdᵀ dO and dK = Σ_i dSᵀ Q · scale over the queries at or
-    after it. STATS holds the log-sum-exp `(B·H, T)` and, from `delta_at` on, Δ `(B·H, T)`, read from there unless
-    DELTA_FROM_O."""
+    """One key block: dV = Σ_i Pdᵀ dO and dK = Σ_i dSᵀ Q · scale over the queries at or after it. STATS holds the
+    log-sum-exp `(B·H, T)` and, from `delta_at` on, Δ `(B·H, T)`."""
+    bh = tl.program_id(0)
+    start_n = tl.program_id(1) * BLOCK_N  # the first key blocks see the most queries: they launch first
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -204,7 +200,6 @@ def _dkdv_block(
                 other=0.0)  # (BLOCK_N, D)
     q_base = Q + b * stride_qb + h * stride_qh
     do_base = DO + b * stride_dob + h * stride_doh
-    o_base = OUT + b * stride_ob + h * stride_oh
     lse_base = STATS + bh.to(tl.int64) * T
     delta_base = STATS + delta_at + bh.to(tl.int64) * T
     dk = tl.zeros([BLOCK_N, D], dtype=tl.float32)
@@ -213,12 +208,12 @@ def _dkdv_block(
     c_dv = tl.zeros([BLOCK_N, D], dtype=tl.float32)
     # Queries on the diagonal (masked), then every query below it (unmasked).
     diag_hi = tl.minimum(start_n + BLOCK_N, T)
-    dk, dv, c_dk, c_dv = _dkdv_tiles(dk, dv, c_dk, c_dv, k, v, q_base, do_base, o_base, lse_base, delta_base,
-                                     stride_qt, stride_dot, stride_ot, seed, dropout_p, bh, T, qk_scale, offs_n,
-                                     start_n, diag_hi, BLOCK_M, D, True, DROPOUT, PRECISION, COMPENSATE, DELTA_FROM_O)
-    dk, dv, c_dk, c_dv = _dkdv_tiles(dk, dv, c_dk, c_dv, k, v, q_base, do_base, o_base, lse_base, delta_base,
-                                     stride_qt, stride_dot, stride_ot, seed, dropout_p, bh, T, qk_scale, offs_n,
-                                     diag_hi, T, BLOCK_M, D, False, DROPOUT, PRECISION, COMPENSATE, DELTA_FROM_O)
+    dk, dv, c_dk, c_dv = _dkdv_tiles(dk, dv, c_dk, c_dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt,
+                                     stride_dot, seed, dropout_p, bh, T, qk_scale, offs_n, start_n, diag_hi, BLOCK_M, D,
+                                     True, DROPOUT, PRECISION, COMPENSATE)
+    dk, dv, c_dk, c_dv = _dkdv_tiles(dk, dv, c_dk, c_dv, k, v, q_base, do_base, lse_base, delta_base, stride_qt,
+                                     stride_dot, seed, dropout_p, bh, T, qk_scale, offs_n, diag_hi, T, BLOCK_M, D,
+                                     False, DROPOUT, PRECISION, COMPENSATE)
     g = b * stride_gb + h * stride_gh + offs_n[:, None] * stride_gt + offs_d[None, :]
     tl.store(DK + g, (dk * sm_scale).to(DK.dtype.element_ty), mask=col_ok)
     tl.store(DV + g, dv.to(DV.dtype.element_ty), mask=col_ok)
@@ -247,17 +242,19 @@ def _dq_tiles(
     return dq, c_dq
 
 
-@triton.jit
-def _dq_block(
+@triton.jit(do_not_specialize=["seed"])
+def _attn_bwd_dq_kernel(
     Q, K, V, OUT, DO, STATS, DQ,
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
     stride_ob, stride_oh, stride_ot, stride_dob, stride_doh, stride_dot, stride_gb, stride_gh, stride_gt,
-    H, T, delta_at, qk_scale, sm_scale, seed, dropout_p, bh, start_m,
+    H, T, T_bucket, delta_at, qk_scale, sm_scale, seed, dropout_p,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
-    COMPENSATE: tl.constexpr, STORE_DELTA: tl.constexpr,
+    COMPENSATE: tl.constexpr,
 ):
-    """Query block `start_m` of row·head `bh`: Δ = rowsum(dO ∘ O), stored at `delta_at` in STATS if STORE_DELTA (for
-    a dK/dV launch that runs next), then dQ = Σ_j dS K · scale over the keys it sees."""
+    """One query block: Δ = rowsum(dO ∘ O), stored for the dK/dV kernel that runs next, then dQ = Σ_j dS K · scale
+    over the keys it sees."""
+    bh = tl.program_id(0)
+    start_m = tl.num_programs(1) - 1 - tl.program_id(1)  # the last query blocks see the most keys: they launch first
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -271,8 +268,7 @@ def _dq_block(
                 mask=row_ok[:, None], other=0.0)
     # Δ_i = Σ_d dO_id · O_id, the row term of the softmax gradient (with dropout too: O already carries the mask).
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # (BLOCK_M,)
-    if STORE_DELTA:
-        tl.store(STATS + delta_at + bh.to(tl.int64) * T + offs_m, delta, mask=row_ok)
+    tl.store(STATS + delta_at + bh.to(tl.int64) * T + offs_m, delta, mask=row_ok)
     lse = tl.load(STATS + bh.to(tl.int64) * T + offs_m, mask=row_ok, other=float("inf"))
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
@@ -286,75 +282,6 @@ def _dq_block(
                          COMPENSATE)
     g = DQ + b * stride_gb + h * stride_gh + offs_m[:, None] * stride_gt + offs_d[None, :]
     tl.store(g, (dq * sm_scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
-
-
-# The backward's kernels all take the same arguments, for one argument list on the host: Q, K, V, OUT, DO, STATS,
-# DQ, DK, DV, then the strides of q, k, v, o, do and of the gradients (one layout for all three), then the scalars.
-# A kernel ignores the tensors it does not touch.
-
-
-@triton.jit(do_not_specialize=["seed"])
-def _attn_bwd_dq_kernel(
-    Q, K, V, OUT, DO, STATS, DQ, DK, DV,
-    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
-    stride_ob, stride_oh, stride_ot, stride_dob, stride_doh, stride_dot, stride_gb, stride_gh, stride_gt,
-    H, T, T_bucket, delta_at, qk_scale, sm_scale, seed, dropout_p,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
-    COMPENSATE: tl.constexpr,
-):
-    """The first of two backward launches: dQ, and Δ for the second."""
-    start_m = tl.num_programs(1) - 1 - tl.program_id(1)  # the last query blocks see the most keys: they launch first
-    _dq_block(Q, K, V, OUT, DO, STATS, DQ,
-              stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
-              stride_ob, stride_oh, stride_ot, stride_dob, stride_doh, stride_dot, stride_gb, stride_gh, stride_gt,
-              H, T, delta_at, qk_scale, sm_scale, seed, dropout_p, tl.program_id(0), start_m,
-              BLOCK_M, BLOCK_N, D, DROPOUT, PRECISION, COMPENSATE, True)
-
-
-@triton.jit(do_not_specialize=["seed"])
-def _attn_bwd_dkdv_kernel(
-    Q, K, V, OUT, DO, STATS, DQ, DK, DV,
-    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
-    stride_ob, stride_oh, stride_ot, stride_dob, stride_doh, stride_dot, stride_gb, stride_gh, stride_gt,
-    H, T, T_bucket, delta_at, qk_scale, sm_scale, seed, dropout_p,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr,
-    COMPENSATE: tl.constexpr,
-):
-    """The second of two backward launches: dK and dV, reading the Δ the first stored."""
-    start_n = tl.program_id(1) * BLOCK_N  # the first key blocks see the most queries: they launch first
-    _dkdv_block(Q, K, V, OUT, DO, STATS, DK, DV,
-                stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
-                stride_ob, stride_oh, stride_ot, stride_dob, stride_doh, stride_dot, stride_gb, stride_gh, stride_gt,
-                H, T, delta_at, qk_scale, sm_scale, seed, dropout_p, tl.program_id(0), start_n,
-                BLOCK_M, BLOCK_N, D, DROPOUT, PRECISION, COMPENSATE, False)
-
-
-@triton.jit(do_not_specialize=["seed"])
-def _attn_bwd_kernel(
-    Q, K, V, OUT, DO, STATS, DQ, DK, DV,
-    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
-    stride_ob, stride_oh, stride_ot, stride_dob, stride_doh, stride_dot, stride_gb, stride_gh, stride_gt,
-    H, T, T_bucket, delta_at, qk_scale, sm_scale, seed, dropout_p,
-    BLOCK_M1: tl.constexpr, BLOCK_N1: tl.constexpr, BLOCK_M2: tl.constexpr, BLOCK_N2: tl.constexpr,
-    D: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr, COMPENSATE: tl.constexpr,
-):
-    """The whole backward in one launch: the first cdiv(T, BLOCK_N1) programs of each row·head do dK/dV for a key
-    block (BLOCK_M1 × BLOCK_N1 tiles), the rest dQ for a query block (BLOCK_M2 × BLOCK_N2), heaviest first in each.
-    Programs of one launch cannot wait for each other, so the dK/dV programs make Δ from O tiles themselves."""
-    pid = tl.program_id(1)
-    n_kv = tl.cdiv(T, BLOCK_N1)
-    if pid < n_kv:
-        _dkdv_block(Q, K, V, OUT, DO, STATS, DK, DV,
-                    stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
-                    stride_ob, stride_oh, stride_ot, stride_dob, stride_doh, stride_dot, stride_gb, stride_gh,
-                    stride_gt, H, T, delta_at, qk_scale, sm_scale, seed, dropout_p, tl.program_id(0), pid * BLOCK_N1,
-                    BLOCK_M1, BLOCK_N1, D, DROPOUT, PRECISION, COMPENSATE, True)
-    else:
-        _dq_block(Q, K, V, OUT, DO, STATS, DQ,
-                  stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
-                  stride_ob, stride_oh, stride_ot, stride_dob, stride_doh, stride_dot, stride_gb, stride_gh, stride_gt,
-                  H, T, delta_at, qk_scale, sm_scale, seed, dropout_p, tl.program_id(0),
-                  tl.num_programs(1) - 1 - pid, BLOCK_M2, BLOCK_N2, D, DROPOUT, PRECISION, COMPENSATE, False)
 
 
 @triton.jit
@@ -373,19 +300,18 @@ def _dropout_mask_kernel(MASK, H, T, seed, dropout_p, BLOCK: tl.constexpr):
 # -- block sizes --------------------------------------------------------------------------------------------------------
 
 
-def _configs(blocks, warps_stages, fixed, names=("BLOCK_M", "BLOCK_N")):
-    """Autotuning candidates: each tuple of block sizes in `blocks` (values for `names`) with each (warps, stages);
-    one fixed config under the interpreter or when $GPT2TUI_TRITON_AUTOTUNE is 0."""
+def _configs(pairs, warps_stages, fixed):
+    """Autotuning candidates; one fixed config under the interpreter or when $GPT2TUI_TRITON_AUTOTUNE is 0."""
     if _interpreting():
         # The interpreter runs each tile in NumPy: one modest size, no tuning sweep.
-        return [triton.Config(dict.fromkeys(names, 32), num_warps=4, num_stages=1)]
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
     if os.environ.get("GPT2TUI_TRITON_AUTOTUNE", "1") == "0":
         # Tests on CUDA try many shapes and dtypes; tuning each would compile hundreds of variants.
-        *sizes, w, s = fixed
-        return [triton.Config(dict(zip(names, sizes, strict=True)), num_warps=w, num_stages=s)]
+        m, n, w, s = fixed
+        return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)]
     return [
-        triton.Config(dict(zip(names, sizes, strict=True)), num_warps=w, num_stages=s)
-        for sizes in blocks
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+        for m, n in pairs
         for w, s in warps_stages
     ]
 
@@ -403,26 +329,6 @@ _attn_bwd_dkdv = triton.autotune(
 _attn_bwd_dq = triton.autotune(
     _configs([(64, 32), (128, 32), (64, 64)], [(4, 2), (4, 3), (4, 5), (8, 3)], (64, 32, 4, 2)), key=_TUNE_KEY
 )(_attn_bwd_dq_kernel)
-# The one-launch backward: dK/dV and dQ blocks near the shapes the two kernels' tuning chose on an H100 (RESULTS.md:
-# 32×64 and 64×64, four warps), few enough that tuning it costs no more than tuning either of them.
-_FUSED_BLOCKS = [(32, 64, 64, 64), (32, 64, 64, 32), (64, 64, 64, 64)]  # (BLOCK_M1, BLOCK_N1, BLOCK_M2, BLOCK_N2)
-_attn_bwd = triton.autotune(
-    _configs(_FUSED_BLOCKS, [(4, 2), (4, 3)], (32, 64, 64, 32, 4, 2),
-             names=("BLOCK_M1", "BLOCK_N1", "BLOCK_M2", "BLOCK_N2")),
-    key=_TUNE_KEY,
-)(_attn_bwd_kernel)
-
-# How the backward runs, read at import from $GPT2TUI_ATTENTION_BACKWARD: "split" (the default) launches dQ, which
-# stores Δ, then dK/dV, which reads it; "fused" launches one grid of both, whose dK/dV programs make Δ from O
-# themselves. Fused saves a launch (~11 µs of host time on the H100 machine, where a lone step waits for its host) for
-# an O tile more per dK/dV step on the GPU.
-BACKWARD = os.environ.get("GPT2TUI_ATTENTION_BACKWARD", "split")
-if BACKWARD not in ("split", "fused"):
-    from . import AttentionBackendError
-
-    raise AttentionBackendError(
-        f"$GPT2TUI_ATTENTION_BACKWARD is {BACKWARD!r}; set it to 'split' or 'fused', or unset it"
-    )
 
 
 # -- host launchers -----------------------------------------------------------------------------------------------------
@@ -474,9 +380,7 @@ def _keep_plan(key: tuple, allocations: tuple, launches: tuple) -> None:
 
 
 # The seed is the one argument that changes from call to call (with dropout): it is not specialized on (see launch.py).
-_LAUNCHERS = {
-    tuner: Launcher(tuner.fn, volatile=("seed",)) for tuner in (_attn_fwd, _attn_bwd_dkdv, _attn_bwd_dq, _attn_bwd)
-}
+_LAUNCHERS = {tuner: Launcher(tuner.fn, volatile=("seed",)) for tuner in (_attn_fwd, _attn_bwd_dkdv, _attn_bwd_dq)}
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -563,46 +467,37 @@ def _forward(q, k, v, sm_scale: float, dropout_p: float, seed: int) -> tuple[tor
 def _backward(do, q, k, v, o, stats, sm_scale: float, dropout_p: float, seed: int):
     """`stats` is the forward's statistics buffer (`_stats`): the log-sum-exp, and room for Δ."""
     # o comes from the forward, laid out like q; do's strides are the caller's.
-    plan_key = ("bwd", BACKWARD, q.shape, q.stride(), k.stride(), v.stride(), o.stride(), do.stride(), q.dtype,
-                q.device, sm_scale, dropout_p, _width(seed))
+    plan_key = ("bwd", q.shape, q.stride(), k.stride(), v.stride(), o.stride(), do.stride(), q.dtype, q.device,
+                sm_scale, dropout_p, _width(seed))
     plan = _PLANS.get(plan_key)
     if plan is not None and _aligned(q, k, v, o, do, stats):
-        layout, launches = plan
+        layout, (launch_dq, launch_dkdv) = plan
+        # dQ is launched before dK and dV are allocated: a lone step on a slow host keeps the GPU waiting until its
+        # first backward launch, and the dK/dV launch overlaps dQ's run (RESULTS.md, fifth host-side run).
         dq = _empty(*layout)
-        if len(launches) == 2:
-            # dQ first, given dq in the places of dK and dV, which it never touches: the GPU starts on it while they
-            # are allocated. A lone step waits for its host until its first backward launch.
-            launches[0](q, k, v, o, do, stats, dq, dq, dq, seed)
-            dk, dv = _empty(*layout), _empty(*layout)
-            launches[1](q, k, v, o, do, stats, dq, dk, dv, seed)
-        else:
-            dk, dv = _empty(*layout), _empty(*layout)
-            launches[0](q, k, v, o, do, stats, dq, dk, dv, seed)
+        launch_dq(q, k, v, o, do, stats, dq, seed)
+        dk, dv = _empty(*layout), _empty(*layout)
+        launch_dkdv(q, k, v, do, stats, dk, dv, seed)
         return dq, dk, dv
     B, H, T, D = q.shape
     layout = _layout_of(q)  # the gradients in q's memory order, as SDPA's flash kernels return them: one layout
     dq, dk, dv = _empty(*layout), _empty(*layout), _empty(*layout)  # 3 × (B, H, T, D)
-    aligned = _aligned(q, k, v, o, do, stats, dq, dk, dv)
     T_bucket, dropout = _next_power_of_2(T), dropout_p > 0.0
-    args = (
-        q, k, v, o, do, stats, dq, dk, dv,
-        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3], *do.stride()[:3], *dq.stride()[:3],
-        H, T, T_bucket, _delta_at(B * H * T), sm_scale * LOG2E, sm_scale, seed, dropout_p,
-    )
     kwargs = dict(D=D, DROPOUT=dropout, PRECISION=_precision(q.dtype), COMPENSATE=q.dtype == torch.float32,
-                  bind=aligned and plan is None)
-    if BACKWARD == "fused":
-        grid = lambda meta: (B * H, _cdiv(T, meta["BLOCK_N1"]) + _cdiv(T, meta["BLOCK_M2"]))  # noqa: E731
-        launches = (_launch(_attn_bwd, grid, ("bwd", T_bucket, D, dropout, q.dtype), *args, **kwargs),)
-    else:
-        # dQ first: it leaves Δ behind for dK/dV (kernels on one stream run in order).
-        launches = (
-            _launch(_attn_bwd_dq, lambda meta: (B * H, _cdiv(T, meta["BLOCK_M"])), ("dq", T_bucket, D, dropout,
-                    q.dtype), *args, **kwargs),
-            _launch(_attn_bwd_dkdv, lambda meta: (B * H, _cdiv(T, meta["BLOCK_N"])), ("dkdv", T_bucket, D, dropout,
-                    q.dtype), *args, **kwargs),
-        )
-    _keep_plan(plan_key, layout, launches)
+                  bind=_aligned(q, k, v, o, do, stats, dq, dk, dv) and plan is None)
+    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
+    common = (*do.stride()[:3], *dq.stride()[:3], H, T, T_bucket, _delta_at(B * H * T), sm_scale * LOG2E, sm_scale,
+              seed, dropout_p)
+    # dQ first: it leaves Δ behind for dK/dV (kernels on one stream run in order).
+    launch_dq = _launch(
+        _attn_bwd_dq, lambda meta: (B * H, _cdiv(T, meta["BLOCK_M"])), ("dq", T_bucket, D, dropout, q.dtype),
+        q, k, v, o, do, stats, dq, *strides, *o.stride()[:3], *common, **kwargs,
+    )
+    launch_dkdv = _launch(
+        _attn_bwd_dkdv, lambda meta: (B * H, _cdiv(T, meta["BLOCK_N"])), ("dkdv", T_bucket, D, dropout, q.dtype),
+        q, k, v, do, stats, dk, dv, *strides, *common, **kwargs,
+    )
+    _keep_plan(plan_key, layout, (launch_dq, launch_dkdv))
     return dq, dk, dv
 
 

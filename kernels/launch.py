@@ -27,8 +27,12 @@ from operator import itemgetter
 
 import torch
 import triton
-from triton import knobs
 from triton.runtime import driver
+
+try:
+    from triton import knobs
+except ImportError:  # before Triton 3.4 the launch hooks lived elsewhere: every launch goes through Triton's runner
+    knobs = None
 
 from . import _interpreting
 
@@ -66,10 +70,10 @@ def _runner(compiled, grid: tuple, device: int | None = None, template: list | N
     pairs each one's position among the call's values with its position in the arguments."""
     grid = (*grid, 1, 1)[:3]
     through_triton = compiled[grid]  # loads the kernel on first use
-    run, function, packed = compiled.run, compiled.function, compiled.packed_metadata
+    run, function, packed = compiled.run, compiled.function, getattr(compiled, "packed_metadata", None)
     gx, gy, gz = grid
     current_device, stream = driver.active.get_current_device, driver.active.get_current_stream
-    runtime = knobs.runtime
+    runtime = knobs.runtime if knobs is not None else None
 
     def runner(*values):
         if template is None:
@@ -78,7 +82,7 @@ def _runner(compiled, grid: tuple, device: int | None = None, template: list | N
             args = template.copy()
             for j, i in places:
                 args[i] = values[j]
-        if _idle(runtime.launch_enter_hook) and _idle(runtime.launch_exit_hook):
+        if runtime is not None and _idle(runtime.launch_enter_hook) and _idle(runtime.launch_exit_hook):
             run(gx, gy, gz, stream(current_device() if device is None else device), function, packed, None, None, None,
                 *args)
         else:

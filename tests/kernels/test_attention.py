@@ -6,7 +6,6 @@ SDPA happens to be exact (T=1) do not demand exactness. On the CPU these run in 
 """
 
 import math
-import os
 
 import pytest
 import torch
@@ -140,58 +139,6 @@ def test_every_element_is_written(device, monkeypatch, layout):
             assert torch.isfinite(t).all()
         mask = attention_dropout_mask(5, 2, 3, T, 0.2, device=device)
         assert mask.dtype == torch.bool
-
-
-@pytest.mark.parametrize("T", [1, 37, 129])
-def test_the_one_launch_backward_matches_float64(T, device, monkeypatch):
-    """$GPT2TUI_ATTENTION_BACKWARD=fused: dK/dV and dQ in one grid, Δ made from O by each dK/dV program."""
-    monkeypatch.setattr(attention, "BACKWARD", "fused")
-    _assert_close_to_reference(*_qkv(3, 5, T, 32, torch.float32, device, seed=T))
-    q, k, v = _qkv(2, 3, 45, 16, torch.float32, device, seed=3)
-    mask = attention_dropout_mask(99, 2, 3, 45, 0.25, device=device)
-    _assert_close_to_reference(q, k, v, dropout_mask=mask, dropout_p=0.25, seed=99)
-
-
-@pytest.mark.parametrize("blocks", attention._FUSED_BLOCKS, ids=str)
-def test_the_one_launch_backward_at_each_block_shape_it_is_tuned_over(blocks, device):
-    """The tuner's candidates mix dK/dV and dQ block shapes in one grid (the tests above run one fixed shape): each
-    gives the two-launch backward's gradients."""
-    B, H, T, D = 1, 2, 100, 16  # T: not a multiple of any block
-    q, k, v = _qkv(B, H, T, D, torch.float32, device, seed=1)
-    do = torch.randn_like(q)
-    scale = 0.25
-    o, stats = attention._forward(q, k, v, scale, 0.0, 0)
-    want = attention._backward(do, q, k, v, o, stats, scale, 0.0, 0)
-    got = [torch.empty_like(q) for _ in range(3)]
-    m1, n1, m2, n2 = blocks
-    strides = [s for t in (q, k, v, o, do, got[0]) for s in t.stride()[:3]]
-    attention._attn_bwd_kernel[(B * H, -(-T // n1) + -(-T // m2))](
-        q, k, v, o, do, stats, *got, *strides, H, T, 128, attention._delta_at(B * H * T), scale * attention.LOG2E,
-        scale, 0, 0.0, BLOCK_M1=m1, BLOCK_N1=n1, BLOCK_M2=m2, BLOCK_N2=n2, D=D, DROPOUT=False, PRECISION="ieee",
-        COMPENSATE=True,
-    )
-    for g, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
-
-
-def test_the_one_launch_backward_writes_every_element(device, monkeypatch):
-    monkeypatch.setattr(attention, "BACKWARD", "fused")
-    empty = attention._empty
-    monkeypatch.setattr(attention, "_empty", lambda *a: empty(*a).fill_(float("nan")))
-    q, k, v = (t.detach().requires_grad_() for t in _model_layout(*_qkv(2, 3, 70, 16, torch.float32, device)))
-    causal_attention(q, k, v).sum().backward()
-    assert all(torch.isfinite(t).all() for t in (q.grad, k.grad, v.grad))
-
-
-def test_the_backward_switch_says_what_is_wrong():
-    import subprocess
-    import sys
-
-    env = {**os.environ, "GPT2TUI_ATTENTION_BACKWARD": "one"}
-    run = subprocess.run([sys.executable, "-c", "import gpt2tui.kernels.attention"], env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert run.returncode != 0
-    assert "$GPT2TUI_ATTENTION_BACKWARD is 'one'; set it to 'split' or 'fused', or unset it" in run.stderr
 
 
 def test_scale_argument(device):

@@ -29,7 +29,7 @@ from gpt2tui.kernels import attention as A
 
 torch.cuda.synchronize = lambda *args: None
 torch.cuda.get_device_name = lambda *args: "stand-in"
-for tuner in (A._attn_fwd, A._attn_bwd_dkdv, A._attn_bwd_dq, A._attn_bwd):
+for tuner in (A._attn_fwd, A._attn_bwd_dkdv, A._attn_bwd_dq):
     tuner._bench = lambda *args, **kwargs: [1.0]
 meta = lambda *shape, device=None, requires_grad=False, **kw: torch.empty(*shape, device="meta", **kw).requires_grad_(
     requires_grad)
@@ -75,7 +75,7 @@ triton.testing.do_bench = triton.testing.do_bench_cudagraph = lambda fn, **kw: (
 def on_meta(make):
     return lambda *args, device=None, **kw: make(*args, device="meta" if device == "cuda" else device, **kw)
 torch.randn, torch.tensor = on_meta(torch.randn), on_meta(torch.tensor)
-for tuner in (A._attn_fwd, A._attn_bwd_dkdv, A._attn_bwd_dq, A._attn_bwd):
+for tuner in (A._attn_fwd, A._attn_bwd_dkdv, A._attn_bwd_dq):
     tuner._bench = lambda *args, **kwargs: [1.0]
 DEC._INTERPRETED = True  # lets meta tensors past the decode's device check; nothing runs anyway
 DEC._device_sms = lambda device: 132
