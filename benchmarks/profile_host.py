@@ -18,6 +18,7 @@ from gpt2tui.kernels import attention as A
 from gpt2tui.kernels.attention import causal_attention
 from gpt2tui.kernels.launch import Launcher
 from gpt2tui.kernels.sdpa import causal_attention_sdpa
+from torch.profiler import ProfilerActivity, profile
 
 B, H, T, D = 8, 12, 1024, 64
 N = 200
@@ -50,6 +51,30 @@ def issue_and_step_us(fn) -> tuple[float, float]:
     torch.cuda.synchronize()
     done = time.perf_counter()
     return (issued - start) / N * 1e6, (done - start) / N * 1e6
+
+
+def timeline(fn) -> list[str]:
+    """When, within one lone step, the host starts each kernel launch and the GPU starts and ends each kernel (µs from
+    the step's first recorded event; the profiler's own overhead stretches the host side). In a host-bound step the
+    GPU waits for the first backward launch: this shows how long into the step it comes."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    if not events:
+        return ["(no events recorded)"]
+    t0 = events[0].time_range.start
+    lines = []
+    for e in events:
+        on_gpu = e.device_type != events[0].device_type
+        if on_gpu or "aunchKernel" in e.name:
+            where = "GPU kernel" if on_gpu else "host launch"
+            end = f"..{e.time_range.end - t0:7.1f}" if on_gpu else ""
+            lines.append(f"  {where:11} {e.time_range.start - t0:7.1f}{end}  {e.name[:60]}")
+    return lines
 
 
 def main() -> None:
@@ -90,6 +115,9 @@ def main() -> None:
     for name, fn in workloads.items():
         issue, step = issue_and_step_us(fn)
         print(f"{name} | {issue:.1f} | {step:.1f}", flush=True)
+    for name in ("triton forward+backward (autograd.grad)", "sdpa forward+backward (autograd.grad)"):
+        print(f"timeline of one step, {name}:")
+        print("\n".join(timeline(workloads[name])), flush=True)
 
 
 if __name__ == "__main__":
