@@ -18,7 +18,8 @@ by a constant. Each group puts the fast path beside its baselines:
   backward on a worker thread, as it does for CUDA tensors (where creating a tensor costs more than on the caller's);
 - ``attention-host-decode``: one layer's `decode_attention` at batch 1 (one query, 1024 cached tokens, 8 splits, two
   launches): block arithmetic by `triton.cdiv` (a constexpr function in recent Triton, ~2 µs a call on the host) and
-  launches by `JITFunction.run`, plain integer division with `JITFunction.run`, or integer division and `Launcher`.
+  launches by `JITFunction.run`, plain integer division with `JITFunction.run`, or integer division and `Launcher`,
+  whose launch plan (`decode._PLANS`) binds the call's launches from its first call on.
 
 The kernels are decorated for a GPU, with the whole tuning space, so the module skips where Triton's interpreter is on.
 """
@@ -53,6 +54,7 @@ def stand_in(monkeypatch):
         monkeypatch.setattr(tuner, "_bench", lambda *args, **kwargs: [1.0])
     monkeypatch.setattr(A, "_TUNED", {})
     monkeypatch.setattr(A, "_PLANS", {})
+    monkeypatch.setattr(DEC, "_PLANS", {})
     for launcher in LAUNCHERS:
         monkeypatch.setattr(launcher, "compiled", {})
     yield

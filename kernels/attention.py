@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from . import _cdiv, _interpreting, _layout_of, _new_tensor, _next_power_of_2, _on_device
-from .launch import Launcher, _width
+from .launch import Launcher, _aligned, _width
 
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (16, 32, 64, 128)
@@ -363,13 +363,6 @@ def _launch(tuner, grid, key: tuple, *args, bind: bool = False, **kwargs):
 # plan is only made where the first call's buffers were aligned.
 _PLANS: dict[tuple, tuple] = {}
 _MAX_PLANS = 256  # a run that keeps changing shapes starts over rather than growing without bound
-
-
-def _aligned(*tensors: torch.Tensor) -> bool:
-    ptr = 0
-    for t in tensors:
-        ptr |= t.data_ptr()
-    return ptr % 16 == 0
 
 
 def _keep_plan(key: tuple, allocations: tuple, launches: tuple) -> None:

@@ -38,8 +38,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import AttentionBackendError, _cdiv, _empty_in_order_of, _new_tensor, _next_power_of_2, _on_device
-from .launch import Launcher
+from . import AttentionBackendError, _cdiv, _layout_of, _new_tensor, _next_power_of_2, _on_device
+from .launch import Launcher, _aligned
 
 __all__ = ["decode_attention", "choose_num_splits"]
 
@@ -321,13 +321,34 @@ def _tickets(device: torch.device, size: int) -> torch.Tensor | None:
 
 _launch_split, _launch_merge = Launcher(_decode_split_kernel), Launcher(_decode_merge_kernel)
 
+# Per-call-shape launch plans, as in attention.py: (shapes, strides, dtypes, device, scale, max_len, num_splits,
+# merge) → the layouts of the call's buffers and its bound launches. An eager decode step (no CUDA graph) then skips
+# the split arithmetic and both launch keys, most of its Python (RESULTS.md), which a host-bound generation loop waits
+# for. Only calls with the merge kernel or no split get one (the fused merge takes per-stream counters).
+_PLANS: dict[tuple, tuple] = {}
+_MAX_PLANS = 256  # a prefill of ever-new lengths starts over rather than growing without bound
+
 
 def _launch(q, k_cache, v_cache, cache_lens, scale, max_len, num_splits):
+    plan_key = (q.shape, q.stride(), k_cache.shape, k_cache.stride(), v_cache.stride(), cache_lens.dtype, q.dtype,
+                q.device, scale, max_len, num_splits, MERGE)
+    plan = _PLANS.get(plan_key)
+    if plan is not None and _aligned(q, k_cache, v_cache, cache_lens):
+        out_layout, part_layouts, split, merge = plan
+        out = _new_tensor(*out_layout)
+        if part_layouts is None:  # one split: the kernel writes the output itself
+            split(q, k_cache, v_cache, cache_lens, out, out, out, out)
+        else:
+            o_part, lse = _new_tensor(*part_layouts[0]), _new_tensor(*part_layouts[1])
+            split(q, k_cache, v_cache, cache_lens, out, o_part, lse, lse)
+            merge(o_part, lse, out)
+        return out
     B, H, n, D = q.shape
     S_max = k_cache.shape[2]
     # In q's memory order, as the fused forward's output: the model's view back to (B, n, C) is free for a chunked
     # prefill too.
-    out = _empty_in_order_of(q, _new_tensor)  # (B, H, n, D)
+    out_layout = _layout_of(q)
+    out = _new_tensor(*out_layout)  # (B, H, n, D)
     if B == 0 or H == 0:
         return out
     block_m = _block_m(n)
@@ -346,15 +367,20 @@ def _launch(q, k_cache, v_cache, cache_lens, scale, max_len, num_splits):
     direct = splits == 1
     tickets = _tickets(q.device, B * H * m_blocks) if not direct and MERGE == "fused" else None
     if direct:
+        part_layouts = None
         o_part = lse = out  # unused placeholders
         p_strides, l_strides = (0, 0, 0), (0, 0)
     else:
-        o_part = torch.empty((B * H, splits, n, D), device=q.device, dtype=torch.float32)  # (B·H, splits, n, D)
-        lse = torch.empty((B * H, splits, n), device=q.device, dtype=torch.float32)  # (B·H, splits, n)
+        part_layouts = (
+            ((B * H, splits, n, D), torch.float32, q.device, None),  # (B·H, splits, n, D)
+            ((B * H, splits, n), torch.float32, q.device, None),  # (B·H, splits, n)
+        )
+        o_part, lse = _new_tensor(*part_layouts[0]), _new_tensor(*part_layouts[1])
         p_strides, l_strides = o_part.stride()[:3], lse.stride()[:2]
     o_strides = out.stride()[:3]
+    bind = tickets is None and _aligned(q, k_cache, v_cache, cache_lens, out, o_part, lse) and plan is None
 
-    _launch_split(
+    split = _launch_split(
         (B * H, m_blocks, splits), q, k_cache, v_cache, cache_lens, out, o_part, lse,
         qk_scale,
         *q.stride()[:3],
@@ -368,10 +394,11 @@ def _launch(q, k_cache, v_cache, cache_lens, scale, max_len, num_splits):
         HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, DIRECT=direct, FUSED=tickets is not None,
         SPLITS=merge_splits if tickets is not None else 1,
         UPCAST_DOT=_INTERPRETED and q.dtype == torch.bfloat16,
-        num_warps=4,
+        num_warps=4, bind=bind,
     )  # fmt: skip
+    merge = None
     if not direct and tickets is None:
-        _launch_merge(
+        merge = _launch_merge(
             (B * H * n,), o_part, lse, out,
             *p_strides,
             *l_strides,
@@ -379,7 +406,12 @@ def _launch(q, k_cache, v_cache, cache_lens, scale, max_len, num_splits):
             H, n, splits,
             HEAD_DIM=D, SPLITS=merge_splits,
             num_warps=1 if D <= 64 else 2,  # one row of D values per program
+            bind=bind,
         )  # fmt: skip
+    if bind and split is not None and (direct or merge is not None):
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        _PLANS[plan_key] = out_layout, part_layouts, split, merge
     return out
 
 

@@ -55,6 +55,14 @@ def _width(value: int) -> int:
     return 0 if -(2**31) <= value < 2**31 else 1 if value < 2**63 else 2
 
 
+def _aligned(*tensors: torch.Tensor) -> bool:
+    """Whether every tensor is 16-byte aligned, as the kernels a launch plan binds were compiled to assume."""
+    ptr = 0
+    for t in tensors:
+        ptr |= t.data_ptr()
+    return ptr % 16 == 0
+
+
 def _idle(hook) -> bool:
     # A HookChain (Triton 3.5 on) is never None, even with nothing in it; before that an unset hook was None.
     return hook is None or (type(hook).__name__ == "HookChain" and not hook.calls)
@@ -138,10 +146,11 @@ class Launcher:
             tuple(kwargs.items()),
         )
 
-    def __call__(self, grid: tuple, *args, **kwargs) -> None:
+    def __call__(self, grid: tuple, *args, bind: bool = False, **kwargs):
+        """Launches; with `bind`, returns this call bound (`bind`), or None where it cannot be."""
         if not self.direct:
             self.kernel[grid](*args, **kwargs)
-            return
+            return None
         key = self.key(args, kwargs)
         hit = self.compiled.get(key)
         if hit is None:
@@ -151,9 +160,10 @@ class Launcher:
                     self.compiled.clear()
                 # The launcher takes the constexprs too, after the runtime arguments; they are part of the key.
                 self.compiled[key] = compiled, tuple(kwargs[name] for name in self.names[len(args):])
-            return
-        compiled, constexprs = hit
-        _runner(compiled, grid)(*args, *constexprs)
+        else:
+            compiled, constexprs = hit
+            _runner(compiled, grid)(*args, *constexprs)
+        return self.bind(grid, args, kwargs) if bind else None
 
     def bind(self, grid: tuple, args: tuple, kwargs: dict):
         """This call with everything fixed but its tensors and volatile arguments, or None before its specialization

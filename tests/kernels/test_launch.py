@@ -122,6 +122,14 @@ for splits in (3, 1):
     for _ in range(2):
         DEC._launch(qd, kc, vc, lens, 0.17, 300, splits)
     report[f"decode-{splits}"] = take()
+    # The second call ran from the plan: its launches got the call's own inputs and the output it returned.
+    out = DEC._launch(qd, kc, vc, lens, 0.17, 300, splits)
+    ptrs = [[a.data_ptr() for a in args[9:] if isinstance(a, torch.Tensor)] for _, args in RecordingLauncher.launches]
+    RecordingLauncher.launches.clear()
+    inputs = [t.data_ptr() for t in (qd, kc, vc, lens)]
+    report[f"decode-{splits}-wiring"] = ptrs[0][:4] == inputs and (
+        ptrs[0][4] == out.data_ptr() if splits == 1 else ptrs[1][:2] == ptrs[0][5:7] and ptrs[1][2] == out.data_ptr())
+report["decode_plans"] = len(DEC._PLANS)
 print(json.dumps(report))
 """
 
@@ -196,13 +204,16 @@ def test_a_launch_plan_keeps_no_tensor_alive(report):
 
 @pytest.mark.parametrize("splits", ["3", "1"])
 def test_decode_launches_what_triton_would(report, splits):
-    """The first call goes through Triton, the second through `Launcher`'s direct path: no hooks, no metadata."""
+    """The first call goes through Triton, the second through its launch plan: no hooks, no metadata."""
     launches = report[f"decode-{splits}"]
     per_call = 2 if splits == "3" else 1
     assert len(launches) == 2 * per_call
     for a, b in zip(launches[:per_call], launches[per_call:], strict=True):
         assert a[:2] == b[:2] and a[4] == b[4]
         assert a[3] == ["hook", "hook"] and b[2:4] == [None, [None, None]]
+    # From the first call on, the call runs from its launch plan, with the call's own buffers.
+    assert report[f"decode-{splits}-wiring"] is True
+    assert report["decode_plans"] == 2
 
 
 @pytest.mark.parametrize("value", ["triton", "fast"])
