@@ -378,7 +378,8 @@ def _launch(q, k_cache, v_cache, cache_lens, scale, max_len, num_splits):
         o_part, lse = _new_tensor(*part_layouts[0]), _new_tensor(*part_layouts[1])
         p_strides, l_strides = o_part.stride()[:3], lse.stride()[:2]
     o_strides = out.stride()[:3]
-    bind = tickets is None and _aligned(q, k_cache, v_cache, cache_lens, out, o_part, lse) and plan is None
+    # No plan for a fused merge, even one that fell back to the merge kernel (inside a capture, tickets are not grown).
+    bind = (direct or MERGE == "kernel") and _aligned(q, k_cache, v_cache, cache_lens, out, o_part, lse) and plan is None
 
     split = _launch_split(
         (B * H, m_blocks, splits), q, k_cache, v_cache, cache_lens, out, o_part, lse,
