@@ -106,11 +106,6 @@ def _layout_of(t: torch.Tensor) -> tuple:
     return shape, t.dtype, t.device, None
 
 
-def _empty_in_order_of(t: torch.Tensor, empty) -> torch.Tensor:
-    """`empty(*_layout_of(t))`: `empty` takes (shape, dtype, device, stride), as `_new_tensor` does."""
-    return empty(*_layout_of(t))
-
-
 def _triton_unavailable(device: torch.device | str | None, head_dim: int | None, dtype: torch.dtype | None) -> str | None:
     """Why the Triton kernels cannot take these tensors, or None when they can."""
     kind = torch.device(device).type if device is not None else "cpu"
