@@ -398,8 +398,8 @@ def _empty(shape, dtype, device, stride=None) -> torch.Tensor:
 
 
 def _delta_at(n: int) -> int:
-    """Where Δ starts in the statistics buffer of `n` rows: past the n log-sum-exps, rounded up to 16 floats, which
-    Triton then knows divides the offset (aligned loads)."""
+    """Where Δ starts in the statistics buffer of `n` rows: past the n log-sum-exps, rounded up to a multiple of 16
+    floats. Triton specializes an int argument on divisibility by 16, so the kernels know Δ's loads are aligned."""
     return -(-n // 16) * 16
 
 
