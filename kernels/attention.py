@@ -348,9 +348,7 @@ def _launch(tuner, grid, key: tuple, *args, bind: bool = False, **kwargs):
         tuner[grid](*args, **kwargs)
         _TUNED[key] = tuner.best_config.all_kwargs()
         return None
-    launcher, shape = _LAUNCHERS[tuner], grid(config)
-    launcher(shape, *args, **kwargs, **config)
-    return launcher.bind(shape, args, {**kwargs, **config}) if bind else None
+    return _LAUNCHERS[tuner](grid(config), *args, bind=bind, **kwargs, **config)
 
 
 # Per-shape launch plans: (forward or backward, shapes, strides, dtype, device, scale, dropout, seed width) → the

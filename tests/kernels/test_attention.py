@@ -279,8 +279,9 @@ def test_a_tuned_key_launches_its_config_directly(monkeypatch):
             return lambda *args, **kwargs: calls.append(("autotuner", grid, args, kwargs))
 
     class Launcher:
-        def __call__(self, grid, *args, **kwargs):
+        def __call__(self, grid, *args, bind=False, **kwargs):  # as launch.Launcher's
             calls.append(("kernel", grid, args, kwargs))
+            return self.bind(grid, args, kwargs) if bind else None
 
         def bind(self, grid, args, kwargs):
             return ("bound", grid, args, kwargs)
