@@ -32,11 +32,23 @@ DTYPE = torch.bfloat16
 FWD_FLOPS = 2 * B * H * T * T * D
 BWD_FLOPS = 2.5 * FWD_FLOPS  # five matmuls to the forward's two (FlashAttention-2's accounting)
 
-CAUSAL = {"triton": causal_attention, "sdpa": causal_attention_sdpa, "reference": causal_attention_ref}
+def causal_attention_python(q, k, v):
+    """Our kernels through the Python `autograd.Function`, never the C++ node: what the node saves the host."""
+    from gpt2tui.kernels import attention
+
+    return attention._apply_directly(q, k, v, 0.0, q.shape[-1] ** -0.5, 0)
+
+
+CAUSAL = {"triton": causal_attention, "triton-python": causal_attention_python, "sdpa": causal_attention_sdpa,
+          "reference": causal_attention_ref}
 
 
 @pytest.fixture(scope="module")
 def qkv():
+    from gpt2tui.kernels import native
+
+    if native.wanted() and native.load() is None:  # built once per torch version, then cached
+        pytest.fail(f"the C++ attention node did not build: {native.failure}")
     torch.manual_seed(0)
     return [torch.randn(B, H, T, D, device="cuda", dtype=DTYPE, requires_grad=True) for _ in range(3)]
 
@@ -102,7 +114,7 @@ def test_causal_forward_backward(benchmark, impl, qkv):
         _record_configs(benchmark)
 
 
-@pytest.mark.parametrize("impl", ["triton", "sdpa"])
+@pytest.mark.parametrize("impl", ["triton", "triton-python", "sdpa"])
 @pytest.mark.benchmark(group="attention-forward-backward-B32-H12-T1024-D64-bf16")
 def test_causal_forward_backward_four_times_the_batch(benchmark, impl):
     """The step above at 4× the batch: its kernels then take longer than a slow host needs to issue them, so `do_bench`

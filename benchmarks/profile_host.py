@@ -15,6 +15,7 @@ import time
 import torch
 import triton
 from gpt2tui.kernels import attention as A
+from gpt2tui.kernels import native
 from gpt2tui.kernels.attention import causal_attention
 from gpt2tui.kernels.launch import Launcher
 from gpt2tui.kernels.sdpa import causal_attention_sdpa
@@ -82,21 +83,27 @@ def main() -> None:
     do = torch.randn_like(q)
     x = torch.zeros(16, device=DEVICE, requires_grad=True)
     launcher = Launcher(_empty_kernel)
-    out = causal_attention(q, k, v)
+    if DEVICE == "cuda" and native.load() is None and native.wanted():
+        print(f"the C++ attention node did not build: {native.failure}")
+    python = lambda: A._apply_directly(q, k, v, 0.0, 0.125, 0)  # noqa: E731  the Python Function, never the node
+    out = python()
     ctx = out.grad_fn  # a custom Function's grad_fn is its ctx
     def without_plans():
         keep, A._keep_plan = A._keep_plan, lambda *args: None
         saved = dict(A._PLANS)
         A._PLANS.clear()
         try:
-            torch.autograd.grad(causal_attention(q, k, v), (q, k, v), do)
+            torch.autograd.grad(python(), (q, k, v), do)
         finally:
             A._keep_plan = keep
             A._PLANS.update(saved)
 
     workloads = {
-        "triton forward+backward (autograd.grad)": lambda: torch.autograd.grad(causal_attention(q, k, v), (q, k, v), do),
-        "triton forward+backward, no launch plans (and the swap's ~1 µs)": without_plans,
+        "triton forward+backward (autograd.grad; the C++ node once warm)": lambda: torch.autograd.grad(
+            causal_attention(q, k, v), (q, k, v), do
+        ),
+        "triton forward+backward, Python Function (autograd.grad)": lambda: torch.autograd.grad(python(), (q, k, v), do),
+        "triton forward+backward, Python Function, no launch plans (and the swap's ~1 µs)": without_plans,
         "sdpa forward+backward (autograd.grad)": lambda: torch.autograd.grad(
             causal_attention_sdpa(q, k, v), (q, k, v), do
         ),
@@ -115,7 +122,8 @@ def main() -> None:
     for name, fn in workloads.items():
         issue, step = issue_and_step_us(fn)
         print(f"{name} | {issue:.1f} | {step:.1f}", flush=True)
-    for name in ("triton forward+backward (autograd.grad)", "sdpa forward+backward (autograd.grad)"):
+    for name in ("triton forward+backward (autograd.grad; the C++ node once warm)",
+                 "triton forward+backward, Python Function (autograd.grad)", "sdpa forward+backward (autograd.grad)"):
         print(f"timeline of one step, {name}:")
         print("\n".join(timeline(workloads[name])), flush=True)
 

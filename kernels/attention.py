@@ -29,8 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _cdiv, _interpreting, _layout_of, _new_tensor, _next_power_of_2, _on_device
-from .launch import Launcher, _aligned, _width
+from . import _cdiv, _interpreting, _layout_of, _new_tensor, _next_power_of_2, _on_device, native
+from .launch import Launcher, _aligned, _idle, _width, knobs
 
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (16, 32, 64, 128)
@@ -363,11 +363,27 @@ _PLANS: dict[tuple, tuple] = {}
 _MAX_PLANS = 256  # a run that keeps changing shapes starts over rather than growing without bound
 
 
-def _keep_plan(key: tuple, allocations: tuple, launches: tuple) -> None:
+def _keep_plan(key: tuple, allocations: tuple, launches: tuple, cuda: bool) -> None:
     if all(launch is not None for launch in launches):
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.clear()
         _PLANS[key] = allocations, launches
+        if cuda:
+            native.start()  # the C++ node can take plans once it is built (in the background, the first time)
+
+
+# Backward plan keys already offered to the C++ node (native.py), taken or not.
+_OFFERED: set[tuple] = set()
+
+
+def _offer(plan_key: tuple, bwd_plan: tuple, do, q, k, v, o, sm_scale: float, dropout_p: float, seed: int) -> None:
+    """Hands the C++ node this call shape's plans, once both the forward's and the backward's exist and dO is laid
+    out as the output (as the node's backward will hand it to the kernels)."""
+    _OFFERED.add(plan_key)
+    fwd_plan = _PLANS.get(("fwd", q.shape, q.stride(), k.stride(), v.stride(), q.dtype, q.device, sm_scale, dropout_p,
+                           _width(seed)))
+    if fwd_plan is not None and do.stride() == o.stride():
+        native.register(q, k, v, dropout_p, sm_scale, seed, fwd_plan, bwd_plan)
 
 
 # The seed is the one argument that changes from call to call (with dropout): it is not specialized on (see launch.py).
@@ -451,7 +467,7 @@ def _forward(q, k, v, sm_scale: float, dropout_p: float, seed: int) -> tuple[tor
         H, T, T_bucket, sm_scale * LOG2E, seed, dropout_p,
         D=D, DROPOUT=dropout, PRECISION=_precision(q.dtype), bind=aligned and plan is None,
     )
-    _keep_plan(plan_key, layouts, (launch,))
+    _keep_plan(plan_key, layouts, (launch,), q.is_cuda)
     return o, stats
 
 
@@ -469,6 +485,8 @@ def _backward(do, q, k, v, o, stats, sm_scale: float, dropout_p: float, seed: in
         launch_dq(q, k, v, o, do, stats, dq, seed)
         dk, dv = _empty(*layout), _empty(*layout)
         launch_dkdv(q, k, v, do, stats, dk, dv, seed)
+        if native.node is not None and plan_key not in _OFFERED:
+            _offer(plan_key, plan, do, q, k, v, o, sm_scale, dropout_p, seed)
         return dq, dk, dv
     B, H, T, D = q.shape
     layout = _layout_of(q)  # the gradients in q's memory order, as SDPA's flash kernels return them: one layout
@@ -488,7 +506,7 @@ def _backward(do, q, k, v, o, stats, sm_scale: float, dropout_p: float, seed: in
         _attn_bwd_dkdv, lambda meta: (B * H, _cdiv(T, meta["BLOCK_N"])), ("dkdv", T_bucket, D, dropout, q.dtype),
         q, k, v, do, stats, dk, dv, *strides, *common, **kwargs,
     )
-    _keep_plan(plan_key, layout, (launch_dq, launch_dkdv))
+    _keep_plan(plan_key, layout, (launch_dq, launch_dkdv), q.is_cuda)
     return dq, dk, dv
 
 
@@ -548,8 +566,20 @@ def causal_attention(
         seed = _new_seed()
     if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
         return FlashAttentionFunction.apply(q, k, v, float(dropout_p), sm_scale, int(seed or 0))
-    return _apply_directly(_unwrap_if_dead(q), _unwrap_if_dead(k), _unwrap_if_dead(v), float(dropout_p), sm_scale,
-                           int(seed or 0))
+    q, k, v = _unwrap_if_dead(q), _unwrap_if_dead(k), _unwrap_if_dead(v)
+    node = native.node
+    if node is not None and _hooks_idle() and -(2**63) <= (seed or 0) < 2**63:
+        # The C++ node, where this call shape has a plan there; None otherwise.
+        o = node.attention(q, k, v, float(dropout_p), sm_scale, int(seed or 0))
+        if o is not None:
+            return o
+    return _apply_directly(q, k, v, float(dropout_p), sm_scale, int(seed or 0))
+
+
+def _hooks_idle() -> bool:
+    """No launch hook is set (a profiler's, say, which must see every launch: the node's would pass it by). Before
+    Triton 3.4 the hooks lived elsewhere, and every launch goes through Triton's runner."""
+    return knobs is not None and (_idle(knobs.runtime.launch_enter_hook) and _idle(knobs.runtime.launch_exit_hook))
 
 
 def attention_dropout_mask(seed: int, B: int, H: int, T: int, dropout_p: float, device="cpu") -> torch.Tensor:

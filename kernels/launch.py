@@ -96,6 +96,8 @@ def _runner(compiled, grid: tuple, device: int | None = None, template: list | N
         else:
             through_triton(*args)
 
+    if template is not None:
+        runner.bound = compiled, grid, template, places  # for the C++ attention node (native.py)
     return runner
 
 

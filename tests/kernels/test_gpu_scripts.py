@@ -53,6 +53,7 @@ print("ran")
 def test_the_profiling_scripts_run():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["GPT2TUI_TRITON_AUTOTUNE"] = "0"  # one config: the stand-in cannot time candidates
+    env["GPT2TUI_ATTENTION_NODE"] = "python"  # the C++ node launches only on CUDA (test_attention_node.py has its own)
     run = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=600)
     if run.returncode != 0 and ("ptxas" in run.stderr or "GPUTarget" in run.stderr):
@@ -91,6 +92,7 @@ sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "--benchmark-disable", "be
 def test_the_attention_benchmarks_run():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["GPT2TUI_TRITON_AUTOTUNE"] = "0"
+    env["GPT2TUI_ATTENTION_NODE"] = "python"
     run = subprocess.run([sys.executable, "-c", _BENCH], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=600)
     if run.returncode != 0 and ("ptxas" in run.stderr or "GPUTarget" in run.stderr):
