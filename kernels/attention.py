@@ -372,17 +372,18 @@ def _keep_plan(key: tuple, allocations: tuple, launches: tuple, cuda: bool) -> N
             native.start()  # the C++ node can take plans once it is built (in the background, the first time)
 
 
-# Backward plan keys already offered to the C++ node (native.py), taken or not.
+# Plan keys already offered to the C++ node (native.py), taken or not.
 _OFFERED: set[tuple] = set()
 
 
-def _offer(plan_key: tuple, bwd_plan: tuple, do, q, k, v, o, sm_scale: float, dropout_p: float, seed: int) -> None:
-    """Hands the C++ node this call shape's plans, once both the forward's and the backward's exist and dO is laid
-    out as the output (as the node's backward will hand it to the kernels)."""
+def _offer(plan_key: tuple, bwd_plan: tuple | None, do, q, k, v, o, sm_scale: float, dropout_p: float,
+           seed: int) -> None:
+    """Hands the C++ node this call shape's plans: the forward's alone (calls that need no gradient), or once the
+    backward's exists for a dO laid out as the output (as the node's backward hands it to the kernels), both."""
     _OFFERED.add(plan_key)
     fwd_plan = _PLANS.get(("fwd", q.shape, q.stride(), k.stride(), v.stride(), q.dtype, q.device, sm_scale, dropout_p,
                            _width(seed)))
-    if fwd_plan is not None and do.stride() == o.stride():
+    if fwd_plan is not None and (bwd_plan is None or do.stride() == o.stride()):
         native.register(q, k, v, dropout_p, sm_scale, seed, fwd_plan, bwd_plan)
 
 
@@ -451,6 +452,8 @@ def _forward(q, k, v, sm_scale: float, dropout_p: float, seed: int) -> tuple[tor
         if _aligned(q, k, v):
             o, stats = _empty(*o_layout), _empty(*stats_layout)
             launch(q, k, v, o, stats, seed)
+            if native.node is not None and plan_key not in _OFFERED:
+                _offer(plan_key, None, None, q, k, v, o, sm_scale, dropout_p, seed)
             return o, stats
     B, H, T, D = q.shape
     # The output in q's memory order, as SDPA's flash kernels return it: for the model's head views a (B, H, T, D)-

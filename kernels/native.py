@@ -162,18 +162,23 @@ def _strides(shape, stride) -> tuple:
     return tuple(reversed(out))
 
 
-def register(q, k, v, dropout_p: float, scale: float, seed: int, forward_plan, backward_plan) -> bool:
+def register(q, k, v, dropout_p: float, scale: float, seed: int, forward_plan, backward_plan=None) -> bool:
     """Hands the node the plan of q, k, v's call shape: `forward_plan` and `backward_plan` are attention.py's
-    (allocation layouts, bound launches) for it, the backward's made for a dO laid out as the output. Returns whether
-    the node took it."""
+    (allocation layouts, bound launches) for it, the backward's made for a dO laid out as the output. Without a
+    backward plan the node runs only calls of this shape that need no gradient. Returns whether the node took it."""
     if node is None:
         return False
     (out_layout, stats_layout), (forward,) = forward_plan
-    grads_layout, (dq, dkdv) = backward_plan
-    specs = (launch_spec(forward, FORWARD_SOURCES), launch_spec(dq, DQ_SOURCES), launch_spec(dkdv, DKDV_SOURCES))
-    if any(spec is None for spec in specs):
+    forward_spec = launch_spec(forward, FORWARD_SOURCES)
+    grads = dq_spec = dkdv_spec = None
+    if backward_plan is not None:
+        grads_layout, (dq, dkdv) = backward_plan
+        grads = (tuple(grads_layout[0]), _strides(grads_layout[0], grads_layout[3]))
+        dq_spec, dkdv_spec = launch_spec(dq, DQ_SOURCES), launch_spec(dkdv, DKDV_SOURCES)
+        if dq_spec is None or dkdv_spec is None:
+            return False
+    if forward_spec is None:
         return False
     out = (tuple(out_layout[0]), _strides(out_layout[0], out_layout[3]))
-    grads = (tuple(grads_layout[0]), _strides(grads_layout[0], grads_layout[3]))
     key = node.key(q, k, v, float(dropout_p), float(scale), int(seed))
-    return node.register_plan(key, out, grads, stats_layout[0][0], *specs)
+    return node.register_plan(key, out, grads, stats_layout[0][0], forward_spec, dq_spec, dkdv_spec)

@@ -127,12 +127,14 @@ struct Layout {
   std::vector<int64_t> sizes, strides;
 };
 
-// One call shape's plan: its key, the buffers it allocates, and its three launches.
+// One call shape's plan: its key, the buffers it allocates, and its launches: the forward's, and the backward's two
+// once Python has planned a backward of this shape (until then the node runs only calls that need no gradient).
 struct Plan {
   std::vector<int64_t> key;
   Layout out, grads;  // the output, and each gradient: q's memory order
   int64_t stats_numel = 0;  // the log-sum-exp and Δ, float32, flat
   Launch forward, dq, dkdv;
+  bool backward = false;
 };
 
 double g_fill_value = 0.0;
@@ -279,7 +281,24 @@ py::object attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
                      int64_t seed) {
   const Plan* plan = find_plan(key_of(q, k, v, scale, dropout_p, seed_width(seed)));
   if (plan == nullptr || !aligned({&q, &k, &v})) return py::none();
-  return py::cast(FlashAttention::apply(q, k, v, plan, seed));
+  const bool grad = at::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
+  if (grad && !plan->backward) return py::none();
+  if (grad) return py::cast(FlashAttention::apply(q, k, v, plan, seed));
+  // No gradient wanted (inference, a prefill): the forward's launch alone, without autograd's bookkeeping.
+  const at::Device device = q.device();
+  c10::OptionalDeviceGuard guard;
+  if (device.is_cuda()) guard.reset_device(device);
+  at::Tensor o = allocate(plan->out, q.options());
+  at::Tensor stats = allocate_stats(plan->stats_numel, device);
+  std::array<uint64_t, kSources> values{};
+  values[kQ] = address(q);
+  values[kK] = address(k);
+  values[kV] = address(v);
+  values[kO] = address(o);
+  values[kStats] = address(stats);
+  values[kSeed] = static_cast<uint64_t>(seed);
+  plan->forward(values, current_stream(device), device);
+  return py::cast(o);
 }
 
 Launch make_launch(py::tuple spec) {
@@ -305,22 +324,28 @@ Layout make_layout(py::tuple spec) {
   return {spec[0].cast<std::vector<int64_t>>(), spec[1].cast<std::vector<int64_t>>()};
 }
 
-// Registers a plan under the key `key_of` would build for its calls. Returns whether it was kept.
-bool register_plan(std::vector<int64_t> key, py::tuple out, py::tuple grads, int64_t stats_numel, py::tuple forward,
-                   py::tuple dq, py::tuple dkdv) {
+// Registers a plan under the key `key_of` would build for its calls; `grads`, `dq` and `dkdv` are None for a forward
+// alone. A plan with a backward replaces one without (the old one stays in the store: a call may be using it).
+// Returns whether the key now has a plan.
+bool register_plan(std::vector<int64_t> key, py::tuple out, py::object grads, int64_t stats_numel, py::tuple forward,
+                   py::object dq, py::object dkdv) {
   Plan plan;
   plan.key = key;
   plan.out = make_layout(out);
-  plan.grads = make_layout(grads);
   plan.stats_numel = stats_numel;
   plan.forward = make_launch(forward);
-  plan.dq = make_launch(dq);
-  plan.dkdv = make_launch(dkdv);
+  plan.backward = !grads.is_none();
+  if (plan.backward) {
+    plan.grads = make_layout(grads.cast<py::tuple>());
+    plan.dq = make_launch(dq.cast<py::tuple>());
+    plan.dkdv = make_launch(dkdv.cast<py::tuple>());
+  }
   std::lock_guard<std::mutex> lock(g_plans_mutex);
-  if (g_plans.count(key)) return true;
-  if (g_plans.size() >= kMaxPlans) return false;
+  auto it = g_plans.find(key);
+  if (it != g_plans.end() && (it->second->backward || !plan.backward)) return true;
+  if (it == g_plans.end() && g_plans.size() >= kMaxPlans) return false;
   g_plan_store.push_back(std::move(plan));
-  g_plans.emplace(std::move(key), &g_plan_store.back());
+  g_plans[std::move(key)] = &g_plan_store.back();
   return true;
 }
 
@@ -338,7 +363,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("key", [](const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double dropout_p, double scale,
                   int64_t seed) { return key_of(q, k, v, scale, dropout_p, seed_width(seed)); },
         "The key a call looks its plan up by");
-  m.def("register_plan", &register_plan, "Registers one call shape's plan");
+  m.def("register_plan", &register_plan, "Registers one call shape's plan (its backward's parts None: forward alone)");
   m.def("plan_count", &plan_count);
   m.def("set_fake_launch", [](uint64_t address) {
     g_fake_launch = reinterpret_cast<LaunchKernelFn>(static_cast<uintptr_t>(address));

@@ -141,6 +141,24 @@ torch.autograd.grad(A.causal_attention(q2, k2, v2), (q2, k2, v2), torch.ones_lik
 report["other_shape"] = {"node": len(launches), "python": len(RecordingLauncher.launches)}
 RecordingLauncher.launches.clear()
 
+# A shape only ever run without gradients: once Python has run it from its plan, the node runs it, one launch and no
+# autograd node; the same shape wanting gradients has no backward plan yet, and runs in Python.
+q3, k3, v3 = (torch.randn(1, 2, 24, 16, dtype=torch.bfloat16) for _ in range(3))
+with torch.no_grad():
+    for _ in range(3):
+        A.causal_attention(q3, k3, v3)
+    RecordingLauncher.launches.clear()
+    launches.clear()
+    out = A.causal_attention(q3, k3, v3)
+report["forward_alone"] = {"node": len(launches), "python": len(RecordingLauncher.launches),
+                           "out": launches[0]["raw"][3] == out.data_ptr(), "grad_fn": out.grad_fn is None}
+launches.clear()
+q3.requires_grad_()
+out = A.causal_attention(q3, k3, v3)
+report["forward_alone_then_grad"] = {"node": len(launches), "python": len(RecordingLauncher.launches),
+                                     "grad_fn": type(out.grad_fn).__name__}
+RecordingLauncher.launches.clear()
+
 # With a launch hook set, every launch goes through Triton's runner, which hands the hook each one.
 from triton import knobs
 seen = []
@@ -206,9 +224,14 @@ def test_a_shape_without_a_plan_and_a_hooked_launch_run_in_python(report):
                                                         "_attn_bwd_dkdv_kernel"]}
 
 
+def test_a_call_that_needs_no_gradient_takes_the_forward_alone(report):
+    assert report["forward_alone"] == {"node": 1, "python": 0, "out": True, "grad_fn": True}
+    assert report["forward_alone_then_grad"] == {"node": 0, "python": 1, "grad_fn": "FlashAttentionFunctionBackward"}
+
+
 def test_the_node_s_buffers_can_be_poisoned_for_the_write_everything_checks(report):
     assert report["poisoned"] is True
-    assert report["plans"] == 2  # with and without dropout
+    assert report["plans"] == 3  # with and without dropout, and the forward alone
 
 
 def test_the_switch_turns_the_node_off_or_says_what_is_wrong():
@@ -259,6 +282,8 @@ _CASES = [((2, 3, 129, 64), dtype, dropout) for dtype in (torch.bfloat16, torch.
 def test_on_cuda_the_node_gives_what_the_python_path_gives(shape, dtype, dropout):
     """Bit for bit: the same kernels on the same inputs. The Python path's own accuracy against the float64
     reference is test_attention.py's."""
+    from gpt2tui.kernels.attention import causal_attention
+
     node = _node()
     torch.manual_seed(1)
     q, k, v = (torch.randn(*shape, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
@@ -269,9 +294,12 @@ def test_on_cuda_the_node_gives_what_the_python_path_gives(shape, dtype, dropout
     node.set_fill(True, float("nan"))  # every buffer the node allocates starts poisoned: all of it must be written
     try:
         runs.append(_step(q, k, v, do, **kwargs))
+        with torch.no_grad():  # the forward alone, no autograd node
+            alone = causal_attention(q, k, v, **kwargs)
     finally:
         node.set_fill(False, 0.0)
     first = runs[0][0]
+    assert torch.equal(alone, first[0])
     for tensors, _ in runs[1:]:
         for a, b in zip(first, tensors, strict=True):
             assert torch.equal(a, b)
