@@ -3,7 +3,8 @@
     make gpu-check      # CUDA tests, then this file (and the other benchmarks)
 
 Groups: causal forward and forward+backward at B=8, H=12, T=1024, D=64 in bfloat16 (GPT-2 124M training), the
-forward+backward also at 4× the batch against SDPA; and decode (one new query against a KV cache of 128…1024 tokens, batch 1: one layer's call during generation), the
+forward+backward also at 4× the batch against SDPA; "triton" is the public op (the C++ autograd node once warm,
+kernels/native.py), "triton-python" the same kernels through the Python `autograd.Function`; and decode (one new query against a KV cache of 128…1024 tokens, batch 1: one layer's call during generation), the
 Triton decode both with its splits merged by a second kernel (the default) and inside the one launch ("triton-fused").
 
 pytest-benchmark's times are wall clock around a synchronised call, so they include Python and launch overhead. Each

@@ -18,7 +18,9 @@ build, every call runs the Python path, as it does with $GPT2TUI_ATTENTION_NODE=
 from __future__ import annotations
 
 import os
+import shutil
 import struct
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -59,6 +61,24 @@ def _build_directory(name: str) -> Path:
     return path
 
 
+def _find_ninja() -> None:
+    """torch builds with the `ninja` on PATH. The PyPI package (an install requirement) puts one beside this Python,
+    whose folder is not on PATH when a venv's Python runs without the venv activated."""
+    if shutil.which("ninja") is not None:
+        return
+    folders = [os.path.dirname(sys.executable)]
+    try:
+        import ninja
+
+        folders.append(ninja.BIN_DIR)
+    except (ImportError, AttributeError):
+        pass
+    for folder in folders:
+        if shutil.which("ninja", path=folder) is not None:
+            os.environ["PATH"] = os.pathsep.join([os.environ.get("PATH", ""), folder])
+            return
+
+
 def _build() -> None:
     global node, failure
     try:
@@ -74,12 +94,17 @@ def _build() -> None:
             # so a torch lock file found then is stale.
             fcntl.flock(lock, fcntl.LOCK_EX)
             (directory / "lock").unlink(missing_ok=True)
+            _find_ninja()
             module = cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=["-O2"],
                                         build_directory=str(directory), verbose=False)
     except Exception as err:  # no compiler, no ninja, headers that do not fit: the Python path runs everything
-        failure = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else err!r}"
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [repr(err)]
+        # The compiler's first error (or the shell's "not found") says more than ninja's last line ("build stopped:
+        # subcommand failed") or its first, the whole compile command.
+        said = next((line for line in lines if "error:" in line or line.endswith("not found")), lines[-1])
+        failure = f"{type(err).__name__}: {said}"
         warnings.warn(f"gpt2tui: the C++ attention node did not build ({failure}); attention runs its Python path",
-                      RuntimeWarning, stacklevel=2)
+                      RuntimeWarning, stacklevel=1)
         return
     node = module
 
