@@ -48,7 +48,7 @@ CAUSAL = {"triton": causal_attention, "triton-python": causal_attention_python, 
 def qkv():
     from gpt2tui.kernels import native
 
-    if native.wanted() and native.load() is None:  # built once per torch version, then cached
+    if native.wanted() and native.load(timeout=600) is None:  # built once per torch version, then cached
         pytest.fail(f"the C++ attention node did not build: {native.failure}")
     torch.manual_seed(0)
     return [torch.randn(B, H, T, D, device="cuda", dtype=DTYPE, requires_grad=True) for _ in range(3)]

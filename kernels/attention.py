@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import torch
 import triton
@@ -367,6 +368,7 @@ def _keep_plan(key: tuple, allocations: tuple, launches: tuple, cuda: bool) -> N
     if all(launch is not None for launch in launches):
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.clear()
+            _OFFERED.clear()  # offered plans the node did not take may be offered again once remade
         _PLANS[key] = allocations, launches
         if cuda:
             native.start()  # the C++ node can take plans once it is built (in the background, the first time)
@@ -384,7 +386,11 @@ def _offer(plan_key: tuple, bwd_plan: tuple | None, do, q, k, v, o, sm_scale: fl
     fwd_plan = _PLANS.get(("fwd", q.shape, q.stride(), k.stride(), v.stride(), q.dtype, q.device, sm_scale, dropout_p,
                            _width(seed)))
     if fwd_plan is not None and (bwd_plan is None or do.stride() == o.stride()):
-        native.register(q, k, v, dropout_p, sm_scale, seed, fwd_plan, bwd_plan)
+        try:
+            native.register(q, k, v, dropout_p, sm_scale, seed, fwd_plan, bwd_plan)
+        except Exception as err:  # the node is an optimisation: whatever it refuses, this call and its shape run here
+            warnings.warn(f"gpt2tui: the C++ attention node refused a plan ({type(err).__name__}: {err}); that shape "
+                          "runs its Python path", RuntimeWarning, stacklevel=2)
 
 
 # The seed is the one argument that changes from call to call (with dropout): it is not specialized on (see launch.py).
@@ -571,7 +577,7 @@ def causal_attention(
         return FlashAttentionFunction.apply(q, k, v, float(dropout_p), sm_scale, int(seed or 0))
     q, k, v = _unwrap_if_dead(q), _unwrap_if_dead(k), _unwrap_if_dead(v)
     node = native.node
-    if node is not None and _hooks_idle() and -(2**63) <= (seed or 0) < 2**63:
+    if node is not None and _hooks_idle() and -(2**63) <= (seed or 0) < 2**63 and not torch._C._get_tracing_state():
         # The C++ node, where this call shape has a plan there; None otherwise.
         o = node.attention(q, k, v, float(dropout_p), sm_scale, int(seed or 0))
         if o is not None:

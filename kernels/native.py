@@ -43,6 +43,11 @@ node = None  # the built module, once ready: `attention.causal_attention` reads 
 failure: str | None = None  # why it did not build, if it did not
 _lock = threading.Lock()
 _builder: threading.Thread | None = None
+# The compiled kernels whose handles the node launches. Triton unloads a kernel's module when its `CompiledKernel` is
+# collected, and the caches that hold them now (Triton's, `Launcher.compiled`, `_PLANS`) may drop them; the node's
+# plans are never dropped, so neither are these.
+_kernels: list = []
+_recording = False  # a test's recorder stands in for cuLaunchKernel: plans for CPU tensors are taken too
 
 
 def wanted() -> bool:
@@ -86,13 +91,15 @@ def _build() -> None:
 
         from torch.utils import cpp_extension
 
-        name = "gpt2tui_attention_node_" + torch.__version__.replace(".", "_").replace("+", "_")
+        # One build per torch version and Python: the module links against both.
+        tag = f"{torch.__version__}_{sys.implementation.cache_tag}"
+        name = "gpt2tui_attention_node_" + "".join(c if c.isalnum() else "_" for c in tag)
         directory = _build_directory(name)
         with open(directory / "gpt2tui.lock", "w") as lock:
             # torch's own lock is a file that a builder killed mid-build leaves behind, and every later build would
-            # wait on it forever. This one the kernel releases with its process: whoever holds it is the only builder,
-            # so a torch lock file found then is stale.
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            # wait on it forever. This one the kernel releases with its process (and a forked child does not inherit
+            # it): whoever holds it is the only builder, so a torch lock file found then is stale.
+            fcntl.lockf(lock, fcntl.LOCK_EX)
             (directory / "lock").unlink(missing_ok=True)
             _find_ninja()
             module = cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cflags=["-O2"],
@@ -128,14 +135,25 @@ def load(timeout: float | None = None):
     return node
 
 
+def record_launches(address: int) -> None:
+    """Tests: the node hands every launch to the function at `address` (cuLaunchKernel's signature) instead of the
+    driver, and takes plans for CPU tensors; 0 restores the driver."""
+    global _recording
+    load().set_fake_launch(address)
+    _recording = address != 0
+
+
 def _raw(ty: str, value) -> int | None:
     """A fixed parameter's bytes as the kernel reads them, little-endian in the low bytes of 8; None: not one we pack."""
-    if ty in _INT_TYPES and isinstance(value, (bool, int)):
-        return int(value) & 0xFFFF_FFFF_FFFF_FFFF
-    if ty in ("fp32", "f32") and isinstance(value, (int, float)):
-        return struct.unpack("<I", struct.pack("<f", value))[0]
-    if ty == "fp64" and isinstance(value, (int, float)):
-        return struct.unpack("<Q", struct.pack("<d", value))[0]
+    try:
+        if ty in _INT_TYPES and isinstance(value, (bool, int)):
+            return int(value) & 0xFFFF_FFFF_FFFF_FFFF
+        if ty in ("fp32", "f32") and isinstance(value, (int, float)):
+            return struct.unpack("<I", struct.pack("<f", value))[0]
+        if ty == "fp64" and isinstance(value, (int, float)):
+            return struct.unpack("<Q", struct.pack("<d", value))[0]
+    except (OverflowError, struct.error):  # a float32 parameter out of float32's range: Python's path handles it
+        return None
     return None
 
 
@@ -172,9 +190,11 @@ def launch_spec(runner, sources: tuple[int, ...]) -> tuple | None:
     # kernel compiled by a Triton that declares fewer never reads the rest.
     fixed += [0, 0]
     function = compiled.function
-    if not isinstance(function, int) or function == 0:
+    target = getattr(meta, "target", None)
+    if not isinstance(function, int) or function == 0 or getattr(target, "backend", "cuda") != "cuda":
         return None
-    return function, tuple(grid), 32 * meta.num_warps, meta.shared, fixed, call
+    threads = getattr(target, "warp_size", 32) * meta.num_warps
+    return function, tuple(grid), threads, meta.shared, fixed, call
 
 
 def _strides(shape, stride) -> tuple:
@@ -191,8 +211,10 @@ def register(q, k, v, dropout_p: float, scale: float, seed: int, forward_plan, b
     """Hands the node the plan of q, k, v's call shape: `forward_plan` and `backward_plan` are attention.py's
     (allocation layouts, bound launches) for it, the backward's made for a dO laid out as the output. Without a
     backward plan the node runs only calls of this shape that need no gradient. Returns whether the node took it."""
-    if node is None:
-        return False
+    if node is None or not (_recording or (q.is_cuda and torch.version.hip is None)):
+        return False  # cuLaunchKernel is CUDA's: ROCm and CPU tensors stay in Python
+    if not -(2**63) <= seed < 2**63:
+        return False  # the node's seed is an int64
     (out_layout, stats_layout), (forward,) = forward_plan
     forward_spec = launch_spec(forward, FORWARD_SOURCES)
     grads = dq_spec = dkdv_spec = None
@@ -206,4 +228,7 @@ def register(q, k, v, dropout_p: float, scale: float, seed: int, forward_plan, b
         return False
     out = (tuple(out_layout[0]), _strides(out_layout[0], out_layout[3]))
     key = node.key(q, k, v, float(dropout_p), float(scale), int(seed))
-    return node.register_plan(key, out, grads, stats_layout[0][0], forward_spec, dq_spec, dkdv_spec)
+    if not node.register_plan(key, out, grads, stats_layout[0][0], forward_spec, dq_spec, dkdv_spec):
+        return False
+    _kernels.extend(launch.bound[0] for launch in (forward, *(backward_plan[1] if backward_plan else ())))
+    return True

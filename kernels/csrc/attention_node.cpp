@@ -49,29 +49,28 @@ struct Driver {
   PrimaryCtxRetainFn primary_ctx_retain = nullptr;
 };
 
-std::mutex g_driver_mutex;
-Driver g_driver;
 LaunchKernelFn g_fake_launch = nullptr;  // a test's recorder; launches on the CPU go only there
 
+Driver load_driver() {
+  void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
+  TORCH_CHECK(lib != nullptr, "gpt2tui's attention node could not open libcuda.so.1: ", dlerror());
+  auto find = [lib](const char* name) {
+    void* symbol = dlsym(lib, name);
+    TORCH_CHECK(symbol != nullptr, "gpt2tui's attention node found no ", name, " in libcuda.so.1");
+    return symbol;
+  };
+  Driver d;
+  d.ctx_get_current = reinterpret_cast<CtxGetCurrentFn>(find("cuCtxGetCurrent"));
+  d.ctx_set_current = reinterpret_cast<CtxSetCurrentFn>(find("cuCtxSetCurrent"));
+  d.device_get = reinterpret_cast<DeviceGetFn>(find("cuDeviceGet"));
+  d.primary_ctx_retain = reinterpret_cast<PrimaryCtxRetainFn>(find("cuDevicePrimaryCtxRetain"));
+  d.launch = reinterpret_cast<LaunchKernelFn>(find("cuLaunchKernel"));
+  return d;
+}
+
 const Driver& driver() {
-  std::lock_guard<std::mutex> lock(g_driver_mutex);
-  if (g_driver.launch == nullptr) {
-    void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
-    TORCH_CHECK(lib != nullptr, "gpt2tui's attention node could not open libcuda.so.1: ", dlerror());
-    auto find = [lib](const char* name) {
-      void* symbol = dlsym(lib, name);
-      TORCH_CHECK(symbol != nullptr, "gpt2tui's attention node found no ", name, " in libcuda.so.1");
-      return symbol;
-    };
-    Driver d;
-    d.ctx_get_current = reinterpret_cast<CtxGetCurrentFn>(find("cuCtxGetCurrent"));
-    d.ctx_set_current = reinterpret_cast<CtxSetCurrentFn>(find("cuCtxSetCurrent"));
-    d.device_get = reinterpret_cast<DeviceGetFn>(find("cuDeviceGet"));
-    d.primary_ctx_retain = reinterpret_cast<PrimaryCtxRetainFn>(find("cuDevicePrimaryCtxRetain"));
-    d.launch = reinterpret_cast<LaunchKernelFn>(find("cuLaunchKernel"));
-    g_driver = d;
-  }
-  return g_driver;
+  static const Driver d = load_driver();  // once, thread-safely; a throw leaves it to the next call
+  return d;
 }
 
 // The driver API launches into the calling thread's current context. Autograd runs CUDA backward on a thread of its
@@ -100,6 +99,7 @@ struct Launch {
   std::vector<std::pair<int, int8_t>> from_call;  // (parameter index, Source)
 
   void operator()(const std::array<uint64_t, kSources>& values, void* stream, const at::Device& device) const {
+    if (grid[0] == 0 || grid[1] == 0 || grid[2] == 0) return;  // no work (T = 0, say): Triton's launcher skips it too
     // 64 parameters fit every kernel in kernels/attention.py; more is refused when the plan is registered.
     std::array<uint64_t, 64> storage;
     std::array<void*, 65> params;
@@ -281,6 +281,8 @@ py::object attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
                      int64_t seed) {
   const Plan* plan = find_plan(key_of(q, k, v, scale, dropout_p, seed_width(seed)));
   if (plan == nullptr || !aligned({&q, &k, &v})) return py::none();
+  // Forward-mode AD (dual tensors): the node has no JVP; Python's Function says so.
+  if (q._fw_grad(0).defined() || k._fw_grad(0).defined() || v._fw_grad(0).defined()) return py::none();
   const bool grad = at::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
   if (grad && !plan->backward) return py::none();
   if (grad) return py::cast(FlashAttention::apply(q, k, v, plan, seed));

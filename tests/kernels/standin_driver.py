@@ -28,8 +28,13 @@ class RecordingLauncher:
 
 
 class _Utils:
+    loaded = 0
+
     def load_binary(self, name, kernel, shared, device):
-        return 1, 2, 32, 0, 1024  # module, function, registers, spills, max threads: the handles are never used
+        # module, function, registers, spills, max threads. Never used as handles; a handle per kernel lets a test
+        # tell which kernel a launch was given.
+        _Utils.loaded += 1
+        return 1, 1000 + _Utils.loaded, 32, 0, 1024
 
     def get_device_properties(self, device):
         return {"max_shared_mem": 232448, "multiprocessor_count": 132, "max_num_regs": 65536, "warpSize": 32,

@@ -49,12 +49,12 @@ def fake(function, gx, gy, gz, bx, by, bz, shared, stream, params, extra):
     raw = []
     while params[len(raw)] is not None:  # the node ends the array with a null
         raw.append(ctypes.cast(params[len(raw)], ctypes.POINTER(ctypes.c_uint64)).contents.value)
-    launches.append({"grid": [gx, gy, gz], "block": [bx, by, bz], "shared": shared, "stream": stream or 0,
-                     "raw": raw, "extra": extra})
+    launches.append({"function": function, "grid": [gx, gy, gz], "block": [bx, by, bz], "shared": shared,
+                     "stream": stream or 0, "raw": raw, "extra": extra})
     return 0
 
 callback = FAKE(fake)
-node.set_fake_launch(ctypes.cast(callback, ctypes.c_void_p).value)
+native.record_launches(ctypes.cast(callback, ctypes.c_void_p).value)
 
 def decode(ty, raw):
     low = raw & 0xFFFFFFFF
@@ -107,6 +107,7 @@ for dropout, seed in ((0.0, None), (0.1, 77)):
         ours = [decode(t, r) for t, r in zip(types, launch["raw"])]
         per_kernel.append({
             "name": pname == name,
+            "function": launch["function"] == pargs[4],  # the stand-in hands each compiled kernel its own handle
             "grid": launch["grid"] == list(pargs[:3]),
             "block": launch["block"] == [32 * pargs[5][0], 1, 1],
             "shared": launch["shared"] == pargs[5][2],
@@ -132,8 +133,34 @@ for dropout, seed in ((0.0, None), (0.1, 77)):
 # A dO laid out otherwise is copied into the output's layout for the kernels, which were compiled for that one.
 do_t = torch.randn(2, 3, 32, 45, dtype=torch.bfloat16).transpose(2, 3)
 torch.autograd.grad(A.causal_attention(q, k, v), (q, k, v), do_t)
-report["transposed_do"] = {"launches": len(launches), "copied": launches[1]["raw"][4] != do_t.data_ptr()}
+# dQ's DO is its 5th parameter, dK/dV's its 4th: both get the one copy.
+report["transposed_do"] = {"launches": len(launches), "copied": launches[1]["raw"][4] != do_t.data_ptr(),
+                           "shared": launches[2]["raw"][3] == launches[1]["raw"][4]}
 launches.clear()
+
+# No work (T = 0): the node launches nothing, as Triton's launcher would not.
+q0, k0, v0 = (torch.randn(1, 2, 0, 16, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+for _ in range(4):
+    torch.autograd.grad(A.causal_attention(q0, k0, v0), (q0, k0, v0), torch.ones_like(q0))
+report["empty"] = {"node_launches": len(launches), "grad_fn": type(A.causal_attention(q0, k0, v0).grad_fn).__name__}
+RecordingLauncher.launches.clear()
+launches.clear()
+
+# A seed past int64 (Triton's u64) and forward-mode AD (dual tensors) stay in Python, which runs the first and refuses
+# the second, as without the node.
+for _ in range(4):
+    torch.autograd.grad(A.causal_attention(q, k, v, dropout_p=0.1, seed=2**63 + 5), (q, k, v), do)
+report["huge_seed"] = {"node": len(launches), "python": len(RecordingLauncher.launches) // 4}
+RecordingLauncher.launches.clear()
+import torch.autograd.forward_ad as fwAD
+with fwAD.dual_level(), torch.no_grad():
+    try:
+        A.causal_attention(fwAD.make_dual(q.detach(), torch.ones_like(q)), k.detach(), v.detach())
+        report["dual"] = "ran"
+    except NotImplementedError as err:
+        report["dual"] = "refused: jvp" if "jvp" in str(err) else str(err)
+report["dual_node"] = len(launches)
+RecordingLauncher.launches.clear()
 
 # Another shape has no plan yet: Python runs it.
 q2, k2, v2 = (torch.randn(1, 2, 20, 16, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
@@ -205,7 +232,7 @@ def test_the_node_launches_what_triton_s_launcher_was_given(report, dropout):
     """Same kernel, grid, threads, shared memory and stream; every parameter equal at its kernel type (the seed
     too); the two scratch pointers Triton appends null."""
     for kernel in report[f"kernels-{dropout}"]:
-        assert kernel == {"name": True, "grid": True, "block": True, "shared": True, "stream": True, "extra": None,
+        assert kernel == {"name": True, "function": True, "grid": True, "block": True, "shared": True, "stream": True, "extra": None,
                           "scratch": [0, 0], "plain": []}
 
 
@@ -215,7 +242,16 @@ def test_the_node_hands_each_kernel_the_step_s_own_buffers(report, dropout):
 
 
 def test_a_gradient_laid_out_otherwise_is_copied_into_the_output_s_layout(report):
-    assert report["transposed_do"] == {"launches": 3, "copied": True}
+    assert report["transposed_do"] == {"launches": 3, "copied": True, "shared": True}
+
+
+def test_a_seed_past_int64_and_dual_tensors_stay_in_python(report):
+    assert report["huge_seed"] == {"node": 0, "python": 3}
+    assert report["dual"] == "refused: jvp" and report["dual_node"] == 0
+
+
+def test_a_call_with_no_work_launches_nothing(report):
+    assert report["empty"] == {"node_launches": 0, "grad_fn": "CppFunction"}
 
 
 def test_a_shape_without_a_plan_and_a_hooked_launch_run_in_python(report):
@@ -231,7 +267,7 @@ def test_a_call_that_needs_no_gradient_takes_the_forward_alone(report):
 
 def test_the_node_s_buffers_can_be_poisoned_for_the_write_everything_checks(report):
     assert report["poisoned"] is True
-    assert report["plans"] == 3  # with and without dropout, and the forward alone
+    assert report["plans"] == 4  # with and without dropout, T = 0, and the forward alone
 
 
 def test_the_switch_turns_the_node_off_or_says_what_is_wrong():
@@ -254,9 +290,9 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def _node():
     from gpt2tui.kernels import native
 
-    node = native.load()
+    node = native.load(timeout=600)
     if node is None:
-        pytest.fail(f"the C++ attention node did not build: {native.failure}")
+        pytest.fail(f"the C++ attention node did not build in 10 minutes: {native.failure}")
     return node
 
 
