@@ -213,22 +213,35 @@ bool aligned(std::initializer_list<const at::Tensor*> tensors) {
   return bits % 16 == 0;
 }
 
+// The values every launch of a step takes from the call: the forward's tensors and the seed (the backward adds its own).
+std::array<uint64_t, kSources> step_values(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                           const at::Tensor& o, const at::Tensor& stats, int64_t seed) {
+  std::array<uint64_t, kSources> values{};
+  values[kQ] = address(q);
+  values[kK] = address(k);
+  values[kV] = address(v);
+  values[kO] = address(o);
+  values[kStats] = address(stats);
+  values[kSeed] = static_cast<uint64_t>(seed);
+  return values;
+}
+
+// The forward's launch: returns the output and the statistics buffer (log-sum-exp, room for Δ).
+std::pair<at::Tensor, at::Tensor> run_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                              const Plan* plan, int64_t seed) {
+  const at::Device device = q.device();
+  c10::OptionalDeviceGuard guard;
+  if (device.is_cuda()) guard.reset_device(device);
+  at::Tensor o = allocate(plan->out, q.options());
+  at::Tensor stats = allocate_stats(plan->stats_numel, device);
+  plan->forward(step_values(q, k, v, o, stats, seed), current_stream(device), device);
+  return {o, stats};
+}
+
 struct FlashAttention : public torch::autograd::Function<FlashAttention> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k,
                             const at::Tensor& v, const Plan* plan, int64_t seed) {
-    const at::Device device = q.device();
-    c10::OptionalDeviceGuard guard;
-    if (device.is_cuda()) guard.reset_device(device);
-    at::Tensor o = allocate(plan->out, q.options());
-    at::Tensor stats = allocate_stats(plan->stats_numel, device);
-    std::array<uint64_t, kSources> values{};
-    values[kQ] = address(q);
-    values[kK] = address(k);
-    values[kV] = address(v);
-    values[kO] = address(o);
-    values[kStats] = address(stats);
-    values[kSeed] = static_cast<uint64_t>(seed);
-    plan->forward(values, current_stream(device), device);
+    auto [o, stats] = run_forward(q, k, v, plan, seed);
     ctx->save_for_backward({q, k, v, o, stats});
     ctx->saved_data["plan"] = static_cast<int64_t>(reinterpret_cast<intptr_t>(plan));
     ctx->saved_data["seed"] = seed;
@@ -252,14 +265,8 @@ struct FlashAttention : public torch::autograd::Function<FlashAttention> {
       copy.copy_(d_o);
       d_o = copy;
     }
-    std::array<uint64_t, kSources> values{};
-    values[kQ] = address(q);
-    values[kK] = address(k);
-    values[kV] = address(v);
-    values[kO] = address(o);
-    values[kStats] = address(stats);
+    std::array<uint64_t, kSources> values = step_values(q, k, v, o, stats, seed);
     values[kDO] = address(d_o);
-    values[kSeed] = static_cast<uint64_t>(seed);
     void* stream = current_stream(device);
     // dQ first, before dK and dV are allocated: it also writes Δ, which the dK/dV kernel reads, and on a slow host the
     // GPU waits for this first launch.
@@ -287,20 +294,7 @@ py::object attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   if (grad && !plan->backward) return py::none();
   if (grad) return py::cast(FlashAttention::apply(q, k, v, plan, seed));
   // No gradient wanted (inference, a prefill): the forward's launch alone, without autograd's bookkeeping.
-  const at::Device device = q.device();
-  c10::OptionalDeviceGuard guard;
-  if (device.is_cuda()) guard.reset_device(device);
-  at::Tensor o = allocate(plan->out, q.options());
-  at::Tensor stats = allocate_stats(plan->stats_numel, device);
-  std::array<uint64_t, kSources> values{};
-  values[kQ] = address(q);
-  values[kK] = address(k);
-  values[kV] = address(v);
-  values[kO] = address(o);
-  values[kStats] = address(stats);
-  values[kSeed] = static_cast<uint64_t>(seed);
-  plan->forward(values, current_stream(device), device);
-  return py::cast(o);
+  return py::cast(run_forward(q, k, v, plan, seed).first);
 }
 
 Launch make_launch(py::tuple spec) {

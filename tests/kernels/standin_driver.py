@@ -85,3 +85,27 @@ def install():
 
 def uninstall(previous) -> None:
     driver._active = previous  # not reset_active(): on a machine without a GPU there is no real driver to reset to
+
+
+def run_report(script: str, root, timeout: int, unset: tuple[str, ...] = ()) -> dict:
+    """Runs a test's stand-in `script` in a fresh Python (kernels compiled for real, not interpreted; one config, as
+    the stand-in cannot time candidates) and returns the JSON report it prints last. Skips where Triton cannot compile
+    for sm_90 here."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    drop = {"TRITON_INTERPRET", "GPT2TUI_TRITON_LAUNCH", *unset}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env["GPT2TUI_TRITON_AUTOTUNE"] = "0"
+    run = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True,
+                         timeout=timeout)
+    if run.returncode != 0:
+        tail = run.stderr.strip().splitlines()[-1:]
+        if "ptxas" in run.stderr or "GPUTarget" in run.stderr:
+            pytest.skip(f"cannot compile for sm_90 here: {tail}")
+        raise AssertionError(run.stderr[-4000:])
+    return json.loads(run.stdout.strip().splitlines()[-1])

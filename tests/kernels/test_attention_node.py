@@ -8,7 +8,6 @@ parameter, each read back at its kernel's type. On CUDA the node runs for real, 
 float64 reference.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -18,6 +17,8 @@ import pytest
 import torch
 
 pytest.importorskip("triton")
+
+from tests.kernels.standin_driver import run_report  # noqa: E402  (it imports Triton)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -208,17 +209,7 @@ print(json.dumps(report))
 
 @pytest.fixture(scope="module")
 def report():
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "GPT2TUI_TRITON_LAUNCH",
-                                                            "GPT2TUI_ATTENTION_NODE")}
-    env["GPT2TUI_TRITON_AUTOTUNE"] = "0"  # one config: the stand-in cannot time candidates
-    run = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=900)
-    if run.returncode != 0:
-        tail = run.stderr.strip().splitlines()[-1:]
-        if "ptxas" in run.stderr or "GPUTarget" in run.stderr:
-            pytest.skip(f"cannot compile for sm_90 here: {tail}")
-        raise AssertionError(run.stderr[-4000:])
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return run_report(_SCRIPT, ROOT, timeout=900, unset=("GPT2TUI_ATTENTION_NODE",))
 
 
 @pytest.mark.parametrize("dropout", ["0.0", "0.1"])

@@ -7,7 +7,6 @@ through our launcher; the recorded launches must match argument for argument. On
 direct path for real.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -16,6 +15,8 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("triton")
+
+from tests.kernels.standin_driver import run_report  # noqa: E402  (it imports Triton)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -136,16 +137,7 @@ print(json.dumps(report))
 
 @pytest.fixture(scope="module")
 def report():
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "GPT2TUI_TRITON_LAUNCH")}
-    env["GPT2TUI_TRITON_AUTOTUNE"] = "0"  # one config: the stand-in cannot time candidates
-    run = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=600)
-    if run.returncode != 0:
-        tail = run.stderr.strip().splitlines()[-1:]
-        if "ptxas" in run.stderr or "GPUTarget" in run.stderr:
-            pytest.skip(f"cannot compile for sm_90 here: {tail}")
-        raise AssertionError(run.stderr[-4000:])
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return run_report(_SCRIPT, ROOT, timeout=600)
 
 
 @pytest.mark.parametrize("dropout", ["0.0", "0.1"])
