@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from . import _cdiv, _interpreting, _layout_of, _new_tensor, _next_power_of_2, _on_device, native
-from .launch import Launcher, _aligned, _idle, _width, knobs
+from .launch import Launcher, _aligned, _hooks_idle, _width
 
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (16, 32, 64, 128)
@@ -383,8 +383,7 @@ def _offer(plan_key: tuple, bwd_plan: tuple | None, do, q, k, v, o, sm_scale: fl
     """Hands the C++ node this call shape's plans: the forward's alone (calls that need no gradient), or once the
     backward's exists for a dO laid out as the output (as the node's backward hands it to the kernels), both."""
     _OFFERED.add(plan_key)
-    fwd_plan = _PLANS.get(("fwd", q.shape, q.stride(), k.stride(), v.stride(), q.dtype, q.device, sm_scale, dropout_p,
-                           _width(seed)))
+    fwd_plan = _PLANS.get(_forward_key(q, k, v, sm_scale, dropout_p, seed))
     if fwd_plan is not None and (bwd_plan is None or do.stride() == o.stride()):
         try:
             native.register(q, k, v, dropout_p, sm_scale, seed, fwd_plan, bwd_plan)
@@ -448,10 +447,13 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+def _forward_key(q, k, v, sm_scale: float, dropout_p: float, seed: int) -> tuple:
+    return "fwd", q.shape, q.stride(), k.stride(), v.stride(), q.dtype, q.device, sm_scale, dropout_p, _width(seed)
+
+
 def _forward(q, k, v, sm_scale: float, dropout_p: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns the output and the statistics buffer (`_stats`) with the log-sum-exp written, in base 2."""
-    plan_key = ("fwd", q.shape, q.stride(), k.stride(), v.stride(), q.dtype, q.device, sm_scale, dropout_p,
-                _width(seed))
+    plan_key = _forward_key(q, k, v, sm_scale, dropout_p, seed)
     plan = _PLANS.get(plan_key)
     if plan is not None:
         (o_layout, stats_layout), (launch,) = plan
@@ -571,24 +573,18 @@ def causal_attention(
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1); got {dropout_p}")
     sm_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    if dropout_p > 0.0 and seed is None:
-        seed = _new_seed()
+    seed = _new_seed() if dropout_p > 0.0 and seed is None else int(seed or 0)
     if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
-        return FlashAttentionFunction.apply(q, k, v, float(dropout_p), sm_scale, int(seed or 0))
+        return FlashAttentionFunction.apply(q, k, v, float(dropout_p), sm_scale, seed)
     q, k, v = _unwrap_if_dead(q), _unwrap_if_dead(k), _unwrap_if_dead(v)
     node = native.node
-    if node is not None and _hooks_idle() and -(2**63) <= (seed or 0) < 2**63 and not torch._C._get_tracing_state():
-        # The C++ node, where this call shape has a plan there; None otherwise.
-        o = node.attention(q, k, v, float(dropout_p), sm_scale, int(seed or 0))
+    # The C++ node, where this call shape has a plan there (it returns None otherwise), unless a profiler's launch hook
+    # must see every launch (the node's pass it by), a tracer records the call, or the seed does not fit its int64.
+    if node is not None and _hooks_idle() and -(2**63) <= seed < 2**63 and not torch._C._get_tracing_state():
+        o = node.attention(q, k, v, float(dropout_p), sm_scale, seed)
         if o is not None:
             return o
-    return _apply_directly(q, k, v, float(dropout_p), sm_scale, int(seed or 0))
-
-
-def _hooks_idle() -> bool:
-    """No launch hook is set (a profiler's, say, which must see every launch: the node's would pass it by). Before
-    Triton 3.4 the hooks lived elsewhere, and every launch goes through Triton's runner."""
-    return knobs is not None and (_idle(knobs.runtime.launch_enter_hook) and _idle(knobs.runtime.launch_exit_hook))
+    return _apply_directly(q, k, v, float(dropout_p), sm_scale, seed)
 
 
 def attention_dropout_mask(seed: int, B: int, H: int, T: int, dropout_p: float, device="cpu") -> torch.Tensor:

@@ -68,6 +68,12 @@ def _idle(hook) -> bool:
     return hook is None or (type(hook).__name__ == "HookChain" and not hook.calls)
 
 
+def _hooks_idle() -> bool:
+    """No launch hook is set (a profiler's, say, which must see every launch). Before Triton 3.4 the hooks lived
+    elsewhere: every launch then goes through Triton's runner."""
+    return knobs is not None and _idle(knobs.runtime.launch_enter_hook) and _idle(knobs.runtime.launch_exit_hook)
+
+
 def _runner(compiled, grid: tuple, device: int | None = None, template: list | None = None, places: tuple = ()):
     """`compiled[grid]`: launches the compiled kernel over `grid` with the current stream of `device` (None: of the
     current device, looked up on each launch). While no launch hook is set, straight through the C launcher with no
@@ -81,7 +87,6 @@ def _runner(compiled, grid: tuple, device: int | None = None, template: list | N
     run, function, packed = compiled.run, compiled.function, getattr(compiled, "packed_metadata", None)
     gx, gy, gz = grid
     current_device, stream = driver.active.get_current_device, driver.active.get_current_stream
-    runtime = knobs.runtime if knobs is not None else None
 
     def runner(*values):
         if template is None:
@@ -90,7 +95,7 @@ def _runner(compiled, grid: tuple, device: int | None = None, template: list | N
             args = template.copy()
             for j, i in places:
                 args[i] = values[j]
-        if runtime is not None and _idle(runtime.launch_enter_hook) and _idle(runtime.launch_exit_hook):
+        if _hooks_idle():
             run(gx, gy, gz, stream(current_device() if device is None else device), function, packed, None, None, None,
                 *args)
         else:
