@@ -8,13 +8,30 @@ STAMP  := $(VENV)/.installed
 MODEL  ?=
 # Pinned: this version resolves to a local CPU build; an unpinned torch pulls gigabytes of CUDA packages.
 TORCH  := torch==2.13.0
+# The exact versions the whole suite last passed with (`make upgrade-deps` rewrites it, only when the suite is green).
+# setup.py keeps ranges, for users who install gpt2tui beside other things.
+CONSTRAINTS := constraints.txt
+PIP    := $(BIN)/python -m pip install -q -c $(CONSTRAINTS)
+# Strict editable mode installs a link tree (build/__editable__.*) that maps kernels/ and training/ to gpt2tui.kernels
+# and gpt2tui.training; the default mode cannot map folders without __init__.py (setup.py says why they have none).
+EDITABLE := --config-settings editable_mode=strict
 
-.PHONY: chat test test-asan bench gpu-check install clean
+.PHONY: chat test test-asan bench gpu-check install upgrade-deps clean FORCE
 
-$(STAMP): setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h)
+# The link tree has a link per file, so adding or removing a package file needs a new install, while editing one does
+# not: the stamp depends on the list of files, which is rewritten only when it changes.
+PACKAGE_FILES = $(sort $(wildcard gpt2tui/*.py gpt2tui/*/*.py gpt2tui/*/*/*.py gpt2tui/assets/* gpt2tui/tui/*.tcss \
+                                  kernels/*.py kernels/csrc/* training/*.py))
+FILE_LIST := $(VENV)/.package-files
+
+$(FILE_LIST): FORCE
+	@mkdir -p $(VENV)
+	@echo '$(PACKAGE_FILES)' | cmp -s - $@ || echo '$(PACKAGE_FILES)' > $@
+
+$(STAMP): setup.py pyproject.toml $(CONSTRAINTS) $(FILE_LIST) $(wildcard csrc/*.cpp csrc/*.h)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel pybind11 $(TORCH)
-	$(BIN)/python -m pip install -q --no-build-isolation -e '.[dev]' $(TORCH)
+	$(PIP) --upgrade pip setuptools wheel pybind11 $(TORCH)
+	$(PIP) --no-build-isolation $(EDITABLE) -e '.[dev]' $(TORCH)
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -25,15 +42,16 @@ chat: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
-# The tokenizer tests against the C++ encoder built with AddressSanitizer and UBSan; any report fails the run.
-# The normal build is restored afterwards, whatever the outcome.
+# The tokenizer tests against the C++ encoder built with AddressSanitizer and UBSan; any report fails the run. The
+# sanitized build goes into gpt2tui/, which comes first on the package's path from the repository root; it is removed
+# afterwards, whatever the outcome, so the installed build serves again.
 SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g
 test-asan: $(STAMP)
 	CFLAGS="$(SAN_FLAGS)" LDFLAGS="$(SAN_FLAGS)" $(BIN)/python setup.py -q build_ext --inplace --force --build-temp build/asan
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONMALLOC=malloc \
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/csrc tests/gpt2tui/test_tokenizer.py; \
-	status=$$?; $(BIN)/python setup.py -q build_ext --inplace --force; exit $$status
+	status=$$?; rm -f gpt2tui/_bpe*.so; exit $$status
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest -q benchmarks --benchmark-only --benchmark-columns=min,median,mean,rounds
@@ -52,8 +70,10 @@ logs_tail = $(if $(LOG_DIR),for f in $(1); do echo "== $$f"; tail -n 4 $(LOG_DIR
 gpu-check:
 	$(MAKE) -k gpu-test gpu-bench
 
+# A regular install: it needs no particular setuptools, and from the repository root gpt2tui's package path reaches the
+# installed gpt2tui.kernels (gpt2tui/__init__.py says how).
 gpu-install:
-	$(PYTHON) -m pip install -q --no-build-isolation --no-deps -e .
+	$(PYTHON) -m pip install -q --no-build-isolation --no-deps .
 	$(if $(LOG_DIR),mkdir -p $(LOG_DIR))
 
 gpu-test: gpu-install
@@ -83,5 +103,12 @@ gpu-bench: gpu-install
 		$(call log,tune-decode) || status=1; \
 	$(call logs_tail,bench-attention profile-host bench-train profile-attention bench-generate tune-decode) exit $$status
 
+# The newest versions of everything but torch, in a venv of their own (a regular install, so .venv and its link tree
+# are left alone): the suite passes there and constraints.txt is rewritten from that venv, or it fails and the
+# constraints stay as they are, and the failing tests are named.
+upgrade-deps:
+	$(PYTHON) tools/upgrade_deps.py --torch $(TORCH) --constraints $(CONSTRAINTS)
+
+# Removing build/ removes the editable install's link tree, so the stamp goes too.
 clean:
-	rm -rf build *.egg-info gpt2tui/*.so .pytest_cache .benchmarks
+	rm -rf build *.egg-info gpt2tui/*.so .pytest_cache .benchmarks $(STAMP)

@@ -1,7 +1,12 @@
 """The one build: the gpt2tui packages, the pybind11 extension gpt2tui._bpe, and the `gpt2tui` command.
 
 `kernels/` and `training/` install as `gpt2tui.kernels` and `gpt2tui.training` so that nothing generic lands in a
-user's site-packages. The extension needs only a C++17 compiler and pybind11: never torch.
+user's site-packages. Neither folder has an `__init__.py`, so that from the repository root `import kernels` or
+`import training` can never find them instead of an installed distribution of that name (transformers imports PyPI's
+`kernels`): a folder without one is a namespace portion, which never wins over a regular package. `build_py` writes
+their `__init__.py` into the installed tree instead. This works in a regular install and in setuptools' strict
+editable mode (a link tree, which the Makefile asks for), not in its default editable mode, which cannot map a
+folder without `__init__.py` to another name. The extension needs only a C++17 compiler and pybind11: never torch.
 """
 
 import re
@@ -10,6 +15,39 @@ from pathlib import Path
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import setup
+from setuptools.command.build_py import build_py
+
+# The installed `__init__.py` of the two folders mapped under gpt2tui (see the docstring for why they have none).
+PACKAGE_INITS = {
+    "gpt2tui.kernels": (
+        '"""Attention ops for gpt2tui: `causal_attention`, `decode_attention` and the dispatch rule, from `ops.py`.\n\n'
+        "Written by gpt2tui's setup.py: the repository's kernels/ folder has no __init__.py (README, Layout).\n"
+        '"""\n\nfrom .ops import *  # noqa: F403\nfrom .ops import __all__  # noqa: F401\n'
+    ),
+    "gpt2tui.training": (
+        '"""Training for gpt2tui: pretraining, instruction fine-tuning (full and LoRA), evaluation and plots.\n\n'
+        "Written by gpt2tui's setup.py: the repository's training/ folder has no __init__.py (README, Layout).\n"
+        '"""\n'
+    ),
+}
+
+
+class build_py_with_inits(build_py):
+    """build_py that also writes PACKAGE_INITS into the build. setuptools' strict editable install copies a built
+    file that has no source (as it does the extension) into its link tree."""
+
+    def _init_paths(self):
+        return {package: Path(self.build_lib, *package.split("."), "__init__.py") for package in PACKAGE_INITS}
+
+    def run(self):
+        super().run()
+        for package, path in self._init_paths().items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(PACKAGE_INITS[package], encoding="utf-8")
+
+    def get_outputs(self, include_bytecode=1):
+        return list(super().get_outputs(include_bytecode)) + [str(p) for p in self._init_paths().values()]
+
 
 HERE = Path(__file__).parent
 VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "gpt2tui" / "__init__.py").read_text(), re.M).group(1)
@@ -36,7 +74,7 @@ setup(
     package_data={"gpt2tui": ["assets/gpt2.tiktoken", "assets/LICENSE-gpt2-vocab.txt"], "gpt2tui.tui": ["app.tcss"],
                   "gpt2tui.kernels": ["csrc/*.cpp"]},
     ext_modules=[bpe],
-    cmdclass={"build_ext": build_ext},
+    cmdclass={"build_ext": build_ext, "build_py": build_py_with_inits},
     install_requires=[
         "torch>=2.4",
         "numpy",

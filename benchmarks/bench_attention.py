@@ -22,6 +22,7 @@ if not torch.cuda.is_available():
 
 import triton  # noqa: E402
 import triton.testing  # noqa: E402
+
 from gpt2tui.kernels import causal_attention_ref, decode, decode_attention_ref  # noqa: E402
 from gpt2tui.kernels.attention import causal_attention  # noqa: E402
 from gpt2tui.kernels.decode import decode_attention  # noqa: E402

@@ -33,6 +33,7 @@ if os.environ.get("TRITON_INTERPRET") == "1":
 
 import torch  # noqa: E402
 import triton  # noqa: E402
+
 from gpt2tui.kernels import attention as A  # noqa: E402
 from gpt2tui.kernels import decode as DEC  # noqa: E402
 
@@ -46,7 +47,7 @@ PATHS = ["Autotuner.run", "JITFunction.run", "Launcher"]
 @pytest.fixture
 def stand_in(monkeypatch):
     """Triton's host path for real, against a driver that compiles for sm_90 and launches nothing."""
-    from tests.kernels.standin_driver import RecordingLauncher, install, uninstall
+    from gpt2tui_testkit.standin_driver import RecordingLauncher, install, uninstall
 
     previous = install()
     monkeypatch.setattr(RecordingLauncher, "__call__", lambda self, *args: None)  # keep nothing: time only

@@ -29,19 +29,19 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # the corpus generator lives with the tests
-    sys.path.insert(0, str(REPO))
+from gpt2tui import Tokenizer
+from gpt2tui.tokenizer import _tiktoken_encoding
+from gpt2tui_testkit.corpus import (  # tests/support, on pytest's path (pyproject.toml)
+    build_corpus,
+    pathological,
+)
 
-from gpt2tui import Tokenizer  # noqa: E402
-from gpt2tui.tokenizer import _tiktoken_encoding  # noqa: E402
-from tests.csrc.corpus import build_corpus, pathological  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 FAST = "cpp"
 ENGINES = [FAST, "tiktoken"]

@@ -9,9 +9,9 @@ SDPA, with MFU in `extra_info`.
 
 import pytest
 import torch
-from gpt2tui.training.loop import TrainConfig, flops_per_token, make_optimizer, peak_flops
 
 from gpt2tui import GPT2, GPT2Config
+from gpt2tui.training.loop import TrainConfig, flops_per_token, make_optimizer, peak_flops
 
 CUDA = torch.cuda.is_available()
 

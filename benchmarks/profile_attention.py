@@ -8,9 +8,10 @@ import cProfile
 import pstats
 
 import torch
+from torch.profiler import ProfilerActivity, profile
+
 from gpt2tui.kernels import attention as A
 from gpt2tui.kernels.attention import causal_attention
-from torch.profiler import ProfilerActivity, profile
 
 B, H, T, D = 8, 12, 1024, 64
 

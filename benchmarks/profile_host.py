@@ -14,12 +14,13 @@ import time
 
 import torch
 import triton
+from torch.profiler import ProfilerActivity, profile
+
 from gpt2tui.kernels import attention as A
 from gpt2tui.kernels import native
 from gpt2tui.kernels.attention import causal_attention
 from gpt2tui.kernels.launch import Launcher
 from gpt2tui.kernels.sdpa import causal_attention_sdpa
-from torch.profiler import ProfilerActivity, profile
 
 B, H, T, D = 8, 12, 1024, 64
 N = 200

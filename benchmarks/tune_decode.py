@@ -16,6 +16,7 @@ import json
 
 import torch
 import triton.testing
+
 from gpt2tui.kernels import decode
 from gpt2tui.kernels.decode import decode_attention
 from gpt2tui.kernels.reference import decode_attention_ref

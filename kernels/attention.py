@@ -30,7 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _cdiv, _interpreting, _layout_of, _new_tensor, _next_power_of_2, _on_device, native
+from . import native
+from .common import _cdiv, _interpreting, _layout_of, _new_tensor, _next_power_of_2, _on_device
 from .launch import Launcher, _aligned, _hooks_idle, _width
 
 LOG2E = 1.4426950408889634

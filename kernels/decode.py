@@ -38,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import AttentionBackendError, _cdiv, _layout_of, _new_tensor, _next_power_of_2, _on_device
+from .common import AttentionBackendError, _cdiv, _layout_of, _new_tensor, _next_power_of_2, _on_device
 from .launch import Launcher, _aligned
 
 __all__ = ["decode_attention", "choose_num_splits"]

@@ -34,7 +34,7 @@ try:
 except ImportError:  # before Triton 3.4 the launch hooks lived elsewhere: every launch goes through Triton's runner
     knobs = None
 
-from . import _interpreting
+from .common import AttentionBackendError, _interpreting
 
 ENV_VAR = "GPT2TUI_TRITON_LAUNCH"
 _MAX_KERNELS = 512  # per kernel; a run that keeps changing shapes starts over rather than growing without bound
@@ -43,8 +43,6 @@ _MAX_KERNELS = 512  # per kernel; a run that keeps changing shapes starts over r
 def _enabled() -> bool:
     value = os.environ.get(ENV_VAR, "direct")
     if value not in ("direct", "triton"):
-        from . import AttentionBackendError
-
         raise AttentionBackendError(f"${ENV_VAR} is {value!r}; set it to 'direct' or 'triton', or unset it")
     major, minor = (int(x) for x in triton.__version__.split(".")[:2])
     return value == "direct" and not _interpreting() and (major, minor) >= (3, 3)

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from .common import AttentionBackendError
+
 ENV_VAR = "GPT2TUI_ATTENTION_NODE"
 SOURCE = Path(__file__).parent / "csrc" / "attention_node.cpp"
 
@@ -51,8 +53,6 @@ _recording = False  # a test's recorder stands in for cuLaunchKernel: plans for 
 
 
 def wanted() -> bool:
-    from . import AttentionBackendError
-
     value = os.environ.get(ENV_VAR, "cpp")
     if value not in ("cpp", "python"):
         raise AttentionBackendError(f"${ENV_VAR} is {value!r}; set it to 'cpp' or 'python', or unset it")
@@ -73,7 +73,7 @@ def _find_ninja() -> None:
         return
     folders = [os.path.dirname(sys.executable)]
     try:
-        import ninja
+        import ninja  # deferred: only a build needs it, and only where PATH lacks one
 
         folders.append(ninja.BIN_DIR)
     except (ImportError, AttributeError):
@@ -87,6 +87,7 @@ def _find_ninja() -> None:
 def _build() -> None:
     global node, failure
     try:
+        # Deferred: only a CUDA host builds the node. cpp_extension pulls in setuptools; fcntl is POSIX-only.
         import fcntl
 
         from torch.utils import cpp_extension

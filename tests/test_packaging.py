@@ -4,8 +4,13 @@ import hashlib
 import subprocess
 import sys
 from importlib import resources
+from pathlib import Path
+
+import pytest
 
 import gpt2tui
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_native_extension_is_built_and_matches_the_package_version():
@@ -28,6 +33,55 @@ def test_kernels_and_training_install_under_the_gpt2tui_name():
     import gpt2tui.training
 
     assert gpt2tui.kernels.__name__ == "gpt2tui.kernels" and gpt2tui.training.__name__ == "gpt2tui.training"
+    assert gpt2tui.kernels.causal_attention is gpt2tui.kernels.ops.causal_attention  # the installed __init__.py
+
+
+# -- nothing of the repository stands in for an installed distribution (README, "Layout") ------------------------------
+
+
+def _from_the_root(code: str) -> subprocess.CompletedProcess:
+    """`python -c code` with the repository root as the working directory, which `python -c` puts first on sys.path."""
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_transformers_and_gpt2tui_kernels_import_from_the_repository_root():
+    run = _from_the_root("import transformers, transformers.integrations.hub_kernels, gpt2tui, gpt2tui.kernels")
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name", ["kernels", "training", "tests", "benchmarks", "tools", "csrc"])
+def test_a_top_level_folder_is_never_imported_in_place_of_a_distribution(name):
+    """Whatever is installed under `name` (transformers brings PyPI's `kernels`), our folder never wins: at most it is
+    a namespace portion, which Python takes only when no regular package of that name exists anywhere on the path."""
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.find_spec({name!r})\n"
+        "print('absent' if spec is None else 'namespace' if spec.origin in (None, 'namespace') else spec.origin)"
+    )
+    run = _from_the_root(code)
+    assert run.returncode == 0, run.stderr[-3000:]
+    found = run.stdout.strip()
+    assert found in ("absent", "namespace") or not Path(found).resolve().is_relative_to(ROOT), found
+
+
+def test_hugging_face_kernels_wins_when_installed():
+    pytest.importorskip("kernels")  # a dependency of transformers >= 5.25; pinned in constraints.txt
+    run = _from_the_root("import kernels; print(kernels.__file__)")
+    assert run.returncode == 0 and not Path(run.stdout.strip()).resolve().is_relative_to(ROOT), run.stdout + run.stderr
+
+
+def test_the_suite_itself_imports_transformers_hub_kernels():
+    import transformers.integrations.hub_kernels  # noqa: F401
+
+    assert "kernels" not in sys.modules or not Path(sys.modules["kernels"].__file__ or "/").resolve().is_relative_to(ROOT)
+
+
+def test_no_folder_but_the_package_is_a_regular_package():
+    """An `__init__.py` in a top-level folder, or anywhere under tests/ (run in pytest's importlib mode), would make it a
+    regular package that the repository root puts ahead of site-packages."""
+    inits = [p.relative_to(ROOT) for p in ROOT.glob("*/__init__.py") if p.parent.name != "gpt2tui"]
+    inits += [p.relative_to(ROOT) for p in (ROOT / "tests").rglob("__init__.py") if "gpt2tui_testkit" not in p.parts]
+    assert inits == []
 
 
 def test_public_api_names():

@@ -16,8 +16,7 @@ from hypothesis import strategies as st
 
 from gpt2tui import Tokenizer
 from gpt2tui.tokenizer import _tiktoken_encoding
-
-from .corpus import ALL_SPACES, EMOJI, build_corpus, pathological, small_corpus
+from gpt2tui_testkit.corpus import ALL_SPACES, EMOJI, build_corpus, pathological, small_corpus
 
 BACKENDS = ["cpp", "python"]
 EOT = "<|endoftext|>"

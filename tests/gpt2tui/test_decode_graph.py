@@ -11,8 +11,7 @@ from gpt2tui import GPT2, GPT2Config, KVCache, SamplingParams, Tokenizer, decode
 from gpt2tui.decode_graph import GraphedDecodeStep, graphs_requested
 from gpt2tui.errors import ConfigError
 from gpt2tui.generate import Decoder
-
-from .graphs import ReplayByCalling
+from gpt2tui_testkit.graphs import ReplayByCalling
 
 
 @pytest.fixture

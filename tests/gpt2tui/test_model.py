@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gpt2tui import GPT2, GPT2Config, load_weights
-from tests.conftest import write_hf_dir
+from gpt2tui_testkit.hf import write_hf_dir
 
 SMALL_CONFIGS = [
     dict(n_embd=64, n_layer=2, n_head=4, n_positions=128),

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from gpt2tui import GPT2, GPT2Config, load_model, load_weights, save_checkpoint
 from gpt2tui.errors import CheckpointError, ConfigError, ModelNotFoundError
 from gpt2tui.weights import local_models, models_dir, resolve
-from tests.conftest import hf_gpt2, read_config, write_hf_dir
+from gpt2tui_testkit.hf import hf_gpt2, read_config, write_hf_dir
 
 TINY = GPT2Config(vocab_size=50257, context_length=32, emb_dim=32, n_heads=4, n_layers=2)
 

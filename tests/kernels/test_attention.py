@@ -20,8 +20,7 @@ from gpt2tui.kernels import (  # noqa: E402
     resolve_backend,
 )
 from gpt2tui.kernels.attention import attention_dropout_mask, causal_attention  # noqa: E402
-
-from .compiled import sm90  # noqa: E402
+from gpt2tui_testkit.compiled import sm90  # noqa: E402
 
 ON_CUDA = torch.cuda.is_available()
 # Triton 3.9's interpreter multiplies bfloat16 tiles wrongly (it reads the raw bits); bfloat16 is checked on CUDA.

@@ -8,7 +8,6 @@ parameter, each read back at its kernel's type. On CUDA the node runs for real, 
 float64 reference.
 """
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,14 +17,14 @@ import torch
 
 pytest.importorskip("triton")
 
-from tests.kernels.standin_driver import run_report  # noqa: E402  (it imports Triton)
+from gpt2tui_testkit import child_env  # noqa: E402
+from gpt2tui_testkit.standin_driver import run_report  # noqa: E402  (it imports Triton)
 
 ROOT = Path(__file__).resolve().parents[2]
 
 _SCRIPT = r"""
 import ctypes, json, os, struct, sys
-sys.path.insert(0, os.getcwd())
-from tests.kernels.standin_driver import RecordingLauncher, install
+from gpt2tui_testkit.standin_driver import RecordingLauncher, install
 install()
 import torch
 from gpt2tui.kernels import attention as A, native
@@ -262,7 +261,7 @@ def test_the_node_s_buffers_can_be_poisoned_for_the_write_everything_checks(repo
 
 
 def test_the_switch_turns_the_node_off_or_says_what_is_wrong():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = child_env(drop=("TRITON_INTERPRET",))
     code = "from gpt2tui.kernels import native; native.start(); print(native._builder is None)"
     env["GPT2TUI_ATTENTION_NODE"] = "python"
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from gpt2tui.kernels import (
     AttentionBackendError,
     causal_attention,

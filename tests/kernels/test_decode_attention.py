@@ -16,8 +16,7 @@ from gpt2tui.kernels import decode  # noqa: E402
 from gpt2tui.kernels.decode import choose_num_splits, decode_attention  # noqa: E402
 from gpt2tui.kernels.reference import decode_attention_ref  # noqa: E402
 from gpt2tui.kernels.sdpa import decode_attention_sdpa  # noqa: E402
-
-from .compiled import sm90  # noqa: E402
+from gpt2tui_testkit.compiled import sm90  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # All three dtypes run in the interpreter too (bf16 products go through fp32 there; see kernels/decode.py `_dot`).

@@ -5,12 +5,13 @@ A GPU machine is lent to few sessions, for minutes; a script broken by a change 
 signature, say) would waste that time. What they print here means nothing: only that every workload runs.
 """
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from gpt2tui_testkit import child_env
 
 pytest.importorskip("triton")
 
@@ -18,9 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 _SCRIPT = r"""
 import os, sys
-sys.path.insert(0, os.getcwd())
 sys.path.insert(0, os.path.join(os.getcwd(), "benchmarks"))
-from tests.kernels.standin_driver import RecordingLauncher, install
+from gpt2tui_testkit.standin_driver import RecordingLauncher, install
 install()
 RecordingLauncher.__call__ = lambda self, *args: None
 import torch
@@ -51,9 +51,9 @@ print("ran")
 
 
 def test_the_profiling_scripts_run():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["GPT2TUI_TRITON_AUTOTUNE"] = "0"  # one config: the stand-in cannot time candidates
-    env["GPT2TUI_ATTENTION_NODE"] = "python"  # the C++ node launches only on CUDA (test_attention_node.py has its own)
+    # One config: the stand-in cannot time candidates. The C++ node launches only on CUDA (test_attention_node.py has
+    # its own).
+    env = child_env(drop=("TRITON_INTERPRET",), GPT2TUI_TRITON_AUTOTUNE="0", GPT2TUI_ATTENTION_NODE="python")
     run = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=600)
     if run.returncode != 0 and ("ptxas" in run.stderr or "GPUTarget" in run.stderr):
@@ -63,8 +63,7 @@ def test_the_profiling_scripts_run():
 
 _BENCH = r"""
 import contextlib, os, sys
-sys.path.insert(0, os.getcwd())
-from tests.kernels.standin_driver import RecordingLauncher, install
+from gpt2tui_testkit.standin_driver import RecordingLauncher, install
 install()
 RecordingLauncher.__call__ = lambda self, *args: None
 import pytest, torch, triton.testing
@@ -90,9 +89,7 @@ sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "--benchmark-disable", "be
 
 
 def test_the_attention_benchmarks_run():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["GPT2TUI_TRITON_AUTOTUNE"] = "0"
-    env["GPT2TUI_ATTENTION_NODE"] = "python"
+    env = child_env(drop=("TRITON_INTERPRET",), GPT2TUI_TRITON_AUTOTUNE="0", GPT2TUI_ATTENTION_NODE="python")
     run = subprocess.run([sys.executable, "-c", _BENCH], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=600)
     if run.returncode != 0 and ("ptxas" in run.stderr or "GPUTarget" in run.stderr):

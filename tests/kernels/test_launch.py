@@ -7,7 +7,6 @@ through our launcher; the recorded launches must match argument for argument. On
 direct path for real.
 """
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,14 +15,14 @@ import pytest
 
 pytest.importorskip("triton")
 
-from tests.kernels.standin_driver import run_report  # noqa: E402  (it imports Triton)
+from gpt2tui_testkit import child_env  # noqa: E402
+from gpt2tui_testkit.standin_driver import run_report  # noqa: E402  (it imports Triton)
 
 ROOT = Path(__file__).resolve().parents[2]
 
 _SCRIPT = r"""
 import json, os, sys
-sys.path.insert(0, os.getcwd())
-from tests.kernels.standin_driver import RecordingLauncher, install
+from gpt2tui_testkit.standin_driver import RecordingLauncher, install
 install()
 import torch
 from gpt2tui.kernels import attention as A, decode as DEC
@@ -210,7 +209,7 @@ def test_decode_launches_what_triton_would(report, splits):
 
 @pytest.mark.parametrize("value", ["triton", "fast"])
 def test_the_switch_sends_launches_through_triton_or_says_what_is_wrong(value):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = child_env(drop=("TRITON_INTERPRET",))
     env["GPT2TUI_TRITON_LAUNCH"] = value
     code = "from gpt2tui.kernels import attention as A; print(A._LAUNCHERS[A._attn_fwd].direct)"
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -223,8 +222,9 @@ def test_the_switch_sends_launches_through_triton_or_says_what_is_wrong(value):
 
 def test_volatile_ints_are_keyed_by_the_integer_type_triton_gives_them():
     """A seed that needs a wider type than an earlier one must not reuse the kernel compiled for the narrower."""
-    from gpt2tui.kernels.launch import _width
     from triton.runtime.jit import mangle_type
+
+    from gpt2tui.kernels.launch import _width
 
     for value in (0, 2**31 - 1, 2**31, 2**32, 2**63 - 1, 2**63, 2**64 - 1, -(2**31), -(2**31) - 1, -(2**63)):
         assert ("i32", "i64", "u64")[_width(value)] == mangle_type(value), value

@@ -129,7 +129,7 @@ def test_graphed_decode_on_triton_equals_eager(device, kernel_calls, monkeypatch
     """Decode steps replayed from a graph, on the Triton path: the same tokens as eager steps, and (on the CPU,
     through the op-tracing stand-in) no host value captured. On CUDA it is a real CUDA graph."""
     from gpt2tui import decode_graph
-    from tests.gpt2tui.graphs import ReplayByCalling
+    from gpt2tui_testkit.graphs import ReplayByCalling
 
     if device == "cpu":
         ReplayByCalling.instances = []

@@ -5,6 +5,10 @@ import json
 import numpy as np
 import pytest
 import torch
+
+from gpt2tui import Tokenizer
+from gpt2tui.chat import TEMPLATES, encode_conversation, format_instruction
+from gpt2tui.errors import DataError
 from gpt2tui.training.data import (
     Example,
     InstructionData,
@@ -15,11 +19,7 @@ from gpt2tui.training.data import (
     split_exact,
     split_examples,
 )
-
-from gpt2tui import Tokenizer
-from gpt2tui.chat import TEMPLATES, encode_conversation, format_instruction
-from gpt2tui.errors import DataError
-from tests.training.helpers import instruction_records, run_cli, write_jsonl, write_story
+from gpt2tui_testkit.training import instruction_records, run_cli, write_jsonl, write_story
 
 EOT = 50256
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.training.helpers import metrics, pretrain_argv, run_cli, write_story
+from gpt2tui_testkit.training import metrics, pretrain_argv, run_cli, write_story
 
 
 def free_port() -> int:

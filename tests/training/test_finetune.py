@@ -4,13 +4,13 @@ import json
 
 import pytest
 import torch
-from gpt2tui.training.data import load_examples, split_examples
-from gpt2tui.training.lora import LoRAConfig, LoRALinear, apply_lora, merge_lora
 
 from gpt2tui import GPT2, GPT2Config, Tokenizer, generate, load_model
 from gpt2tui.chat import TEMPLATES, encode_conversation
+from gpt2tui.training.data import load_examples, split_examples
+from gpt2tui.training.lora import LoRAConfig, LoRALinear, apply_lora, merge_lora
 from gpt2tui.weights import models_dir
-from tests.training.helpers import TINY, instruction_records, run_cli, tiny_model_dir, write_jsonl
+from gpt2tui_testkit.training import TINY, instruction_records, run_cli, tiny_model_dir, write_jsonl
 
 
 def answer(model, tok, messages):

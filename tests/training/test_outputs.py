@@ -7,13 +7,13 @@ import stat
 
 import pytest
 import torch
-from gpt2tui.training.loop import CHECKPOINT
 
 from gpt2tui import GPT2, GPT2Config
 from gpt2tui.atomic import MODEL_DIR_FILES, atomic_directory, check_replaceable
 from gpt2tui.errors import OutputInTheWayError
+from gpt2tui.training.loop import CHECKPOINT
 from gpt2tui.weights import models_dir, save_checkpoint
-from tests.training.helpers import (
+from gpt2tui_testkit.training import (
     instruction_records,
     metrics,
     pretrain_argv,
@@ -221,10 +221,9 @@ def test_a_model_too_big_for_memory_is_one_line(tmp_path, capsys, story, monkeyp
 
 
 def test_a_lora_rank_above_the_layers_rank_is_refused():
-    from gpt2tui.training.lora import LoRAConfig, apply_lora
-
     from gpt2tui import GPT2, GPT2Config
     from gpt2tui.errors import ConfigError
+    from gpt2tui.training.lora import LoRAConfig, apply_lora
 
     model = GPT2(GPT2Config(vocab_size=50, context_length=8, emb_dim=16, n_heads=2, n_layers=1))
     with pytest.raises(ConfigError, match="LoRA rank 17 is above the full rank 16"):
@@ -233,9 +232,8 @@ def test_a_lora_rank_above_the_layers_rank_is_refused():
 
 
 def test_data_paths_that_are_not_files_say_what_they_are(tmp_path):
-    from gpt2tui.training.data import expand_paths, load_examples
-
     from gpt2tui.errors import DataError
+    from gpt2tui.training.data import expand_paths, load_examples
 
     with pytest.raises(DataError, match="not a regular file or folder"):
         expand_paths(["/dev/null"])

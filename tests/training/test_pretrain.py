@@ -3,12 +3,12 @@
 import json
 
 import pytest
+
+from gpt2tui import load_model
 from gpt2tui.training import data as data_module
 from gpt2tui.training import loop
 from gpt2tui.training.loop import TrainConfig
-
-from gpt2tui import load_model
-from tests.training.helpers import metrics, pretrain_argv, run_cli, tiny_model_dir, write_story
+from gpt2tui_testkit.training import metrics, pretrain_argv, run_cli, tiny_model_dir, write_story
 
 
 @pytest.fixture

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import pytest
 import torch
 
 from gpt2tui import GPT2, GPT2Config, Tokenizer
 from gpt2tui.session import ChatSession
 from gpt2tui.tui import ChatApp
-
-MODEL_NAME = "tiny"
+from gpt2tui_testkit.tui import MODEL_NAME
 
 
 @pytest.fixture(scope="session")
@@ -41,33 +37,3 @@ def make_app(tiny_model, tokenizer):
         return ChatApp(MODEL_NAME, loader=loader, settings=settings)
 
     return make
-
-
-def run(coro):
-    """Tests are plain functions: each drives its app inside its own event loop."""
-    return asyncio.run(coro)
-
-
-async def wait_until(pilot, condition, timeout: float = 20.0, what: str = "condition") -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.02)
-
-
-async def loaded(pilot) -> None:
-    await wait_until(pilot, lambda: pilot.app.chat is not None and pilot.app.chat.session is not None, what="the model")
-    await pilot.pause()
-
-
-async def reply_done(pilot) -> None:
-    await pilot.pause()
-    await wait_until(pilot, lambda: pilot.app.chat.reply is None, what="the reply to end")
-    await pilot.pause()
-
-
-async def send(pilot, text: str) -> None:
-    pilot.app.chat.query_one("#prompt").focus()
-    pilot.app.chat.query_one("#prompt").insert(text)
-    await pilot.press("enter")

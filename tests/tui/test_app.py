@@ -21,8 +21,7 @@ from gpt2tui.tui.screens import (
 )
 from gpt2tui.tui.screens import chat as chat_screen
 from gpt2tui.tui.widgets import MessageView, StatusBar
-
-from .conftest import MODEL_NAME, loaded, reply_done, run, send, wait_until
+from gpt2tui_testkit.tui import MODEL_NAME, loaded, reply_done, run, send, wait_until
 
 
 def views(app) -> list[MessageView]:

@@ -10,8 +10,7 @@ import pytest
 
 from gpt2tui.errors import ModelNotFoundError
 from gpt2tui.store import ChatStore
-
-from .conftest import loaded, wait_until
+from gpt2tui_testkit.tui import loaded, wait_until
 
 SIZE = (100, 32)
 

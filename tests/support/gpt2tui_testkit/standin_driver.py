@@ -6,9 +6,16 @@ recorder of the arguments it would have been given. That lets tests compare what
 process whose kernels were not decorated for the interpreter (run it in a subprocess from the kernel tests).
 """
 
+import json
+import subprocess
+import sys
+
+import pytest
 import torch
 from triton.backends.compiler import GPUTarget
 from triton.runtime import driver
+
+from . import child_env
 
 
 class RecordingLauncher:
@@ -91,16 +98,7 @@ def run_report(script: str, root, timeout: int, unset: tuple[str, ...] = ()) -> 
     """Runs a test's stand-in `script` in a fresh Python (kernels compiled for real, not interpreted; one config, as
     the stand-in cannot time candidates) and returns the JSON report it prints last. Skips where Triton cannot compile
     for sm_90 here."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    import pytest
-
-    drop = {"TRITON_INTERPRET", "GPT2TUI_TRITON_LAUNCH", *unset}
-    env = {k: v for k, v in os.environ.items() if k not in drop}
-    env["GPT2TUI_TRITON_AUTOTUNE"] = "0"
+    env = child_env(drop=("TRITON_INTERPRET", "GPT2TUI_TRITON_LAUNCH", *unset), GPT2TUI_TRITON_AUTOTUNE="0")
     run = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True,
                          timeout=timeout)
     if run.returncode != 0:

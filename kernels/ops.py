@@ -15,18 +15,20 @@ caller (usually the model config's ``attn_backend``) asked for. ``"auto"`` takes
 Triton imports and the head dim and dtype are ones the kernels take; otherwise SDPA. Auto falls back silently; an
 explicit ``"triton"`` that cannot run raises ``AttentionBackendError`` saying why.
 
-This package knows nothing of GPT-2. The Triton modules are imported only when chosen, so importing this package never
-pulls in Triton (and the interpreter switch, read when kernels are decorated, can still be set by then).
+The folder knows nothing of GPT-2, and has no ``__init__.py`` (README, "Layout", says why): setup.py writes the
+installed package's, which re-exports this module. The Triton modules are imported only when chosen (the deferred
+imports below), so importing the ops never pulls in Triton, and the interpreter switch, read when kernels are
+decorated, can still be set by then.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 
 import torch
 
+from .common import AttentionBackendError, _interpreting
 from .reference import causal_attention_ref, decode_attention_ref
 from .sdpa import causal_attention_sdpa, decode_attention_sdpa
 
@@ -46,64 +48,14 @@ TRITON_HEAD_DIMS = (16, 32, 64, 128)
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-class AttentionBackendError(ValueError):
-    """An attention backend was asked for by name and cannot run here."""
-
-
 @functools.lru_cache(maxsize=1)
 def _triton_import_error() -> str | None:
     try:
-        import triton  # noqa: F401
+        import triton  # noqa: F401  (deferred: only a request for Triton pays for importing it)
         import triton.language  # noqa: F401
     except Exception as e:  # an installed but broken Triton counts as absent
         return f"Triton does not import ({type(e).__name__}: {e}); pip install triton"
     return None
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-# Host-side block arithmetic for the launchers. `triton.cdiv` and `triton.next_power_of_2` are constexpr functions in
-# recent Triton, which cost ~2 µs a call on the host; a decode step made four such calls per layer.
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _next_power_of_2(n: int) -> int:
-    return 1 << (n - 1).bit_length() if n > 1 else 1
-
-
-def _on_device(t: torch.Tensor):
-    """A context that makes `t`'s CUDA device current, for the launches inside it: Triton launches on the current
-    device, so with `t` on cuda:1 and cuda:0 current the kernels would run on cuda:0. Switching costs host time on
-    every call, so only when needed."""
-    if t.is_cuda and t.get_device() != torch.cuda.current_device():  # neither makes a torch.device: ~0.5 µs less
-        return torch.cuda.device(t.get_device())
-    return _NO_SWITCH
-
-
-_NO_SWITCH = contextlib.nullcontext()  # reusable: it holds no state
-
-
-def _new_tensor(shape, dtype, device, stride=None) -> torch.Tensor:
-    """An uninitialised tensor, strided when `stride` is given. torch's functions are looked up per call: tests
-    poison them to prove every element a kernel should write gets written."""
-    if stride is None:
-        return torch.empty(shape, dtype=dtype, device=device)
-    return torch.empty_strided(shape, stride, dtype=dtype, device=device)
-
-
-def _layout_of(t: torch.Tensor) -> tuple:
-    """(shape, dtype, device, stride) of an uninitialised `(B, H, T, D)` tensor like `t`, in `t`'s memory order (stride
-    None: contiguous), for `_new_tensor`. A model's q is `(B, T, H, D)` in memory (heads viewed out of one projection);
-    an output laid out the same way makes the model's `y.transpose(1, 2).contiguous().view(B, T, C)`, and autograd's
-    backward of those views, free. Strided in one call rather than allocated and transposed: ~2.5 µs less host time
-    per buffer, four buffers per training step."""
-    B, H, T, D = shape = t.shape
-    if t.stride(1) < t.stride(2):  # heads inside tokens
-        return shape, t.dtype, t.device, (T * H * D, D, H * D, 1)
-    return shape, t.dtype, t.device, None
 
 
 def _triton_unavailable(device: torch.device | str | None, head_dim: int | None, dtype: torch.dtype | None) -> str | None:
@@ -163,7 +115,7 @@ def causal_attention(
     """
     chosen = _backend_for(q, backend)
     if chosen == "triton":
-        from .attention import causal_attention as triton_causal_attention
+        from .attention import causal_attention as triton_causal_attention  # deferred: imports Triton
 
         return triton_causal_attention(q, k, v, dropout_p=dropout_p, scale=scale)
     if chosen == "reference":
@@ -190,7 +142,7 @@ def decode_attention(
     """
     chosen = _backend_for(q, backend)
     if chosen == "triton":
-        from .decode import decode_attention as triton_decode_attention
+        from .decode import decode_attention as triton_decode_attention  # deferred: imports Triton
 
         return triton_decode_attention(q, k_cache, v_cache, cache_lens, scale=scale, max_len=max_len)
     if chosen == "reference":

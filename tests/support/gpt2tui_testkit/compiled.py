@@ -5,11 +5,12 @@ be checked in that text. The compile runs in a fresh process, because the kernel
 interpreter (tests/kernels/conftest.py).
 """
 
-import os
 import subprocess
 import sys
 
 import pytest
+
+from . import child_env
 
 _SCRIPT = """
 import sys
@@ -29,7 +30,7 @@ def sm90(module: str, kernel: str, types: dict[str, str], const: dict, stage: st
     """`stage` ("ttgir", "ptx", ...) of `gpt2tui.kernels.<module>.<kernel>` built for sm_90: arguments not in `types`
     (pointer and float types) or `const` (constexpr values) are int32. Skips the test where Triton cannot build."""
     script = _SCRIPT.format(module=module, kernel=kernel, types=types, const=const, stage=stage)
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = child_env(drop=("TRITON_INTERPRET",))
     run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     if run.returncode != 0:
         if "CompilationError" in run.stderr:  # the kernel itself (or the types given for it) does not compile
