@@ -1,4 +1,5 @@
-"""argparse value types shared by every `gpt2tui` command: a bad flag gets argparse's own one-line message."""
+"""argparse value types shared by every `gpt2tui` command (a bad flag gets argparse's own one-line message), and what
+the chat flags mean, shared by the full-screen app and the plain chat."""
 
 from __future__ import annotations
 
@@ -60,3 +61,13 @@ def positive_float(text: str) -> float:
     if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"{value} must be a finite number above 0")
     return value
+
+
+# Chat flags set what a *new* conversation starts with; unset ones keep ChatSettings' defaults, and a saved
+# conversation keeps its own settings.
+CHAT_SETTINGS = ("system_prompt", "temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens", "seed")
+
+
+def chat_defaults(args: argparse.Namespace) -> dict:
+    """The chat flags that were given, as `ChatSettings` fields."""
+    return {name: getattr(args, name) for name in CHAT_SETTINGS if getattr(args, name, None) is not None}

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import regex
 
-from .tokenizer import GPT2_PATTERN
+# GPT-2's pre-tokenisation: contractions, letters, numbers, other symbols, then white space (a run of spaces before a
+# word leaves its last space to the word). Every backend splits with it; the C++ core matches it by hand.
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
 class PythonBPE:

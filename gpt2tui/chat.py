@@ -10,8 +10,8 @@ message may also carry the `finish_reason` of its generation). A system message 
 and assistant alternate, starting with a user. A conversation that ends with a user message renders with the
 generation prompt (the template's opening of a reply) at the end.
 
-The session object the chat app talks to, `ChatSession` with its `ChatSettings`, lives in `gpt2tui.session` (it needs
-torch; this module does not) and is importable from here too.
+The session object the chat app talks to, `ChatSession` with its `ChatSettings`, lives in `gpt2tui.session`, which
+builds on this module (it needs torch; this module does not).
 """
 
 from __future__ import annotations
@@ -292,15 +292,3 @@ def build_prompt(
         )
     ids = header_ids + [i for turn in history[dropped:] for i in turn] + before + content[cut:] + after
     return Prompt(ids=ids, turns_dropped=dropped, cut_tokens=cut, budget=budget)
-
-
-_SESSION_NAMES = ("ChatSession", "ChatSettings", "ReplyStats", "ReplyStream")
-
-
-def __getattr__(name: str):
-    # The session needs torch; load it only when asked, so templates stay cheap to import.
-    if name in _SESSION_NAMES:
-        from . import session
-
-        return getattr(session, name)
-    raise AttributeError(f"module 'gpt2tui.chat' has no attribute {name!r}")

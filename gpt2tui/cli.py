@@ -18,14 +18,15 @@ import sys
 import warnings
 
 from . import __version__
-from .argtypes import float_in, int_at_least, non_empty, seed
+from .argtypes import chat_defaults, float_in, int_at_least, non_empty, seed
 from .errors import GPT2TUIError
+from .training.cli import add_commands as add_training_commands
 
 DEFAULT_MODEL = "gpt2"
 
 
 def _console(stderr: bool = True):
-    from rich.console import Console
+    from rich.console import Console  # deferred (~40 ms): --help and argparse's errors never need it
 
     return Console(stderr=stderr, highlight=False)
 
@@ -36,7 +37,7 @@ def _fail(message: str) -> int:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    from rich.markup import escape
+    from rich.markup import escape  # deferred, as in _console
 
     _console().print(f"[yellow]warning:[/] {escape(str(message))}", soft_wrap=True)
 
@@ -68,11 +69,6 @@ def _add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
                    help="end the reply at this text (repeatable)")
 
 
-# Chat flags set what a *new* conversation starts with; unset ones keep ChatSettings' defaults, and a saved
-# conversation keeps its own settings.
-CHAT_SETTINGS = ("system_prompt", "temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens", "seed")
-
-
 def _add_chat_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plain", action="store_true",
                    help="a line-by-line prompt instead of the full-screen app (automatic when not in a terminal)")
@@ -92,16 +88,12 @@ def _add_chat_args(p: argparse.ArgumentParser) -> None:
                    help="fixed seed: the same conversation gets the same reply (default: a fresh draw)")
 
 
-def chat_defaults(args: argparse.Namespace) -> dict:
-    """The chat flags that were given, as `ChatSettings` fields."""
-    return {name: getattr(args, name) for name in CHAT_SETTINGS if getattr(args, name, None) is not None}
-
-
 def _run_app(args: argparse.Namespace) -> int:
     """The full-screen chat. Imported without torch, so it draws at once; the model loads in its worker."""
-    from .tui import ChatApp
+    from .tui import ChatApp  # deferred: Textual is for the app alone, not for --help or the other commands
 
     def load():
+        # Deferred: both import torch, which loads in this worker while the app's first frame is already drawn.
         from .commands import chat_session
         from .weights import pending_download
 
@@ -109,7 +101,7 @@ def _run_app(args: argparse.Namespace) -> int:
         if official is not None:
             # huggingface_hub's progress bars write to stderr, under the app's screen: the notice and the spinner
             # stand in for them.
-            from huggingface_hub.utils import disable_progress_bars
+            from huggingface_hub.utils import disable_progress_bars  # deferred: only for a first download
 
             disable_progress_bars()
             app.call_from_thread(
@@ -158,8 +150,6 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Download official GPT-2 weights (config and safetensors) from the Hugging Face "
                                    "Hub into its local cache.")
     p.add_argument("name", choices=["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"], help="which size")
-    from gpt2tui.training.cli import add_commands as add_training_commands
-
     add_training_commands(sub)  # pretrain, finetune, evaluate: each parser's `run` is its handler
     return parser
 
@@ -174,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "chat" and not args.plain and sys.stdin.isatty() and sys.stdout.isatty():
         return _run_app(args)
     from .commands import COMMANDS  # imports torch: only after --help and bad flags have been answered
-    from .kernels import AttentionBackendError
+    from .kernels import AttentionBackendError  # imports torch too
 
     try:
         return (getattr(args, "run", None) or COMMANDS[args.command])(args) or 0

@@ -10,10 +10,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from . import repl
+from .argtypes import chat_defaults
 from .config import GPT2Config
 from .errors import CheckpointError, ConfigError, ModelNotFoundError
 from .generate import stream
 from .kernels import AttentionBackendError, resolve_backend
+from .session import ChatSession, ChatSettings
 from .weights import (
     OFFICIAL,
     download,
@@ -81,8 +84,6 @@ def chat_session(args, allow_download: bool = True, leave_a_core: bool = False):
     """The chat session for `gpt2tui chat`'s model flags. `leave_a_core`: for the full-screen app, whose UI thread
     redraws while the model decodes on the CPU: with every core in torch's thread pool, a pool thread that the OS
     parks behind the UI stalls each op for a time slice (seen: 9 tokens/s instead of 180 on two cores)."""
-    from .session import ChatSession
-
     session = ChatSession.load(args.model, device=args.device, dtype=_DTYPES.get(args.dtype), allow_download=allow_download)
     if leave_a_core and session.model.device.type == "cpu" and torch.get_num_threads() > 1:
         torch.set_num_threads(torch.get_num_threads() - 1)
@@ -91,10 +92,6 @@ def chat_session(args, allow_download: bool = True, leave_a_core: bool = False):
 
 def cmd_chat(args) -> int:
     """The line-by-line chat (`--plain`, or stdin/stdout not a terminal); `cli` starts the full-screen app itself."""
-    from . import repl
-    from .cli import chat_defaults
-    from .session import ChatSettings
-
     defaults = ChatSettings(**chat_defaults(args))  # a bad combination fails here, before the model loads
     with _status(f"Loading {escape(args.model)}…"):
         session = chat_session(args)

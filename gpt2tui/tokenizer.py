@@ -21,15 +21,15 @@ import re
 import warnings
 from collections.abc import Collection, Iterable, Sequence
 from collections.abc import Set as AbstractSet
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import TYPE_CHECKING, Literal
+
+from .bpe_python import GPT2_PATTERN, PythonBPE
 
 if TYPE_CHECKING:
     import numpy as np
 
-# GPT-2's pre-tokenisation: contractions, letters, numbers, other symbols, then white space (a run of spaces before a
-# word leaves its last space to the word).
-GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 ENDOFTEXT = "<|endoftext|>"
 BACKENDS = ("auto", "cpp", "tiktoken", "python")
 
@@ -56,7 +56,7 @@ def _special_tokens() -> dict[str, int]:
 
 @functools.lru_cache(maxsize=1)
 def _tiktoken_encoding():
-    import tiktoken
+    import tiktoken  # deferred: only the tiktoken backend, a fallback, needs it
 
     ranks = gpt2_ranks()
     return tiktoken.Encoding(
@@ -70,7 +70,7 @@ def _tiktoken_encoding():
 
 def native_available() -> bool:
     try:
-        from . import _bpe
+        from . import _bpe  # where the extension is not built, tiktoken stands in
     except ImportError:
         return False
     return hasattr(_bpe, "Encoder")
@@ -81,7 +81,7 @@ def native_available() -> bool:
 
 @functools.lru_cache(maxsize=1)
 def _native_core():
-    from . import _bpe
+    from . import _bpe  # deferred: optional (native_available)
 
     ranks = gpt2_ranks()
     tokens = sorted(ranks, key=ranks.__getitem__)
@@ -109,8 +109,6 @@ class _TiktokenCore:
     def _map(fn, texts: list[str], num_threads: int) -> list:
         if num_threads <= 1 or len(texts) <= 1:
             return [fn(t) for t in texts]
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(num_threads) as pool:
             return list(pool.map(fn, texts))
 
@@ -121,8 +119,6 @@ class _TiktokenCore:
 
 class _PythonCore:
     def __init__(self):
-        from .bpe_python import PythonBPE
-
         self.bpe = PythonBPE(gpt2_ranks(), [s.encode() for s in _special_tokens()])
         self.n_vocab = self.bpe.n_vocab
 
@@ -133,7 +129,7 @@ class _PythonCore:
         return [self.bpe.encode_ordinary(t) for t in texts]
 
     def encode_ordinary_buffer(self, text: str):
-        import numpy as np
+        import numpy as np  # deferred (~0.1 s): only array outputs need it
 
         return np.asarray(self.bpe.encode_ordinary(text), dtype=np.uint32)
 
@@ -302,7 +298,7 @@ class Tokenizer:
         disallowed_special: Literal["all"] | Collection[str] = "all",
     ) -> np.ndarray:
         """`encode`, as a numpy uint32 array (tiktoken's `encode_to_numpy`)."""
-        import numpy as np
+        import numpy as np  # deferred (~0.1 s): only array outputs need it
 
         allowed, disallowed = self._policy(allowed_special, disallowed_special)
         self._check(text, disallowed)
@@ -314,13 +310,13 @@ class Tokenizer:
 
     def encode_ordinary_batch_to_numpy(self, texts: Sequence[str], *, num_threads: int = 8) -> list[np.ndarray]:
         """`encode_ordinary_batch`, each text's ids as a numpy uint32 array: the form training data is stored in."""
-        import numpy as np
+        import numpy as np  # deferred (~0.1 s): only array outputs need it
 
         buffers = _repairing(self._core.encode_ordinary_batch_buffers, list(texts), num_threads)
         return [np.frombuffer(b, dtype=np.uint32) for b in buffers]
 
     def _ordinary_numpy(self, text: str) -> np.ndarray:
-        import numpy as np
+        import numpy as np  # deferred (~0.1 s): only array outputs need it
 
         return np.frombuffer(_repairing(self._core.encode_ordinary_buffer, text), dtype=np.uint32)
 

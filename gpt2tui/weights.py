@@ -20,11 +20,14 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from .atomic import MODEL_DIR_FILES, atomic_directory
 from .config import GPT2Config
 from .errors import CheckpointError, ConfigError, ModelNotFoundError
 from .model import GPT2
+from .tokenizer import Tokenizer
 
 FORMAT = "gpt2tui"
 FORMAT_VERSION = 1
@@ -78,7 +81,7 @@ def _is_adapter(d: Path) -> bool:
 
 def cached_official(name: str) -> Path | None:
     """The snapshot directory of an official model in the Hugging Face cache, if its weights are there."""
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # deferred (~0.3 s): only official names need the Hub
 
     try:
         path = Path(
@@ -97,7 +100,7 @@ def download(name: str) -> Path:
         raise ModelNotFoundError(
             f"cannot download {name}: HF_HUB_OFFLINE is set; unset it when online, or pass a model directory with --model PATH"
         )
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # deferred (~0.3 s): only official names need the Hub
 
     try:
         path = Path(snapshot_download(OFFICIAL[name], cache_dir=hf_cache_dir(), allow_patterns=HF_FILES))
@@ -178,9 +181,6 @@ _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.
 
 def _read_safetensors(path: Path, shapes_only: bool = False) -> dict[str, torch.Tensor]:
     """The file's tensors; with `shapes_only`, meta tensors of their shapes and dtypes from the header alone."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     try:
         if shapes_only:
             with safe_open(str(path), framework="pt") as f:
@@ -398,8 +398,6 @@ def save_checkpoint(model: GPT2, path: str | os.PathLike, chat_template: str | N
 
 def write_model_files(model: GPT2, directory: Path, chat_template: str | None = None) -> None:
     """`config.json` + `model.safetensors` into an existing directory (callers make it atomic)."""
-    from safetensors.torch import save_file
-
     template = chat_template if chat_template is not None else getattr(model, "chat_template", None)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **model.config.to_dict(), "chat_template": template}
     (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
@@ -475,8 +473,6 @@ def load_model(
 ):
     """`(model, tokenizer)` for a name, directory or checkpoint (see `resolve`), in eval mode on `device`
     (default: CUDA if present, else CPU) in `dtype` (default: bfloat16 on a GPU that has it, else float32)."""
-    from .tokenizer import Tokenizer
-
     path = resolve(name, allow_download=allow_download)
     device = pick_device(device)
     if dtype is None:

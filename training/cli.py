@@ -11,31 +11,26 @@ import math
 
 from gpt2tui.argtypes import float_in, int_at_least, positive_float
 from gpt2tui.argtypes import seed as seed_type
-from gpt2tui.config import PRESETS
 
-# Small shapes for trying things out on a laptop; the official four come from gpt2tui.config.
-TRAIN_PRESETS = {
-    "tiny": dict(emb_dim=128, n_heads=4, n_layers=4, context_length=256),  # ~7M parameters, mostly the embedding
-    "mini": dict(emb_dim=384, n_heads=6, n_layers=6, context_length=512),  # ~30M
-}
-PRESET_NAMES = [*TRAIN_PRESETS, *PRESETS]
+from .presets import PRESET_NAMES
+
 FRACTION = float_in(0.0, 1.0, high_open=True)
 
 
 def _run_pretrain(args) -> int:
-    from .pretrain import run
+    from .pretrain import run  # deferred: imports torch, once the flags are known to be good
 
     return run(args)
 
 
 def _run_finetune(args) -> int:
-    from .finetune import run
+    from .finetune import run  # deferred: imports torch, once the flags are known to be good
 
     return run(args)
 
 
 def _run_evaluate(args) -> int:
-    from .evaluate import run
+    from .evaluate import run  # deferred: imports torch, once the flags are known to be good
 
     return run(args)
 

@@ -13,19 +13,23 @@ import math
 from pathlib import Path
 
 import torch
+from rich.console import Console
+from rich.table import Table
 
 from gpt2tui.atomic import ensure_writable
+from gpt2tui.chat import TEMPLATES, encode_conversation
 from gpt2tui.errors import ConfigError, DataError
+from gpt2tui.generate import generate
+from gpt2tui.weights import load_model, resolve
 
+from . import plots
+from .data import InstructionData, PretrainData, load_examples, split_examples, tokenize_in_memory, truncate
 from .loop import evaluate_batches
+from .lora import is_adapter, load_adapted
 
 
 def load_any(name: str, device=None):
     """`(model, tokenizer, directory)` for a plain model or a LoRA adapter directory."""
-    from gpt2tui.weights import load_model, resolve
-
-    from .lora import is_adapter, load_adapted
-
     path = resolve(name)
     if is_adapter(path):
         model, tokenizer = load_adapted(path, device=device)
@@ -73,22 +77,6 @@ def is_instruction_file(paths: list[str]) -> bool:
 
 
 def run(args) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from gpt2tui.chat import TEMPLATES, encode_conversation
-    from gpt2tui.generate import generate
-
-    from . import plots
-    from .data import (
-        InstructionData,
-        PretrainData,
-        load_examples,
-        split_examples,
-        tokenize_in_memory,
-        truncate,
-    )
-
     con = Console(stderr=True, highlight=False)
     out = ensure_writable(Path(args.out).expanduser(), "--out")  # before the evaluation, not after it
     given_history = explicit_history(args.metrics) if args.metrics else None

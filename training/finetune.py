@@ -21,10 +21,16 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from rich.console import Console
 
 from gpt2tui.atomic import MODEL_DIR_FILES, check_replaceable, ensure_writable
+from gpt2tui.chat import TEMPLATES, encode_conversation
 from gpt2tui.errors import ConfigError, DataError, TrainingError
+from gpt2tui.generate import generate
+from gpt2tui.tokenizer import Tokenizer
+from gpt2tui.weights import data_dir, load_weights, models_dir, resolve, save_checkpoint
 
+from .data import InstructionData, load_examples, split_examples, truncate
 from .loop import (
     CHECKPOINT,
     TrainConfig,
@@ -34,20 +40,17 @@ from .loop import (
     setup_distributed,
     teardown_distributed,
 )
+from .lora import LoRAConfig, apply_lora, merge_lora, save_adapter
 
 TEMPLATE = "alpaca"
 
 
 def console():
-    from rich.console import Console
-
     return Console(stderr=True, highlight=False)
 
 
 def destination(out: str) -> Path:
     """A bare name → the models folder; anything path-like → that path."""
-    from gpt2tui.weights import models_dir
-
     if not out.strip():
         raise ConfigError("--out is empty; give the model a name (saved in the models folder) or a directory path")
     if os.sep in out or (os.altsep and os.altsep in out) or out.startswith((".", "~")):
@@ -56,8 +59,6 @@ def destination(out: str) -> Path:
 
 
 def default_run_dir(dest: Path) -> Path:
-    from gpt2tui.weights import data_dir
-
     return data_dir() / "runs" / dest.name
 
 
@@ -73,9 +74,6 @@ def set_dropout(model: torch.nn.Module, p: float) -> None:
 def test_responses(model, tokenizer, examples, max_new_tokens: int, batch: int = 8) -> list[dict]:
     """Each test record with the model's greedy `model_response` to its prompt (the conversation without its last
     reply), as the seed's `instruction-data-with-response.json` has them."""
-    from gpt2tui.chat import TEMPLATES, encode_conversation
-    from gpt2tui.generate import generate
-
     template = TEMPLATES[TEMPLATE]
     rows = []
     for s in range(0, len(examples), batch):
@@ -90,11 +88,6 @@ def test_responses(model, tokenizer, examples, max_new_tokens: int, batch: int =
 
 
 def run(args) -> int:
-    from gpt2tui.weights import load_weights, resolve, save_checkpoint
-
-    from .data import InstructionData, load_examples, split_examples, truncate
-    from .lora import LoRAConfig, apply_lora, merge_lora, save_adapter
-
     if args.merge and not args.lora:
         raise ConfigError("--merge folds LoRA adapters into the weights; it needs --lora")
     dest = destination(args.out)
@@ -113,7 +106,6 @@ def run(args) -> int:
     try:
         base_path = resolve(args.base)
         model = load_weights(base_path, dtype=torch.float32)
-        from gpt2tui.tokenizer import Tokenizer
 
         tokenizer = Tokenizer()
         ctx = args.context_length or model.config.context_length

@@ -29,9 +29,15 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from safetensors.torch import load_file
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.checkpoint import checkpoint
 
 from gpt2tui.atomic import atomic_directory
 from gpt2tui.errors import CheckpointError, ConfigError, TrainingError
@@ -161,8 +167,6 @@ def precision(dtype: str, device: torch.device) -> tuple[torch.dtype | None, boo
 def checkpoint_blocks(model: torch.nn.Module) -> None:
     """Recompute each block's activations in the backward pass instead of storing them (less memory, ~30% more
     compute). Done per instance, so the state-dict names do not change."""
-    from torch.utils.checkpoint import checkpoint
-
     for block in model.transformer.h:
         inner = block.forward
 
@@ -185,8 +189,6 @@ def _rng_state() -> dict:
 
 
 def _set_rng_state(state: dict) -> None:
-    import numpy as np
-
     def tensor(b64):
         return torch.from_numpy(np.frombuffer(base64.b64decode(b64), dtype=np.uint8).copy())
 
@@ -333,7 +335,6 @@ class Trainer:
 
     `run_info` is what must not change across a resume (model config, batch geometry, data); `sampler(model, step)`
     returns sample text for the log (rank 0 only)."""
-
     def __init__(self, model, data, cfg: TrainConfig, out_dir: Path, run_info: dict, d: Dist,
                  sampler=None, console=None, chat_template=None, extra_state: dict | None = None):
         self.raw, self.data, self.cfg, self.out, self.d = model, data, cfg, Path(out_dir), d
@@ -390,8 +391,6 @@ class Trainer:
         barrier(self.d)
 
     def _resume(self) -> None:
-        from safetensors.torch import load_file
-
         state = read_trainer_state(self.out)
         ckpt = self.out / CHECKPOINT
         check_resume(state["run"], self.run_info, ckpt)
@@ -467,8 +466,6 @@ class Trainer:
             torch.manual_seed(cfg.seed + d.rank)  # dropout streams differ per rank
         model = self.raw
         if d.on:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
             model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.compile:
             model = torch.compile(model)
@@ -588,13 +585,10 @@ class Trainer:
         if text:
             with open(self.out / "samples.txt", "a", encoding="utf-8") as fh:
                 fh.write(f"--- step {self.step} ---\n{text}\n")
-            from rich.markup import escape
 
             self.log(f"[dim]sample at step {self.step}:[/] {escape(text.strip()[:300])}")
 
     def _progress(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
         disable = not (self.d.main and self.console is not None and self.console.is_terminal)
         return Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         TextColumn("{task.fields[info]}"), console=self.console, disable=disable, transient=False)

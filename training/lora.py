@@ -19,10 +19,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from gpt2tui.atomic import MODEL_DIR_FILES, atomic_directory
 from gpt2tui.errors import CheckpointError, ConfigError
-from gpt2tui.weights import pick_device
+from gpt2tui.weights import load_model, pick_device
 
 ADAPTER_FORMAT = "gpt2tui-lora"
 
@@ -41,7 +42,6 @@ class LoRAConfig:
 
 class LoRALinear(nn.Module):
     """A frozen `nn.Linear` plus a trainable low-rank update."""
-
     def __init__(self, base: nn.Linear, config: LoRAConfig):
         super().__init__()
         self.base = base
@@ -111,8 +111,6 @@ def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_adapter(model: nn.Module, path: str | os.PathLike, base: str, chat_template: str | None = None) -> Path:
     """Write the adapters and their settings to `path`, atomically (a temporary sibling, then renamed)."""
-    from safetensors.torch import save_file
-
     path = Path(path).expanduser()
     with atomic_directory(path, MODEL_DIR_FILES) as tmp:
         meta = {"format": ADAPTER_FORMAT, "base": base, **asdict(model.lora_config), "chat_template": chat_template}
@@ -127,10 +125,6 @@ def is_adapter(path: str | os.PathLike) -> bool:
 
 def load_adapted(path: str | os.PathLike, device=None):
     """`(model, tokenizer)`: the base model an adapter names, with the adapter applied (not merged), in eval mode."""
-    from safetensors.torch import load_file
-
-    from gpt2tui.weights import load_model
-
     path = Path(path).expanduser()
     meta = json.loads((path / "adapter_config.json").read_text())
     if meta.get("format") != ADAPTER_FORMAT:

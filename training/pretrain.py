@@ -12,12 +12,17 @@ import os
 from pathlib import Path
 
 import torch
+from rich.console import Console
 
 from gpt2tui.atomic import check_replaceable, ensure_writable
 from gpt2tui.config import PRESETS, GPT2Config
 from gpt2tui.errors import ConfigError, TrainingError
+from gpt2tui.generate import generate
+from gpt2tui.model import GPT2
+from gpt2tui.tokenizer import Tokenizer
+from gpt2tui.weights import load_weights, resolve
 
-from .cli import TRAIN_PRESETS
+from .data import PretrainData, expand_paths, is_token_file, prepare_corpus
 from .loop import (
     CHECKPOINT,
     TrainConfig,
@@ -30,11 +35,10 @@ from .loop import (
     setup_distributed,
     teardown_distributed,
 )
+from .presets import TRAIN_PRESETS
 
 
 def console():
-    from rich.console import Console
-
     return Console(stderr=True, highlight=False)
 
 
@@ -54,9 +58,6 @@ def build_config(args) -> GPT2Config | None:
 
 def load_initial_model(args, d):
     """The model to train: resumed from OUT's checkpoint, continued from --init weights, or new."""
-    from gpt2tui.model import GPT2
-    from gpt2tui.weights import load_weights, resolve
-
     out = Path(args.out)
     wanted = build_config(args)
     if args.resume:
@@ -95,11 +96,6 @@ def load_initial_model(args, d):
 
 
 def run(args) -> int:
-    from gpt2tui.generate import generate
-    from gpt2tui.tokenizer import Tokenizer
-
-    from .data import PretrainData, is_token_file, prepare_corpus
-
     out = Path(args.out).expanduser()
     if not args.resume and (out / CHECKPOINT).exists():
         raise TrainingError(f"{out} already holds a training run; add --resume to continue it, or choose another --out")
@@ -111,7 +107,6 @@ def run(args) -> int:
     ensure_writable(out, "--out")
     if args.resume:
         # Before tokenising: other data would replace the run's token shards, and then be refused by the resume.
-        from .data import expand_paths
 
         trained_on = read_trainer_state(out)["run"].get("data_sources")
         given = [str(f.resolve()) for f in expand_paths(args.data)]

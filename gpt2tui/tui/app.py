@@ -19,6 +19,7 @@ from textual import work
 from textual.app import App
 from textual.message import Message
 
+from ..errors import GPT2TUIError, ModelNotFoundError
 from ..store import ChatStore, DatabaseMovedWarning, StoreError
 from .keys import APP_KEYS, bindings
 from .screens import ChatScreen, HelpScreen, NoModelScreen
@@ -90,7 +91,7 @@ class ChatApp(App[None]):
         try:
             session = self.loader()
         except Exception as e:  # any failure is shown on the screen; the app keeps running
-            from ..errors import GPT2TUIError, ModelNotFoundError
+            # Deferred: weights imports torch, and the app's first frame comes before torch loads.
             from ..weights import local_models, models_dir
 
             message = str(e) if isinstance(e, GPT2TUIError) else f"{type(e).__name__}: {e}"
@@ -135,6 +136,6 @@ class ChatApp(App[None]):
 def _load_session(model: str, device: str | None) -> ChatSession:
     # This default never downloads (tests and embedders get the no-model screen instead); the `gpt2tui` command passes
     # a loader that fetches a missing official model once, with a notice (cli._run_app).
-    from ..session import ChatSession
+    from ..session import ChatSession  # deferred: imports torch, in the loading worker
 
     return ChatSession.load(model, device=device, allow_download=False)

@@ -11,8 +11,6 @@ from gpt2tui.chat import (
     ALPACA_PREAMBLE,
     TEMPLATES,
     ChatError,
-    ChatSession,
-    ChatSettings,
     ChatTemplate,
     EmptyMessageError,
     build_prompt,
@@ -23,6 +21,7 @@ from gpt2tui.chat import (
 )
 from gpt2tui.errors import ConfigError
 from gpt2tui.generate import Stream
+from gpt2tui.session import ChatSession, ChatSettings
 
 ALPACA, PLAIN = TEMPLATES["alpaca"], TEMPLATES["plain"]
 PREAMBLE = (

@@ -215,7 +215,7 @@ def test_a_model_too_big_for_memory_is_one_line(tmp_path, capsys, story, monkeyp
     def no_memory(config):  # what `--emb-dim 1000000` gets from the allocator
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
 
-    monkeypatch.setattr("gpt2tui.model.GPT2", no_memory)  # pretrain imports it when it builds the model
+    monkeypatch.setattr("gpt2tui.training.pretrain.GPT2", no_memory)  # what pretrain builds the model with
     code, _, err = run_cli(capsys, *pretrain_argv(story, tmp_path / "run", "--max-steps", "1"))
     one_line_error(code, err, "does not fit in memory", "--emb-dim")
 

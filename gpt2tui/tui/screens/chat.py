@@ -133,7 +133,7 @@ class ChatScreen(Screen):
         """Give the session the open conversation and its settings."""
         if self.session is None:
             return
-        from ...session import ChatSettings
+        from ...session import ChatSettings  # deferred: imports torch; the app draws before torch loads
 
         try:
             self.session.settings = ChatSettings.from_dict(self.settings)
@@ -440,7 +440,7 @@ class ChatScreen(Screen):
         self.notify(f"Copied the last reply ({len(text)} characters) to the clipboard.")
 
     def action_settings(self) -> None:
-        from ...session import ChatSettings
+        from ...session import ChatSettings  # deferred: imports torch; the app draws before torch loads
 
         try:
             current = ChatSettings.from_dict(self.settings).to_dict()
