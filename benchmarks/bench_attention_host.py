@@ -4,7 +4,7 @@
 
 On a GPU a forward+backward step at GPT-2's shape waited for the host (RESULTS.md, attention, third run), so every
 microsecond of Python between launches counts, and it can be timed anywhere: a stand-in driver
-(`tests/kernels/standin_driver.py`) has the kernels really compiled for sm_90 and records their launches instead of
+(`tests/support/gpt2tui_testkit/standin_driver.py`) has the kernels really compiled for sm_90 and records their launches instead of
 making them, so all of Triton's host path runs, up to its C launcher. The autotuner's timing of candidates is replaced
 by a constant. Each group puts the fast path beside its baselines:
 
