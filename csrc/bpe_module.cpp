@@ -82,11 +82,17 @@ py::object encode_ordinary(const Encoder& enc, const py::str& text) {
 template <auto Convert>
 py::list encode_ordinary_batch(const Encoder& enc, const py::list& texts, int num_threads) {
     const size_t n = texts.size();
+    // The inputs point into each str's UTF-8 buffer, which lives as long as the str. While the GIL is released another
+    // thread may replace the list's items and free a str nothing else holds, so the batch holds its own references:
+    // it encodes the texts the list held when it was called.
+    std::vector<py::object> held;
+    held.reserve(n);
     std::vector<std::string_view> inputs;
     inputs.reserve(n);
     size_t total = 0;
     for (const auto& t : texts) {
-        inputs.push_back(utf8_of(t));
+        held.push_back(py::reinterpret_borrow<py::object>(t));
+        inputs.push_back(utf8_of(held.back()));
         total += inputs.back().size();
     }
     std::vector<std::vector<Rank>> results(n);

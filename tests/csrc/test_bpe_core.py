@@ -252,3 +252,40 @@ def test_decode_of_a_bad_id_raises_value_error():
         enc.decode_bytes([50257])
     with pytest.raises(ValueError, match="token id -3 is out of range"):
         enc.decode_bytes([-3])
+
+
+def test_a_batch_encodes_the_texts_it_was_given_while_another_thread_replaces_them(tk):
+    """The batch releases the GIL; another thread replacing the list's items frees strs the batch still reads unless
+    it holds its own references (a heap use-after-free under `make test-asan`)."""
+    import sys
+    import threading
+
+    enc = _encoder()
+    # Each text made at run time, held by the list alone; enough bytes that several native threads share the work.
+    texts = ["".join(f"Line {i} of document {k}: the keeper counted {i * k} ships.\n" for i in range(400))
+             for k in range(24)]
+    expected = [tk.encode_ordinary(t) for t in texts]
+    go, stop = threading.Event(), threading.Event()
+    interval = sys.getswitchinterval()
+
+    def replace_items():
+        go.wait()
+        sys.setswitchinterval(interval)  # running at all means the batch has released the GIL, its texts taken
+        n = 0
+        while n == 0 or not stop.is_set():
+            texts[n % len(texts)] = "".join(["replaced ", str(n)])
+            n += 1
+
+    mutator = threading.Thread(target=replace_items)
+    mutator.start()
+    # The calling thread keeps the GIL from here into the batch, which takes its texts before releasing it.
+    sys.setswitchinterval(60.0)
+    try:
+        go.set()
+        got = enc.encode_ordinary_batch(texts, num_threads=4)
+    finally:
+        sys.setswitchinterval(interval)
+        stop.set()
+        mutator.join()
+    assert got == expected
+    assert texts[0].startswith("replaced")  # the other thread ran
