@@ -1,8 +1,14 @@
-"""Directories that appear whole or not at all: checkpoints, LoRA adapters, token shards."""
+"""Files and directories that appear whole or not at all: checkpoints, LoRA adapters, token shards, exports, curves.
+
+A directory is written into `.NAME.tmp-PID`, synced, then swapped in with two renames: `NAME` → `.NAME.old-PID`,
+then `.NAME.tmp-PID` → `NAME`. A process killed between the two leaves no `NAME`; `recover` (run before any read or
+write of `NAME`) puts the new one in place, since the first rename happens only once the new one is complete.
+"""
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Collection, Iterator
@@ -71,13 +77,49 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _remove_stale_temporaries(path: Path) -> None:
-    # A write killed mid-way (a second Ctrl+C during a save) leaves `.NAME.tmp-PID`: incomplete by construction, so
-    # once its process is gone it is removed. (`.NAME.old-PID` may be the only copy of the previous version: kept.)
-    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
+def _leftovers(path: Path, kind: str) -> dict[int, Path]:
+    """`{pid: .NAME.<kind>-PID}` for the leftovers of processes that are gone (not this one, not a live one)."""
+    found = {}
+    for entry in path.parent.glob(f".{path.name}.{kind}-*"):
+        pid = entry.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)) and entry.is_dir():
+            found[int(pid)] = entry
+    return found
+
+
+def recover(path: str | os.PathLike) -> Path | None:
+    """Finish or clean up what a killed `atomic_directory` left beside `path`; returns the directory it put in place,
+    if any.
+
+    - No `path`, and a dead process's `.old` and `.tmp`: it was killed between the two renames, after its new
+      directory was complete; the new one takes `path`, and the old one goes.
+    - No `path` and only an `.old`: the previous version, whose replacement never got in; it comes back.
+    - A dead process's `.tmp` otherwise: killed while writing it, so incomplete; removed.
+    - A dead process's `.old` beside an existing `path`: killed after the swap, before the clean-up; removed.
+    """
+    path = _normalized(path)
+    if not path.parent.is_dir():
+        return None
+    tmps, olds = _leftovers(path, "tmp"), _leftovers(path, "old")
+    restored = None
+    if not path.exists() and not path.is_symlink():
+        # Newest first: the highest-numbered pid is no proof of age, a directory's mtime is.
+        complete = sorted((p for p in tmps if p in olds), key=lambda p: tmps[p].stat().st_mtime, reverse=True)
+        chosen = None
+        if complete:
+            chosen = tmps.pop(complete[0])
+        elif olds:
+            chosen = olds.pop(max(olds, key=lambda p: olds[p].stat().st_mtime))
+        if chosen is not None:
+            try:
+                os.replace(chosen, path)
+                restored = path
+            except OSError:  # another process recovered it first
+                pass
+    for leftover in (*tmps.values(), *olds.values()):
+        if leftover.exists():
+            shutil.rmtree(leftover, ignore_errors=True)
+    return restored
 
 
 @contextmanager
@@ -91,7 +133,7 @@ def atomic_directory(path: str | os.PathLike, owns: Collection[str] | Callable[[
     path = _normalized(path)
     check_replaceable(path, owns, "output path")
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(path)
+    recover(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     old = path.with_name(f".{path.name}.old-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -115,3 +157,22 @@ def atomic_directory(path: str | os.PathLike, owns: Collection[str] | Callable[[
             os.replace(old, path)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` so that a reader sees the old file or the whole new one, never half of one."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # os.open with 0o666, not mkstemp (0o600): the file gets the permissions the user's umask gives any new file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import sqlite3
 import threading
 import time
@@ -31,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .atomic import write_atomic
 from .errors import GPT2TUIError
 
 ROLES = ("system", "user", "assistant")
@@ -405,25 +405,6 @@ def free_name(name: str | os.PathLike) -> Path:
     while path.exists() or path.is_symlink():
         n += 1
         path = path.with_name(f"{Path(name).stem}-{n}{Path(name).suffix}")
-    return path
-
-
-def write_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` to `path` so that a reader sees the old file or the whole new one, never half of one."""
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # os.open with 0o666, not mkstemp (0o600): the file gets the permissions the user's umask gives any new file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

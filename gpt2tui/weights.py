@@ -23,7 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .atomic import MODEL_DIR_FILES, atomic_directory
+from .atomic import MODEL_DIR_FILES, atomic_directory, recover
 from .config import GPT2Config
 from .errors import CheckpointError, ConfigError, ModelNotFoundError
 from .model import GPT2
@@ -132,11 +132,14 @@ def resolve(name: str | os.PathLike, allow_download: bool = True) -> Path:
     (`gpt2`, `gpt2-medium`, ...) from the Hugging Face cache, downloaded when not there yet."""
     text = os.fspath(name)
     path = Path(text).expanduser()
+    recover(path)  # a save killed between its two renames left no `path`, but a complete new version beside it
     if path.is_dir():
         return path
     if path.exists():
         raise ModelNotFoundError(f"{text} is a file; a model is a directory holding config.json and model.safetensors")
     saved = models_dir() / text
+    if os.sep not in text:
+        recover(saved)
     if os.sep not in text and saved.is_dir():
         return saved
     official = next((k for k, repo in OFFICIAL.items() if text in (k, repo)), None)

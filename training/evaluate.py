@@ -24,7 +24,7 @@ from gpt2tui.weights import load_model, resolve
 
 from . import plots
 from .data import InstructionData, PretrainData, load_examples, split_examples, tokenize_in_memory, truncate
-from .loop import evaluate_batches
+from .loop import evaluate_batches, read_metrics
 from .lora import is_adapter, load_adapted
 
 
@@ -38,26 +38,13 @@ def load_any(name: str, device=None):
     return model, tokenizer, path
 
 
-def read_history(path: Path) -> list[dict]:
-    """The step records of a `metrics.jsonl`; lines that are not a JSON object (one cut short by a crash) are skipped."""
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and "step" in row:
-            rows.append(row)
-    return rows
-
-
 def explicit_history(explicit: str) -> list[dict]:
     """`--metrics FILE`, checked before the evaluation runs: a file the user named must be there and hold records."""
     path = Path(explicit).expanduser()
     if not path.is_file():
         raise DataError(f"--metrics {explicit}: no such file; pass a training run's metrics.jsonl, or leave --metrics "
                         "out to use the one beside the model")
-    rows = read_history(path)
+    rows = read_metrics(path)
     if not rows:
         raise DataError(f"--metrics {explicit}: no step records in it (a training run's metrics.jsonl has one JSON "
                         "object per line)")
@@ -68,7 +55,7 @@ def find_history(model_dir: Path) -> list[dict] | None:
     """The training run's `metrics.jsonl`, beside the model or in its parent (a pretraining run's OUT)."""
     for path in (model_dir / "metrics.jsonl", model_dir.resolve().parent / "metrics.jsonl"):
         if path.is_file():
-            return read_history(path)
+            return read_metrics(path)
     return None
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from gpt2tui.atomic import MODEL_DIR_FILES, check_replaceable, ensure_writable
+from gpt2tui.atomic import MODEL_DIR_FILES, check_replaceable, ensure_writable, recover
 from gpt2tui.chat import TEMPLATES, encode_conversation
 from gpt2tui.errors import ConfigError, DataError, TrainingError
 from gpt2tui.generate import generate
@@ -92,6 +92,7 @@ def run(args) -> int:
         raise ConfigError("--merge folds LoRA adapters into the weights; it needs --lora")
     dest = destination(args.out)
     run_dir = Path(args.run_dir).expanduser() if args.run_dir else default_run_dir(dest)
+    recover(run_dir / CHECKPOINT)  # a save killed between its two renames: its new checkpoint is put back
     if not args.resume and (run_dir / CHECKPOINT).exists():
         raise TrainingError(f"{run_dir} already holds a fine-tuning run; add --resume to continue it, or pass "
                             f"another --out or --run-dir")

@@ -39,7 +39,7 @@ from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.checkpoint import checkpoint
 
-from gpt2tui.atomic import atomic_directory
+from gpt2tui.atomic import atomic_directory, recover, write_atomic
 from gpt2tui.errors import CheckpointError, ConfigError, TrainingError
 from gpt2tui.weights import pick_device, write_model_files
 
@@ -293,6 +293,7 @@ def save_training_checkpoint(model, optimizer, scaler, out_dir: Path, state: dic
 
 
 def read_trainer_state(out_dir: Path) -> dict:
+    recover(out_dir / CHECKPOINT)  # a save killed between its two renames: its complete new checkpoint is put back
     path = out_dir / CHECKPOINT / "trainer_state.json"
     if not path.is_file():
         raise TrainingError(f"nothing to resume: {path} does not exist; start the run without --resume")
@@ -308,6 +309,20 @@ def read_trainer_state(out_dir: Path) -> dict:
         raise CheckpointError(f"{path} lacks a valid run, step or rng entry; the checkpoint is damaged: start a new "
                               "run in another --out")
     return state
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The step records of a metrics.jsonl: lines that are not a JSON object with an integer step (one cut short by a
+    crash or a full disk) are skipped."""
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and not isinstance(record["step"], bool):
+            records.append(record)
+    return records
 
 
 def check_resume(saved: dict, run: dict, source: Path) -> None:
@@ -356,15 +371,20 @@ class Trainer:
             self.console.print(message, highlight=False, soft_wrap=True)
 
     def _write_metrics(self, record: dict) -> None:
-        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
+        path = self.out / "metrics.jsonl"
+        try:
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+        except OSError as e:
+            # A write error names no file of its own (a full disk says only "No space left on device").
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
 
     def _trim_metrics(self, step: int) -> None:
-        """After a resume, drop records past the checkpoint (logged by the interrupted run before it stopped)."""
+        """After a resume, drop records past the checkpoint (logged by the interrupted run before it stopped), and any
+        line a crash or a full disk cut short. Rewritten atomically: a kill here leaves the old file or the new one."""
         path = self.out / "metrics.jsonl"
         if path.is_file():
-            keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-            path.write_text("".join(ln + "\n" for ln in keep))
+            write_atomic(path, "".join(json.dumps(r) + "\n" for r in read_metrics(path) if r["step"] <= step))
 
     # -- state -------------------------------------------------------------------------------------------------
 

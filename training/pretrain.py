@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from gpt2tui.atomic import check_replaceable, ensure_writable
+from gpt2tui.atomic import check_replaceable, ensure_writable, recover
 from gpt2tui.config import PRESETS, GPT2Config
 from gpt2tui.errors import ConfigError, TrainingError
 from gpt2tui.generate import generate
@@ -97,6 +97,7 @@ def load_initial_model(args, d):
 
 def run(args) -> int:
     out = Path(args.out).expanduser()
+    recover(out / CHECKPOINT)  # a save killed between its two renames: its new checkpoint is put back
     if not args.resume and (out / CHECKPOINT).exists():
         raise TrainingError(f"{out} already holds a training run; add --resume to continue it, or choose another --out")
     # Before any work: nothing of the user's gets replaced, and the outputs can be written.

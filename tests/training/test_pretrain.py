@@ -1,6 +1,10 @@
 """`gpt2tui pretrain` end to end on tiny models: it learns, resumes exactly, survives Ctrl+C, refuses bad input."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -137,3 +141,56 @@ def test_schedule_warms_up_then_decays_to_a_tenth():
     lrs = [cfg.lr_at(s) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False)) and lrs[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+# -- faults: a kill between a checkpoint's two renames, a half-written metrics line, a full disk -------------------
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_resume_after_a_kill_between_the_checkpoint_s_renames(tmp_path, story, capsys):
+    out = tmp_path / "run"
+    assert run_cli(capsys, *pretrain_argv(story, out, "--max-steps", "2"))[0] == 0
+    # What a process killed between `checkpoint` → `.checkpoint.old-PID` and `.checkpoint.tmp-PID` → `checkpoint`
+    # leaves: no checkpoint/, the previous one aside, the complete new one beside it.
+    pid = _dead_pid()
+    shutil.copytree(out / "checkpoint", out / f".checkpoint.old-{pid}")
+    os.replace(out / "checkpoint", out / f".checkpoint.tmp-{pid}")
+    code, _, err = run_cli(capsys, *pretrain_argv(story, out, "--resume", "--max-steps", "4"))
+    assert code == 0, err
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4] and no_temp_dirs(out) == []
+
+
+def test_a_half_written_metrics_line_does_not_break_resume(tmp_path, story, capsys):
+    out = tmp_path / "run"
+    assert run_cli(capsys, *pretrain_argv(story, out, "--max-steps", "2"))[0] == 0
+    with open(out / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 3, "train_lo')  # a kill or a full disk in the middle of a line
+    code, _, err = run_cli(capsys, *pretrain_argv(story, out, "--resume", "--max-steps", "3"))
+    assert code == 0, err
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3]
+
+
+def test_a_full_disk_while_training_names_the_file(tmp_path, story, capsys, monkeypatch):
+    class FullDisk:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write(self, text):
+            raise OSError(28, "No space left on device")
+
+    real_open = open
+    monkeypatch.setattr(loop, "open", lambda path, *a, **k: FullDisk() if str(path).endswith("metrics.jsonl")
+                        else real_open(path, *a, **k), raising=False)
+    out = tmp_path / "run"
+    code, _, err = run_cli(capsys, *pretrain_argv(story, out, "--max-steps", "2"))
+    assert code == 1 and "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: ") and "metrics.jsonl" in line and "No space left on device" in line, err
