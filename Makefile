@@ -42,16 +42,16 @@ chat: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
-# The tokenizer tests against the C++ encoder built with AddressSanitizer and UBSan; any report fails the run. The
-# sanitized build goes into gpt2tui/, which comes first on the package's path from the repository root; it is removed
-# afterwards, whatever the outcome, so the installed build serves again.
+# The tokenizer tests against the C++ encoder built with AddressSanitizer and UBSan; any report fails the run.
+# The editable install's extension is the one in gpt2tui/ (its link tree links to it), so the normal build is
+# restored there afterwards, whatever the outcome.
 SAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g
 test-asan: $(STAMP)
 	CFLAGS="$(SAN_FLAGS)" LDFLAGS="$(SAN_FLAGS)" $(BIN)/python setup.py -q build_ext --inplace --force --build-temp build/asan
 	LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONMALLOC=malloc \
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/csrc tests/gpt2tui/test_tokenizer.py; \
-	status=$$?; rm -f gpt2tui/_bpe*.so; exit $$status
+	status=$$?; $(BIN)/python setup.py -q build_ext --inplace --force; exit $$status
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest -q benchmarks --benchmark-only --benchmark-columns=min,median,mean,rounds

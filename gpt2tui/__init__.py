@@ -14,9 +14,9 @@ import types
 __version__ = "0.1.0"
 
 # Run from a checkout's root, Python finds this folder before the installed package (the working directory comes first
-# on sys.path), but `gpt2tui.kernels`, `gpt2tui.training` and the built `gpt2tui._bpe` exist only in the installed
-# tree: kernels/ and training/ sit beside this folder (README, "Layout"). extend_path appends every other `gpt2tui`
-# folder on sys.path, so they are found there; modules of this folder still come first.
+# on sys.path), but `gpt2tui.kernels` and `gpt2tui.training` exist only in the installed tree (kernels/ and training/
+# sit beside this folder: README, "Layout"), and so does the built `gpt2tui._bpe` after a regular install.
+# extend_path appends every other `gpt2tui` folder on sys.path, so they are found there; this folder still comes first.
 __path__ = pkgutil.extend_path(__path__, __name__)
 
 # Loaded on first use: `gpt2tui --help` and the app's first frame should not wait for torch to import.

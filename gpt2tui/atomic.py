@@ -176,3 +176,38 @@ def write_atomic(path: str | os.PathLike, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_new(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to a new file at `path`, whole, never replacing a file: `FileExistsError` if one is there, even one
+    made a moment ago by another process (two exports to one name never overwrite each other). The folder must exist.
+
+    The text goes to a temporary file first, then is hard-linked as `path`, which fails rather than replaces; where the
+    file system has no hard links, `path` is created exclusively and written in place (removed again if that fails)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+            return path
+        except FileExistsError:
+            raise
+        except OSError:  # no hard links here (FAT, some network drives): exclusive creation instead
+            pass
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return path
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -9,6 +9,7 @@ Ctrl+D or /quit leaves.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ from rich.markup import escape
 
 from .chat import ChatError
 from .session import ChatSession, ChatSettings, ReplyStream
-from .store import ChatStore, StoreError, free_name
+from .store import ChatStore, ExportFolderMissingError, StoreError, free_name
 
 TITLE_LENGTH = 48
 
@@ -261,13 +262,33 @@ class Repl:
         if self.conversation_id is None:
             self.err.print("[dim]Nothing to export yet.[/]")
             return
-        path = Path(rest).expanduser() if rest else free_name(f"chat-{self.conversation_id}.md")
+        # A string, not a Path, so that `dir/` keeps the separator that says "into this folder".
+        where = os.path.join(os.getcwd(), os.path.expanduser(rest)) if rest else \
+            str(free_name(f"chat-{self.conversation_id}.md").absolute())
         try:
-            written = self.store.export_markdown_file(self.conversation_id, path.absolute())
+            try:
+                written = self.store.export_markdown_file(self.conversation_id, where)
+            except ExportFolderMissingError as e:
+                if not self._confirm(f"{e.folder} does not exist; create it? [y/N] "):
+                    raise
+                written = self.store.export_markdown_file(self.conversation_id, where, create_folder=True)
+        except ExportFolderMissingError as e:
+            self.err.print(f"[red]not exported: {escape(str(e))}[/]")
+            return
         except (OSError, StoreError) as e:
-            self.err.print(f"[red]could not write {escape(str(path))}: {escape(str(e))}[/]")
+            self.err.print(f"[red]could not write {escape(where)}: {escape(str(e))}[/]")
             return
         self.err.print(f"Exported to {escape(str(written))}")
+
+    def _confirm(self, question: str) -> bool:
+        """A yes/no question at the prompt; without a terminal (input piped in) nothing is asked, and the answer is
+        no: the next line of input is a message, not an answer."""
+        if not self.interactive:
+            return False
+        try:
+            return self.read(question).strip().lower() in ("y", "yes")
+        except (EOFError, KeyboardInterrupt):
+            return False
 
 
 def run(session: ChatSession, defaults: ChatSettings, store_path: str | Path | None = None,

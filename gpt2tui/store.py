@@ -30,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_atomic
+from .atomic import write_new
 from .errors import GPT2TUIError
 
 ROLES = ("system", "user", "assistant")
@@ -43,6 +43,15 @@ class StoreError(GPT2TUIError, RuntimeError):
 
 class ConversationNotFoundError(StoreError, LookupError):
     """No conversation has this id (it was deleted, or never existed)."""
+
+
+class ExportFolderMissingError(StoreError):
+    """An export's folder does not exist. `folder` names it: the caller asks the user, then exports again with
+    `create_folder=True`."""
+
+    def __init__(self, folder: Path):
+        super().__init__(f"the folder {folder} does not exist; create it, or export somewhere else")
+        self.folder = folder
 
 
 class DatabaseMovedWarning(UserWarning):
@@ -368,13 +377,33 @@ class ChatStore:
     def export_markdown(self, conversation_id: int) -> str:
         return to_markdown(self.get(conversation_id))
 
-    def export_markdown_file(self, conversation_id: int, path: str | os.PathLike) -> Path:
-        """Write the conversation as Markdown to a new file at `path`, atomically (a temporary file renamed into
-        place). An existing file is never replaced: `StoreError` says so."""
-        path = Path(path).expanduser()
-        if path.exists() or path.is_symlink():
-            raise StoreError(f"{path} already exists; export to another path (an export never replaces a file)")
-        return write_atomic(path, self.export_markdown(conversation_id))
+    def export_markdown_file(
+        self, conversation_id: int, path: str | os.PathLike, default_name: str | None = None, create_folder: bool = False
+    ) -> Path:
+        """Write the conversation as Markdown to a new file at `path`, whole (a temporary file linked into place).
+
+        A `path` that is a folder, or ends with a separator, gets a file named `default_name` in it (by default
+        `chat-ID.md`, stepping aside from existing files). An existing file is never replaced, even one another
+        process made an instant before: `StoreError` says so. A folder that does not exist raises
+        `ExportFolderMissingError` unless `create_folder`: the user is asked first."""
+        text = os.fspath(path)
+        if "\0" in text:
+            raise StoreError("a file name cannot contain a NUL byte; type another path")
+        target = Path(text).expanduser()
+        if text.endswith((os.sep, os.altsep or os.sep)) or target.is_dir():
+            target = free_name(target / (default_name or f"chat-{conversation_id}.md"))
+        if not target.parent.is_dir():
+            if target.parent.exists():
+                raise StoreError(f"{target.parent} is a file, not a folder; export somewhere else")
+            if not create_folder:
+                raise ExportFolderMissingError(target.parent)
+            target.parent.mkdir(parents=True, exist_ok=True)
+        markdown = self.export_markdown(conversation_id)
+        try:
+            return write_new(target, markdown)
+        except FileExistsError:
+            raise StoreError(f"{target} already exists; export to another path (an export never replaces a file)") \
+                from None
 
 
 _NOTES = {"cancelled": "stopped", "max_tokens": "cut off: max new tokens reached",

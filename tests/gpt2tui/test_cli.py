@@ -151,6 +151,34 @@ def test_plain_chat_commands_and_ctrl_c(capsys, tmp_path, monkeypatch, hf_small_
     assert "Exported to" in err and "First" in err and "use /set NAME=VALUE" in err
 
 
+def test_plain_chat_export_into_a_folder_a_missing_folder_and_a_nul_byte(capsys, tmp_path, monkeypatch, hf_small_dir):
+    import io
+
+    from gpt2tui.repl import Repl
+    from gpt2tui.session import ChatSession, ChatSettings
+    from gpt2tui.store import ChatStore
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes").mkdir()
+    session = ChatSession.load(str(hf_small_dir))
+    lines = ["Hello", "/export a\x00b.md", "/export notes/", "/export missing/x.md", "Still here"]
+    with ChatStore() as store:
+        assert Repl(session, store, ChatSettings(max_new_tokens=2), read=_reader(lines), out=io.StringIO()).run() == 0
+        assert [m.content for m in store.get(1).messages][2] == "Still here"  # the chat went on
+    err = " ".join(capsys.readouterr().err.split())  # as one line: the console wraps long ones
+    assert "NUL byte" in err and "Traceback" not in err
+    assert (tmp_path / "notes" / "chat-1.md").read_text().startswith("# Hello")
+    # Input piped in: nothing is asked (the next line is a message), so the folder is not made.
+    assert "missing does not exist" in err and not (tmp_path / "missing").exists()
+
+    answers = ["Hi", "/export made/x.md", "y"]
+    with ChatStore() as store:
+        repl = Repl(session, store, ChatSettings(max_new_tokens=2), read=_reader(answers), out=io.StringIO(),
+                    interactive=True)
+        assert repl.run() == 0
+    assert (tmp_path / "made" / "x.md").read_text().startswith("# Hi")
+
+
 def test_plain_chat_takes_bytes_that_are_not_utf8(capsys, tmp_path, monkeypatch, hf_small_dir):
     """`printf 'caf\\xe9' | gpt2tui chat`: under a C locale Python reads the byte as a lone surrogate, which can be
     neither tokenised nor stored; it becomes U+FFFD, and the chat goes on."""

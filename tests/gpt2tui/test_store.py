@@ -1,5 +1,6 @@
 """The conversations database: CRUD, ordering, search, Markdown export, durability, and recovery from a bad file."""
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from gpt2tui.store import (
     ChatStore,
     ConversationNotFoundError,
     DatabaseMovedWarning,
+    ExportFolderMissingError,
     StoreError,
     default_path,
 )
@@ -117,7 +119,7 @@ def test_export_markdown(store, tmp_path):
         "## User\n\nName a colour.\n\n## Assistant\n\nBlue.\n\n"
         "## User\n\nAnother?\n\n## Assistant\n\nGre\n\n*[stopped]*\n"
     )
-    out = store.export_markdown_file(c.id, tmp_path / "out" / "colours.md")
+    out = store.export_markdown_file(c.id, tmp_path / "out" / "colours.md", create_folder=True)
     assert out.read_text(encoding="utf-8") == text
     assert [p.name for p in out.parent.iterdir()] == ["colours.md"]  # no temporary file left
     assert out.stat().st_mode & 0o777 == 0o666 & ~_umask()  # like any new file, not mkstemp's 0600
@@ -126,6 +128,74 @@ def test_export_markdown(store, tmp_path):
     assert out.read_text(encoding="utf-8") == text
     assert store_module.free_name(out) == out.with_name("colours-2.md")
     assert store_module.free_name(tmp_path / "new.md") == tmp_path / "new.md"
+
+
+def test_export_into_a_folder_a_missing_folder_and_a_nul_byte(store, tmp_path):
+    c = store.create(title="Colours")
+    store.append_message(c.id, "user", "Name a colour.")
+    (tmp_path / "notes").mkdir()
+    for where in (tmp_path / "notes", f"{tmp_path / 'notes'}{os.sep}"):  # a folder: the default name inside it
+        written = store.export_markdown_file(c.id, where, default_name="colours.md")
+        assert written.parent == tmp_path / "notes" and written.read_text().startswith("# Colours")
+    assert sorted(p.name for p in (tmp_path / "notes").iterdir()) == ["colours-2.md", "colours.md"]
+    missing = tmp_path / "new" / "deeper" / "c.md"
+    with pytest.raises(ExportFolderMissingError) as e:  # named, and not made until the user says so
+        store.export_markdown_file(c.id, missing)
+    assert e.value.folder == missing.parent and str(missing.parent) in str(e.value) and not (tmp_path / "new").exists()
+    assert store.export_markdown_file(c.id, missing, create_folder=True).read_text().startswith("# Colours")
+    with pytest.raises(StoreError, match="NUL byte"):
+        store.export_markdown_file(c.id, tmp_path / "a\x00b.md")
+    (tmp_path / "afile").write_text("keep")
+    with pytest.raises(StoreError, match="is a file, not a folder"):
+        store.export_markdown_file(c.id, tmp_path / "afile" / "c.md")
+
+
+def test_two_exports_to_one_new_path_never_overwrite_each_other(store, tmp_path):
+    """Both find the path free, then both write: exactly one wins, and its file is whole."""
+    tmp_path = tmp_path / "exports"
+    tmp_path.mkdir()
+    a, b = store.create(title="Apples"), store.create(title="Pears")
+    for round_ in range(20):
+        target = tmp_path / f"same-{round_}.md"
+        barrier = threading.Barrier(2)
+        outcome: dict[int, str] = {}
+
+        def export(conversation_id, target=target, barrier=barrier, outcome=outcome):
+            barrier.wait()
+            try:
+                store.export_markdown_file(conversation_id, target)
+                outcome[conversation_id] = "written"
+            except StoreError as e:
+                outcome[conversation_id] = str(e)
+
+        threads = [threading.Thread(target=export, args=(cid,)) for cid in (a.id, b.id)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        (winner,) = [cid for cid, result in outcome.items() if result == "written"]
+        (loser,) = [result for result in outcome.values() if result != "written"]
+        assert "already exists" in loser
+        assert target.read_text().startswith(f"# {'Apples' if winner == a.id else 'Pears'}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"same-{i}.md" for i in range(20))
+
+
+def test_an_export_that_loses_the_race_after_writing_leaves_the_winner_s_file(store, tmp_path, monkeypatch):
+    c = store.create(title="Mine")
+    tmp_path = tmp_path / "exports"
+    tmp_path.mkdir()
+    target = tmp_path / "x.md"
+    real_link = os.link
+
+    def someone_else_first(src, dst):
+        with open(dst, "w") as f:
+            f.write("theirs")
+        return real_link(src, dst)
+
+    monkeypatch.setattr(os, "link", someone_else_first)
+    with pytest.raises(StoreError, match="already exists"):
+        store.export_markdown_file(c.id, target)
+    assert target.read_text() == "theirs" and [p.name for p in tmp_path.iterdir()] == ["x.md"]
 
 
 def _umask() -> int:

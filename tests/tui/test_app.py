@@ -209,11 +209,37 @@ def test_export_to_the_current_directory_or_a_given_path(make_app, tmp_path, mon
             assert written.read_text().startswith("# Pears\n") and "## User\n\nAnd pears?" in written.read_text()
             assert any(str(written) in n.message for n in app._notifications)
 
+            # A folder that does not exist is named, and made only once the user says so.
             await pilot.press("ctrl+o")
             app.screen.query_one(Input).value = str(tmp_path / "sub" / "mine.md")
             await pilot.press("enter")
             await pilot.pause()
+            assert isinstance(app.screen, ConfirmScreen) and str(tmp_path / "sub") in app.screen.question
+            await pilot.press("n")
+            await pilot.pause()
+            assert not (tmp_path / "sub").exists()
+            await pilot.press("ctrl+o")
+            app.screen.query_one(Input).value = str(tmp_path / "sub" / "mine.md")
+            await pilot.press("enter")
+            await pilot.pause()
+            await pilot.press("y")
+            await pilot.pause()
             assert "Some words on pears." in (tmp_path / "sub" / "mine.md").read_text()
+
+            # A folder, with or without its separator: the default name inside it.
+            await pilot.press("ctrl+o")
+            app.screen.query_one(Input).value = "sub/"
+            await pilot.press("enter")
+            await pilot.pause()
+            assert (tmp_path / "sub" / "pears-2.md").read_text().startswith("# Pears\n")
+
+            # A NUL byte in the path is a message, and the app goes on.
+            await pilot.press("ctrl+o")
+            app.screen.query_one(Input).value = "a\x00b.md"
+            await pilot.press("enter")
+            await pilot.pause()
+            assert any("NUL byte" in n.message for n in app._notifications)
+            assert app.is_running and app.screen is app.chat
 
     run(body())
 

@@ -8,9 +8,9 @@ Esc asks the session to stop; the model checks between tokens, so the worker's l
 
 from __future__ import annotations
 
+import os
 import re
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from textual import on
@@ -22,7 +22,14 @@ from textual.widgets import Footer, Static
 from textual.worker import Worker
 
 from ...chat import ChatError
-from ...store import DEFAULT_TITLE, ChatStore, ConversationNotFoundError, StoreError, free_name
+from ...store import (
+    DEFAULT_TITLE,
+    ChatStore,
+    ConversationNotFoundError,
+    ExportFolderMissingError,
+    StoreError,
+    free_name,
+)
 from ..commands import ChatCommands
 from ..keys import CHAT_KEYS, bindings
 from ..widgets import MessageList, MessageView, PromptInput, Sidebar, StatusBar
@@ -413,20 +420,34 @@ class ChatScreen(Screen):
             return
         conversation_id = self.conversation_id
         slug = re.sub(r"[^\w-]+", "-", self.conversation_title.lower()).strip("-")[:40] or "chat"
-        default = str(free_name(f"{slug}-{conversation_id}.md"))
+        name = f"{slug}-{conversation_id}.md"  # in a folder the user names, it steps aside there
+        default = str(free_name(name))
 
-        def chosen(path: str | None) -> None:
-            if not path:
-                return
-            target = Path(path).expanduser()
-            if not target.is_absolute():
-                target = Path.cwd() / target
+        def write(target: str, create_folder: bool = False) -> None:
             try:
-                written = self.store.export_markdown_file(conversation_id, target)
+                written = self.store.export_markdown_file(conversation_id, target, default_name=name,
+                                                          create_folder=create_folder)
+            except ExportFolderMissingError as e:
+                folder = e.folder
+
+                def answered(yes: bool | None) -> None:
+                    if yes:
+                        write(target, create_folder=True)
+                    else:
+                        self.notify(f"Not exported: {folder} does not exist.", severity="warning")
+
+                self.app.push_screen(ConfirmScreen(f"{folder} does not exist. Create it and export there?",
+                                                   yes="Create"), answered)
+                return
             except (OSError, StoreError) as e:
                 self.notify(f"Could not write {target}: {e}", severity="error")
                 return
             self.notify(f"Exported to {written}", title="Export")
+
+        def chosen(path: str | None) -> None:
+            if path:
+                # A string, not a Path, so that `dir/` keeps the separator that says "into this folder".
+                write(os.path.join(os.getcwd(), os.path.expanduser(path)))
 
         self.app.push_screen(ExportScreen(default), chosen)
 
