@@ -83,3 +83,71 @@ def test_the_constraints_on_main_are_exact_and_pin_the_test_oracles():
     assert {"transformers", "tiktoken", "torch", "triton", "pytest", "textual"} <= set(pins)
     makefile_torch = re.search(r"^TORCH\s*:=\s*(\S+)", (ROOT / "Makefile").read_text(), re.M).group(1)
     assert pins["torch"] == makefile_torch
+
+
+def _make_venv_dir(cmd) -> None:
+    if cmd[1:3] == ["-m", "venv"]:
+        Path(cmd[-1]).mkdir(parents=True)
+
+
+class _FakeRun:
+    """Stands in for subprocess.run: the venv and pip steps succeed, pytest prints `suite` and exits `code`, and
+    `pip freeze` prints `freeze`."""
+
+    def __init__(self, suite: str, code: int, freeze: str = ""):
+        self.suite, self.code, self.freeze, self.calls = suite, code, freeze, []
+
+    def __call__(self, cmd, **kwargs):
+        import subprocess
+
+        self.calls.append(cmd)
+        _make_venv_dir(cmd)
+        if "pytest" in cmd:
+            return subprocess.CompletedProcess(cmd, self.code, stdout=self.suite)
+        if "freeze" in cmd:
+            return subprocess.CompletedProcess(cmd, 0, stdout=self.freeze)
+        return subprocess.CompletedProcess(cmd, 0, stdout="", stderr="")
+
+
+@pytest.fixture
+def sandbox(tmp_path, monkeypatch):
+    """upgrade_deps with its venv and constraints under tmp_path."""
+    monkeypatch.setattr(upgrade_deps, "ROOT", tmp_path)
+    monkeypatch.setattr(upgrade_deps, "VENV", tmp_path / ".venv-upgrade")
+    (tmp_path / "constraints.txt").write_text("# pins\nrich==15.0.0\ntorch==2.13.0\n")
+    return tmp_path
+
+
+def test_a_red_suite_leaves_the_constraints_and_names_what_broke(sandbox, monkeypatch, capsys):
+    suite = "..F\nFAILED tests/gpt2tui/test_model.py::test_logits_match_transformers[64x2] - ImportError\n1 failed, 2 passed\n"
+    fake = _FakeRun(suite, 1)
+    monkeypatch.setattr(upgrade_deps.subprocess, "run", fake)
+    assert upgrade_deps.main([]) == 1
+    err = capsys.readouterr().err
+    assert "broke: tests/gpt2tui/test_model.py::test_logits_match_transformers[64x2]" in err
+    assert "constraints.txt is unchanged" in err
+    assert (sandbox / "constraints.txt").read_text() == "# pins\nrich==15.0.0\ntorch==2.13.0\n"
+    assert not any("freeze" in cmd for cmd in fake.calls)
+
+
+def test_a_green_suite_rewrites_the_constraints_and_lists_the_changes(sandbox, monkeypatch, capsys):
+    fake = _FakeRun("...\n3 passed in 1.00s\n", 0, freeze="rich==15.1.0\ntorch==2.13.0+cpu\ngpt2tui==0.1.0\n")
+    monkeypatch.setattr(upgrade_deps.subprocess, "run", fake)
+    assert upgrade_deps.main([]) == 0
+    assert upgrade_deps.read_constraints(sandbox / "constraints.txt") == {"rich": "rich==15.1.0",
+                                                                           "torch": "torch==2.13.0"}
+    assert "rich: 15.0.0 -> 15.1.0" in capsys.readouterr().out
+
+
+def test_a_failed_install_leaves_the_constraints(sandbox, monkeypatch, capsys):
+    import subprocess
+
+    def no_registry(cmd, **kwargs):
+        _make_venv_dir(cmd)
+        failing = "pip" in cmd and "install" in cmd
+        return subprocess.CompletedProcess(cmd, 1 if failing else 0, stdout="", stderr="")
+
+    monkeypatch.setattr(upgrade_deps.subprocess, "run", no_registry)
+    assert upgrade_deps.main([]) == 1
+    assert "failed" in capsys.readouterr().err
+    assert (sandbox / "constraints.txt").read_text() == "# pins\nrich==15.0.0\ntorch==2.13.0\n"
