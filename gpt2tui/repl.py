@@ -84,10 +84,12 @@ class Repl:
 
     def run(self) -> int:
         info = self.session.info()
+        where = "Chats are kept until you quit" if self.store.in_memory else \
+            f"Chats are saved in {escape(str(self.store.path))}"
         self.err.print(
             f"[bold]{escape(info['model'])}[/] on {info['device']} · {info['parameters'] / 1e6:.0f}M parameters · "
             f"attention: {info['attention']} · template: {info['template']}\n"
-            f"[dim]Chats are saved in {escape(str(self.store.path))}. /help lists commands; Ctrl+C stops a reply, "
+            f"[dim]{where}. /help lists commands; Ctrl+C stops a reply, "
             f"Ctrl+D or /quit leaves.[/]"
         )
         while True:
@@ -294,9 +296,15 @@ class Repl:
 def run(session: ChatSession, defaults: ChatSettings, store_path: str | Path | None = None,
         interactive: bool | None = None) -> int:
     """The prompt loop on stdin/stdout until end of input or /quit. A corrupt chat database is moved aside with a
-    warning (the caller shows warnings); one that cannot be used at all raises `StoreError`."""
+    warning (the caller shows warnings); with one that cannot be used at all, the chat goes on in memory and says so."""
     if interactive is None:
         interactive = sys.stdin.isatty()
-    with ChatStore(store_path) as store:
+    try:
+        store = ChatStore(store_path)
+    except StoreError as e:
+        Console(stderr=True, highlight=False).print(
+            f"[yellow]warning:[/] {escape(str(e))}; this chat is kept only until you quit", soft_wrap=True)
+        store = ChatStore.temporary()
+    with store:
         return Repl(session, store, defaults, interactive=interactive).run()
 

@@ -151,13 +151,24 @@ def _escape_like(text: str) -> str:
 
 class ChatStore:
     """The conversations database. `ChatStore()` opens (or creates) the default one; use it as a context manager or
-    call `close()`."""
+    call `close()`. `ChatStore.temporary()` is one in memory, which keeps nothing after `close()`: the apps fall back to it when
+    the history cannot be opened, and say so."""
+
+    MEMORY = ":memory:"
 
     def __init__(self, path: str | os.PathLike | None = None, timeout: float = 5.0):
+        self.in_memory = os.fspath(path) == self.MEMORY if path is not None else False
         self.path = Path(path) if path is not None else default_path()
         self.timeout = timeout
         self._lock = threading.RLock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.in_memory:
+            self._db = self._open()
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot make the folder {self.path.parent} for the chat history "
+                             f"({e.strerror or e})") from None
         try:
             self._db = self._open()
         except sqlite3.DatabaseError as e:
@@ -172,11 +183,17 @@ class ChatStore:
             )
             self._db = self._open()
 
+    @classmethod
+    def temporary(cls) -> ChatStore:
+        """A store in memory: the conversations of this run only."""
+        return cls(cls.MEMORY)
+
     def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+        target = self.MEMORY if self.in_memory else self.path
+        db = sqlite3.connect(target, timeout=self.timeout, isolation_level=None, check_same_thread=False)
         try:
             db.row_factory = sqlite3.Row
-            if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
+            if not self.in_memory and db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
                 raise StoreError(f"cannot put the chat database {self.path} in WAL mode (is it on a network drive?)")
             check = db.execute("PRAGMA quick_check").fetchone()[0]  # integrity_check without the slow index checks
             if check != "ok":

@@ -77,8 +77,10 @@ class ChatApp(App[None]):
                 warnings.simplefilter("always", DatabaseMovedWarning)
                 self.store = ChatStore(self.store_path)
         except StoreError as e:
-            self.exit(return_code=1, message=f"error: {e}")
-            return
+            # The chat works all the same; what is said here is all that is lost.
+            self.store = ChatStore.temporary()
+            self.notify(f"{e}. This session's conversations are kept only until you quit.",
+                        title="History cannot be saved", severity="warning", timeout=60)
         for w in caught:
             if issubclass(w.category, DatabaseMovedWarning):
                 self.notify(str(w.message), title="Chat database moved aside", severity="warning", timeout=30)

@@ -179,6 +179,17 @@ def test_plain_chat_export_into_a_folder_a_missing_folder_and_a_nul_byte(capsys,
     assert (tmp_path / "made" / "x.md").read_text().startswith("# Hi")
 
 
+def test_plain_chat_goes_on_when_the_history_cannot_be_saved(capsys, monkeypatch, tmp_path, hf_small_dir):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_DATA_HOME", str(blocker / "data"))
+    monkeypatch.setattr(sys, "stdin", __import__("io").StringIO("Hello there\n"))
+    code, out, err = run(capsys, "chat", "-m", str(hf_small_dir), "-n", "3", "-t", "0")
+    err = " ".join(err.split())
+    assert code == 0 and "Traceback" not in err and out.strip()
+    assert "cannot make the folder" in err and "kept only until you quit" in err and "Chats are kept until you quit" in err
+
+
 def test_plain_chat_takes_bytes_that_are_not_utf8(capsys, tmp_path, monkeypatch, hf_small_dir):
     """`printf 'caf\\xe9' | gpt2tui chat`: under a C locale Python reads the byte as a lone surrogate, which can be
     neither tokenised nor stored; it becomes U+FFFD, and the chat goes on."""

@@ -193,6 +193,43 @@ def test_rename_search_and_switch(make_app):
     run(body())
 
 
+def test_the_app_starts_when_the_history_cannot_be_saved(make_app, tmp_path, monkeypatch):
+    """A data folder that cannot be made (a file stands where it goes; or no permission): the app says where, and the
+    chat works, kept in memory."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_DATA_HOME", str(blocker / "data"))
+    app = make_app()
+
+    async def body():
+        async with app.run_test() as pilot:
+            await loaded(pilot)
+            assert app.store.in_memory
+            notes = [n.message for n in app._notifications]
+            assert any(str(blocker / "data" / "gpt2tui") in m and "kept only until you quit" in m for m in notes), notes
+            await send(pilot, "Hello")
+            await reply_done(pilot)
+            assert [m.role for m in app.store.get(app.chat.conversation_id).messages] == ["user", "assistant"]
+
+    run(body())
+    assert blocker.read_text() == ""
+
+
+def test_the_app_starts_in_a_data_folder_it_may_not_write(make_app, tmp_path, monkeypatch):
+    def refused(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refused)
+    app = make_app()
+
+    async def body():
+        async with app.run_test() as pilot:
+            await loaded(pilot)
+            assert app.store.in_memory and any("Permission denied" in n.message for n in app._notifications)
+
+    run(body())
+
+
 def test_export_to_the_current_directory_or_a_given_path(make_app, tmp_path, monkeypatch):
     _two_conversations()
     monkeypatch.chdir(tmp_path)
