@@ -20,7 +20,7 @@ from rich.markup import escape
 
 from .chat import ChatError
 from .session import ChatSession, ChatSettings, ReplyStream
-from .store import ChatStore, ExportFolderMissingError, StoreError, free_name
+from .store import ChatStore, ExportFolderMissingError, StoreError, StoreWriteError, free_name
 
 TITLE_LENGTH = 48
 
@@ -78,6 +78,10 @@ class Repl:
         self.err = Console(stderr=True, highlight=False)
         self.interactive = interactive
         self.conversation_id: int | None = None
+        self.title: str | None = None
+        # Why the conversation in memory is not all in the database (a full disk, a database another process holds),
+        # or None. It is written whole once a write goes through again (`_catch_up`), or said lost on quit.
+        self.unsaved: str | None = None
         self.session.settings = defaults
 
     # -- the loop ---------------------------------------------------------------------------------------------------
@@ -108,6 +112,9 @@ class Repl:
                     break
                 continue
             self._send(text)
+        if self.unsaved is not None and not self._catch_up():
+            self.err.print(f"[red]not saved: {escape(self.unsaved)}; the last messages of this conversation are lost[/]")
+            return 1
         return 0
 
     def _read_message(self) -> str:
@@ -129,18 +136,23 @@ class Repl:
         except ChatError as e:
             self.err.print(f"[red]{escape(str(e))}[/]")
             return
-        try:
-            if self.conversation_id is None:
-                settings = self.session.settings.to_dict()
-                self.conversation_id = self.store.create(_title(text), self.session.model_name, settings).id
-            if dangling:
-                self.store.append_message(self.conversation_id, "assistant", "", "cancelled")
-            self.store.append_message(self.conversation_id, "user", text)
-            self.store.append_message(self.conversation_id, "assistant", "")
-        except StoreError as e:
-            reply.close()
-            self.err.print(f"[red]not sent, the chat could not be saved: {escape(str(e))}[/]")
-            return
+        if self.title is None:
+            self.title = _title(text)
+        if self.unsaved is None:
+            try:
+                if self.conversation_id is None:
+                    settings = self.session.settings.to_dict()
+                    self.conversation_id = self.store.create(self.title, self.session.model_name, settings).id
+                if dangling:
+                    self.store.append_message(self.conversation_id, "assistant", "", "cancelled")
+                self.store.append_message(self.conversation_id, "user", text)
+                self.store.append_message(self.conversation_id, "assistant", "")
+            except StoreWriteError as e:
+                self._not_saved(e)  # the reply goes on; the conversation is kept in memory
+            except StoreError as e:
+                reply.close()
+                self.err.print(f"[red]not sent, the chat could not be saved: {escape(str(e))}[/]")
+                return
         self._stream(reply)
 
     def _stream(self, reply: ReplyStream) -> None:
@@ -164,15 +176,47 @@ class Repl:
                 self.out.write(" [stopped]")
             self.out.write("\n")
             self.out.flush()
-            try:
-                self.store.update_last_message(self.conversation_id, reply.text, reply.finish_reason)
-            except StoreError as e:
-                self.err.print(f"[red]the reply could not be saved: {escape(str(e))}[/]")
+            if self.unsaved is None:
+                try:
+                    self.store.update_last_message(self.conversation_id, reply.text, reply.finish_reason)
+                except StoreWriteError as e:
+                    self._not_saved(e)
+                except StoreError as e:
+                    self.err.print(f"[red]the reply could not be saved: {escape(str(e))}[/]")
+            else:
+                self._catch_up()
         stats = reply.stats
         if self.interactive and stats is not None:
             rate = f" · {stats.tokens_per_s:.1f} tok/s" if stats.tokens_per_s else ""
             self.err.print(f"[dim]{stats.new_tokens} tokens{rate} · context {stats.context_used}/"
                            f"{stats.context_length} · {stats.finish_reason}[/]")
+
+    def _not_saved(self, e: StoreWriteError) -> None:
+        if self.unsaved != str(e):
+            self.err.print(f"[yellow]{escape(str(e))}[/]")
+        self.unsaved = str(e)
+
+    def _catch_up(self) -> bool:
+        """Write the whole conversation in memory to the database; True once nothing is left unsaved."""
+        if self.unsaved is None:
+            return True
+        try:
+            self.conversation_id = self.store.save_conversation(
+                self.conversation_id, self.title or "Chat", self.session.model_name, self.session.settings.to_dict(),
+                self.session.messages)
+        except StoreError:
+            return False
+        self.unsaved = None
+        self.err.print("[dim]Saved: the chat history could be written again.[/]")
+        return True
+
+    def _can_leave(self) -> bool:
+        """Whether the conversation may be left for another: not while part of it is only in memory."""
+        if self._catch_up():
+            return True
+        self.err.print(f"[yellow]this conversation is not saved yet ({escape(self.unsaved)}); it is kept here until "
+                       f"it can be written, and /quit leaves without it[/]")
+        return False
 
     # -- commands ---------------------------------------------------------------------------------------------------
 
@@ -184,7 +228,9 @@ class Repl:
         if name in ("/help", "/?"):
             self.err.print(escape(HELP))
         elif name == "/new":
-            self.conversation_id = None
+            if not self._can_leave():
+                return None
+            self.conversation_id = self.title = None
             self.session.clear()
             self.session.settings = self.defaults
             self.err.print("[dim]New conversation.[/]")
@@ -214,6 +260,8 @@ class Repl:
             self.err.print(f"{mark}{c.id:>4}  {escape(c.title)}")
 
     def _open(self, rest: str) -> None:
+        if not self._can_leave():
+            return
         try:
             conversation = self.store.get(int(rest))
         except ValueError:
@@ -229,7 +277,7 @@ class Repl:
             self.err.print(f"[red]conversation {conversation.id} cannot be continued: {escape(str(e))}[/]")
             return
         self.session.settings = settings
-        self.conversation_id = conversation.id
+        self.conversation_id, self.title = conversation.id, conversation.title
         self.err.print(f"[dim]Continuing “{escape(conversation.title)}” ({len(conversation.messages)} messages).[/]")
 
     def _regenerate(self) -> None:
@@ -239,10 +287,13 @@ class Repl:
         except ChatError as e:
             self.err.print(f"[red]{escape(str(e))}[/]")
             return
-        if self.conversation_id is not None:
-            if had_reply:
-                self.store.delete_last_message(self.conversation_id)
-            self.store.append_message(self.conversation_id, "assistant", "")
+        if self.conversation_id is not None and self.unsaved is None:
+            try:
+                if had_reply:
+                    self.store.delete_last_message(self.conversation_id)
+                self.store.append_message(self.conversation_id, "assistant", "")
+            except StoreWriteError as e:
+                self._not_saved(e)
         self._stream(reply)
 
     def _set(self, rest: str) -> None:
@@ -257,8 +308,11 @@ class Repl:
 
     def _save_settings(self, settings: ChatSettings) -> None:
         self.session.settings = settings
-        if self.conversation_id is not None:
-            self.store.save_settings(self.conversation_id, settings.to_dict())
+        if self.conversation_id is not None and self.unsaved is None:
+            try:
+                self.store.save_settings(self.conversation_id, settings.to_dict())
+            except StoreWriteError as e:
+                self._not_saved(e)
 
     def _export(self, rest: str) -> None:
         if self.conversation_id is None:

@@ -7,10 +7,17 @@ its last update is lost.
 Threads: one connection, opened with `check_same_thread=False` and guarded by a lock, so the app's UI thread and its
 generation worker can share one `ChatStore`; each call holds the lock for its statements.
 
-A database that SQLite cannot read (not a database, corrupt, or locked by someone else for longer than `timeout`) is
-moved aside to `chats.db.corrupt-<timestamp>` (with its `-wal` and `-shm` files, so it can still be opened and
-recovered by hand) with a `DatabaseMovedWarning`, and a new one is made. Nothing else is ever deleted or replaced:
-a database from a newer version of gpt2tui, or one the user cannot write, raises `StoreError`.
+A file that is not a database, or a corrupt one, is moved aside to `chats.db.corrupt-<timestamp>` (with its `-wal`
+and `-shm` files, so it can still be opened and recovered by hand) with a `DatabaseMovedWarning`, and a new one is
+made. Nothing else is ever moved, deleted or replaced. A busy database is not a damaged one: another gpt2tui, a
+backup tool or a slow disk holding it is waited for (`timeout`); one still held then is opened read-only
+(`read_only` says why), its history shown, and writes raise `StoreWriteError` until it is free again. A new database
+is made under a temporary name and linked into place, so two first starts never see each other's half-made file.
+
+A write that cannot be made (the database busy, a full disk, a read-only file) is rolled back and raises
+`StoreWriteError`, whose `kind` says which; the caller keeps what it meant to write and catches up later with
+`save_conversation`, which makes a conversation in the file equal to the one in memory. A database from a newer
+gpt2tui, or a folder that cannot be made, raises `StoreError`.
 
 The schema version is `PRAGMA user_version`; `MIGRATIONS[v]` takes a database from version v to v + 1.
 """
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -29,6 +37,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from .atomic import write_new
 from .errors import GPT2TUIError
@@ -39,6 +48,15 @@ DEFAULT_TITLE = "New chat"
 
 class StoreError(GPT2TUIError, RuntimeError):
     """The chat database cannot be used; the message says why and what to do."""
+
+
+class StoreWriteError(StoreError):
+    """A write was rolled back: `kind` is "busy" (another process holds the database), "full" (no space left),
+    "readonly" (the file or its folder cannot be written) or "io"."""
+
+    def __init__(self, message: str, kind: str):
+        super().__init__(message)
+        self.kind = kind
 
 
 class ConversationNotFoundError(StoreError, LookupError):
@@ -161,6 +179,7 @@ class ChatStore:
         self.path = Path(path) if path is not None else default_path()
         self.timeout = timeout
         self._lock = threading.RLock()
+        self.read_only: str | None = None  # why this store cannot write, while it cannot
         if self.in_memory:
             self._db = self._open()
             return
@@ -169,9 +188,14 @@ class ChatStore:
         except OSError as e:
             raise StoreError(f"cannot make the folder {self.path.parent} for the chat history "
                              f"({e.strerror or e})") from None
+        if not self.path.exists():
+            self._create()
         try:
             self._db = self._open()
         except sqlite3.DatabaseError as e:
+            if _busy(e):
+                self._db = self._open_read_only(e)
+                return
             if not _unreadable(e):
                 raise StoreError(f"cannot open the chat database {self.path}: {e}") from None
             moved = self._move_aside()
@@ -188,9 +212,31 @@ class ChatStore:
         """A store in memory: the conversations of this run only."""
         return cls(cls.MEMORY)
 
-    def _open(self) -> sqlite3.Connection:
+    def _create(self) -> None:
+        """A new database, made whole under a temporary name and linked into place: a process that opens the path a
+        moment later finds either no file or a complete database, never one half made. Losing the race to another
+        process is fine: its database is the same."""
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}-{secrets.token_hex(4)}.new")
+        try:
+            db = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                self._migrate(db)
+            finally:
+                db.close()  # the last connection: its WAL is checkpointed into the file and removed
+            os.link(tmp, self.path)
+        except FileExistsError:
+            pass
+        except (OSError, sqlite3.Error):
+            pass  # no hard links here, or no space: opening the path below makes it, or says why it cannot
+        finally:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+
+    def _open(self, timeout: float | None = None) -> sqlite3.Connection:
         target = self.MEMORY if self.in_memory else self.path
-        db = sqlite3.connect(target, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+        wait = self.timeout if timeout is None else timeout
+        db = sqlite3.connect(target, timeout=wait, isolation_level=None, check_same_thread=False)
         try:
             db.row_factory = sqlite3.Row
             if not self.in_memory and db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
@@ -200,12 +246,42 @@ class ChatStore:
                 raise sqlite3.DatabaseError(f"database disk image is malformed: {check}")
             db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a killed process
             db.execute("PRAGMA foreign_keys=ON")
-            db.create_function("casefold", 1, lambda s: s.casefold() if isinstance(s, str) else s, deterministic=True)
-            self._migrate(db)  # takes the write lock, so a database locked by someone else is found here
+            _add_functions(db)
+            # Only a database that needs it takes the write lock here: one another process is writing to opens at once.
+            if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                self._migrate(db)
+            db.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
         except BaseException:
             db.close()
             raise
         return db
+
+    def _open_read_only(self, busy: sqlite3.DatabaseError) -> sqlite3.Connection:
+        """The database another process holds, for reading: its history is shown, writes wait for it to be free."""
+        uri = f"file:{quote(str(self.path.absolute()))}?mode=ro"
+        try:
+            db = sqlite3.connect(uri, uri=True, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+            db.row_factory = sqlite3.Row
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version != SCHEMA_VERSION:  # being made or upgraded by the process that holds it
+                db.close()
+                raise StoreError(f"the chat history {self.path} is in use by another process ({_one_line(busy)})")
+            _add_functions(db)
+        except sqlite3.Error as e:
+            raise StoreError(f"the chat history {self.path} is in use by another process ({_one_line(e)})") from None
+        self.read_only = "the chat history is in use by another process"
+        return db
+
+    def _writable(self) -> None:
+        """Back to a read-write connection once the process that held the database lets go."""
+        if self.read_only is None:
+            return
+        try:
+            db = self._open(timeout=0.1)  # a try on each write; the caller keeps what it meant to write meanwhile
+        except sqlite3.DatabaseError as e:
+            raise self._write_error(e) from None
+        self._db.close()
+        self._db, self.read_only = db, None
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         db.execute("BEGIN IMMEDIATE")
@@ -249,21 +325,49 @@ class ChatStore:
         self.close()
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One transaction, committed on leaving: each public write is durable when it returns."""
+    def _write(self, wait: float | None = None) -> Iterator[sqlite3.Connection]:
+        """One transaction, committed on leaving: each public write is durable when it returns. One that cannot be
+        made is rolled back whole and raises `StoreWriteError`. `wait`: how long to wait for a database another
+        process holds, if not `timeout` (a retry from a UI thread must not freeze it)."""
         with self._lock:
+            self._writable()
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as e:
-                raise StoreError(
-                    f"the chat database {self.path} is busy ({_one_line(e)}); another program holds it, try again"
-                ) from None
+                if wait is not None:
+                    self._db.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
+                try:
+                    self._db.execute("BEGIN IMMEDIATE")
+                finally:
+                    if wait is not None:
+                        self._db.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+            except sqlite3.DatabaseError as e:
+                raise self._write_error(e) from None
             try:
                 yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("COMMIT")
+            except BaseException as e:
+                if self._db.in_transaction:
+                    try:
+                        self._db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # SQLite rolled back by itself (as after a full disk)
+                if isinstance(e, sqlite3.DatabaseError) and not isinstance(e, sqlite3.IntegrityError):
+                    raise self._write_error(e) from None
                 raise
-            self._db.execute("COMMIT")
+
+    def _write_error(self, e: sqlite3.DatabaseError) -> StoreWriteError:
+        code = (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF
+        text = str(e).lower()
+        if code == _FULL or "full" in text:
+            return StoreWriteError(f"disk full: {self.path} could not be written, your reply is kept until you free "
+                                   "space", "full")
+        if _busy(e):
+            return StoreWriteError(f"the chat history {self.path} is in use by another process; your messages are "
+                                   "kept and saved once it is free", "busy")
+        if code == _READONLY or "readonly" in text or "read-only" in text:
+            return StoreWriteError(f"{self.path} cannot be written (read-only); your messages are kept until you "
+                                   "quit", "readonly")
+        return StoreWriteError(f"{self.path} could not be written ({_one_line(e)}); your messages are kept until "
+                               "you quit", "io")
 
     def _read(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -375,6 +479,44 @@ class ChatStore:
             db.execute("DELETE FROM messages WHERE id = ?", (row["id"],))
         return Message(**dict(row))
 
+    def save_conversation(
+        self, conversation_id: int | None, title: str, model: str, settings: Mapping[str, Any], messages: list[dict],
+        wait: float | None = None,
+    ) -> int:
+        """Make the conversation in the database equal to this one, in one transaction, and return its id: what the
+        apps call to catch up after writes failed (a full disk, a busy database). `conversation_id` None, or one
+        that is gone, makes a new conversation. Messages the database already has, in order, are left as they are;
+        from the first that differs on, the database gets these. `wait` as in `_write`."""
+        with self._write(wait) as db:
+            found = conversation_id is not None and db.execute(
+                "SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)).fetchone() is not None
+            now = time.time()
+            if found:
+                db.execute("UPDATE conversations SET title = ?, model = ?, settings = ? WHERE id = ?",
+                           (title, model, json.dumps(dict(settings)), conversation_id))
+            else:
+                conversation_id = db.execute(
+                    "INSERT INTO conversations (title, model, settings, created, updated) VALUES (?, ?, ?, ?, ?)",
+                    (title, model, json.dumps(dict(settings)), now, now),
+                ).lastrowid
+            self._touch(db, conversation_id)
+            stored = db.execute("SELECT role, content, finish_reason FROM messages WHERE conversation_id = ? "
+                                "ORDER BY position", (conversation_id,)).fetchall()
+            same = 0
+            for row, m in zip(stored, messages, strict=False):
+                if (row["role"], row["content"], row["finish_reason"]) != (m["role"], m["content"],
+                                                                           m.get("finish_reason")):
+                    break
+                same += 1
+            db.execute("DELETE FROM messages WHERE conversation_id = ? AND position >= ?", (conversation_id, same))
+            db.executemany(
+                "INSERT INTO messages (conversation_id, position, role, content, finish_reason, created) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(conversation_id, i, m["role"], m["content"], m.get("finish_reason"), now)
+                 for i, m in enumerate(messages[same:], start=same)],
+            )
+        return conversation_id
+
     # -- finding and exporting -----------------------------------------------------------------------------------
 
     def search(self, text: str, limit: int = 100) -> list[Conversation]:
@@ -454,19 +596,30 @@ def free_name(name: str | os.PathLike) -> Path:
     return path
 
 
-# SQLite result codes (the low byte of an extended code) that mean the file cannot be used as it is.
-_NOTADB, _CORRUPT, _BUSY, _LOCKED = 26, 11, 5, 6
+# SQLite result codes (the low byte of an extended code).
+_NOTADB, _CORRUPT, _BUSY, _LOCKED, _FULL, _READONLY = 26, 11, 5, 6, 13, 8
 
 
 def _unreadable(e: sqlite3.DatabaseError) -> bool:
-    """Not a database, corrupt, or locked past the timeout: the cases where moving the file aside is the way on."""
+    """Not a database, or corrupt: the only cases where moving the file aside is the way on. Busy or locked is
+    someone else using it, never a reason to move it."""
     code = getattr(e, "sqlite_errorcode", None)
     if code is not None:
-        return code & 0xFF in (_NOTADB, _CORRUPT, _BUSY, _LOCKED)
+        return code & 0xFF in (_NOTADB, _CORRUPT)
     message = str(e).lower()
-    if isinstance(e, sqlite3.OperationalError):
-        return "locked" in message or "busy" in message
-    return not isinstance(e, (sqlite3.IntegrityError, sqlite3.ProgrammingError))
+    return "not a database" in message or "malformed" in message
+
+
+def _busy(e: sqlite3.DatabaseError) -> bool:
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_BUSY, _LOCKED)
+    message = str(e).lower()
+    return "locked" in message or "busy" in message
+
+
+def _add_functions(db: sqlite3.Connection) -> None:
+    db.create_function("casefold", 1, lambda s: s.casefold() if isinstance(s, str) else s, deterministic=True)
 
 
 def _one_line(e: BaseException) -> str:

@@ -128,6 +128,11 @@ class ChatApp(App[None]):
                 await asyncio.wait_for(chat.worker.wait(), timeout=10)
             except Exception:  # a failed or slow worker must not keep the app open
                 pass
+        if chat is not None and chat.unsaved is not None and not chat.catch_up():
+            # Said where the user sees it after the screen is gone: what could not be written is lost now.
+            self.exit(return_code=1, message=f"not saved: {chat.unsaved}; the last messages of that conversation "
+                                             "are lost")
+            return
         self.exit()
 
     def on_unmount(self) -> None:

@@ -190,6 +190,62 @@ def test_plain_chat_goes_on_when_the_history_cannot_be_saved(capsys, monkeypatch
     assert "cannot make the folder" in err and "kept only until you quit" in err and "Chats are kept until you quit" in err
 
 
+def test_plain_chat_keeps_its_messages_through_a_full_disk(capsys, hf_small_dir):
+    """The disk fills while chatting: the chat goes on with its messages in memory, says so once, and writes them
+    all once there is space again."""
+    import io
+
+    from gpt2tui.repl import Repl
+    from gpt2tui.session import ChatSession, ChatSettings
+    from gpt2tui.store import ChatStore
+
+    session = ChatSession.load(str(hf_small_dir))
+    with ChatStore() as store:
+        store.create(title="Earlier")  # the database exists, then the disk fills
+        pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+        store._db.execute(f"PRAGMA max_page_count={pages}")
+        long_message = "Tell me everything. " * 400  # more than the pages left
+
+        lines = iter([long_message, "And then?", None, "Last one"])
+
+        def read(prompt):
+            line = next(lines, EOFError)
+            if line is EOFError:
+                raise EOFError
+            if line is None:  # the user frees space
+                store._db.execute("PRAGMA max_page_count=1073741823")
+                return ""
+            return line
+
+        repl = Repl(session, store, ChatSettings(max_new_tokens=3), read=read, out=io.StringIO())
+        assert repl.run() == 0
+        err = " ".join(capsys.readouterr().err.split())
+        assert "Traceback" not in err and err.count("disk full:") == 1 and "your reply is kept until you free space" in err
+        assert "Saved: the chat history could be written again" in err
+        (conversation,) = [c for c in store.conversations() if c.title != "Earlier"]
+        stored = [m.to_chat() for m in store.get(conversation.id).messages]
+    assert stored == session.messages and [m["role"] for m in stored] == ["user", "assistant"] * 3
+    assert stored[0]["content"] == long_message.strip()
+
+
+def test_plain_chat_says_what_is_lost_when_the_disk_stays_full(capsys, hf_small_dir):
+    import io
+
+    from gpt2tui.repl import Repl
+    from gpt2tui.session import ChatSession, ChatSettings
+    from gpt2tui.store import ChatStore
+
+    session = ChatSession.load(str(hf_small_dir))
+    with ChatStore() as store:
+        store.create(title="Earlier")
+        store._db.execute(f"PRAGMA max_page_count={store._db.execute('PRAGMA page_count').fetchone()[0]}")
+        repl = Repl(session, store, ChatSettings(max_new_tokens=2), read=_reader(["x" * 9000, "/new"]),
+                    out=io.StringIO())
+        assert repl.run() == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "not saved yet" in err and "not saved: disk full:" in err and "are lost" in err and "Traceback" not in err
+
+
 def test_plain_chat_takes_bytes_that_are_not_utf8(capsys, tmp_path, monkeypatch, hf_small_dir):
     """`printf 'caf\\xe9' | gpt2tui chat`: under a C locale Python reads the byte as a lone surrogate, which can be
     neither tokenised nor stored; it becomes U+FFFD, and the chat goes on."""

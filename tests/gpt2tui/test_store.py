@@ -18,6 +18,7 @@ from gpt2tui.store import (
     DatabaseMovedWarning,
     ExportFolderMissingError,
     StoreError,
+    StoreWriteError,
     default_path,
 )
 
@@ -253,23 +254,130 @@ def test_a_garbage_file_is_moved_aside_and_a_new_database_made(isolated_home):
         assert [x.title for x in s.conversations()] == ["Fresh"] and c.id == 1
 
 
-def test_a_database_locked_past_the_timeout_is_moved_aside(isolated_home):
+def _moved_files(folder):
+    return [p.name for p in folder.iterdir() if ".corrupt-" in p.name]
+
+
+def test_a_database_another_process_writes_to_is_never_moved_aside(isolated_home):
     with ChatStore() as s:
         s.create(title="Old")
     holder = sqlite3.connect(default_path(), isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")  # someone holds the write lock and never lets go
+    holder.execute("BEGIN IMMEDIATE")  # someone holds the write lock (another gpt2tui, a backup tool)
     try:
-        with pytest.warns(DatabaseMovedWarning, match="moved it to"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
             s = ChatStore(timeout=0.1)
         with s:
-            assert s.conversations() == []
+            assert [c.title for c in s.conversations()] == ["Old"]  # the history is there
+            with pytest.raises(StoreWriteError, match="in use by another process") as e:
+                s.create(title="New")
+            assert e.value.kind == "busy"
+            holder.execute("ROLLBACK")
+            s.create(title="New")  # once it is free, writes go through
+            assert [c.title for c in s.conversations()] == ["New", "Old"]
+    finally:
+        holder.close()
+    assert _moved_files(default_path().parent) == []
+
+
+def test_a_database_held_while_opening_is_opened_read_only_then_written_once_free(isolated_home):
+    with ChatStore() as s:
+        s.create(title="Old")
+    with sqlite3.connect(default_path(), isolation_level=None) as db:  # a journal other than WAL: switching needs
+        db.execute("PRAGMA journal_mode=DELETE")                       # a lock the holder has
+    holder = sqlite3.connect(default_path(), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        s = ChatStore(timeout=0.1)
+        with s:
+            assert s.read_only and "in use by another process" in s.read_only
+            assert [c.title for c in s.conversations()] == ["Old"]
+            with pytest.raises(StoreWriteError) as e:
+                s.create(title="New")
+            assert e.value.kind == "busy"
+            holder.execute("ROLLBACK")
             s.create(title="New")
+            assert s.read_only is None and {c.title for c in s.conversations()} == {"New", "Old"}
+    finally:
+        holder.close()
+    assert _moved_files(default_path().parent) == []
+
+
+def test_a_database_locked_exclusively_says_so_and_is_left_alone(isolated_home):
+    with ChatStore() as s:
+        s.create(title="Old")
+    holder = sqlite3.connect(default_path(), isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("UPDATE conversations SET title = title")
+    try:
+        with pytest.raises(StoreError, match="in use by another process"):
+            ChatStore(timeout=0.1)
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-    (moved,) = [p for p in default_path().parent.iterdir() if p.name.endswith(tuple("0123456789"))]
-    with sqlite3.connect(moved) as db:  # the old conversations are still in the moved file
-        assert db.execute("SELECT title FROM conversations").fetchall() == [("Old",)]
+    assert _moved_files(default_path().parent) == [] and _count(default_path(), "conversations") == 1
+
+
+_FIRST_START = """
+import sys, time
+from gpt2tui.store import ChatStore
+until = float(sys.argv[2])
+while time.time() < until:
+    pass
+with ChatStore(sys.argv[1]) as s:
+    s.create(title=sys.argv[3])
+"""
+
+
+def test_two_first_starts_make_one_database_and_move_nothing(tmp_path):
+    import time
+
+    for i in range(8):
+        path = tmp_path / f"race-{i}" / "chats.db"
+        path.parent.mkdir()
+        start = time.time() + 0.6  # both processes open the missing database at the same moment (after starting)
+        runs = [subprocess.Popen([sys.executable, "-c", _FIRST_START, str(path), str(start), name],
+                                 stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
+        for run in runs:
+            assert run.wait(timeout=120) == 0, run.stderr.read()
+        assert _moved_files(path.parent) == [] and sorted(p.name for p in path.parent.iterdir()
+                                                          if not p.name.endswith(("-wal", "-shm"))) == ["chats.db"]
+        with sqlite3.connect(path) as db:
+            assert sorted(r[0] for r in db.execute("SELECT title FROM conversations")) == ["a", "b"]
+
+
+def test_a_full_disk_rolls_the_write_back_and_the_conversation_catches_up(store):
+    c = store.create(title="Disk")
+    store.append_message(c.id, "user", "Hello")
+    pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+    store._db.execute(f"PRAGMA max_page_count={pages}")  # SQLite's own "the disk is full"
+    with pytest.raises(StoreWriteError, match="disk full: .* your reply is kept until you free space") as e:
+        store.append_message(c.id, "assistant", "x" * 200_000)
+    assert e.value.kind == "full"
+    assert [m.content for m in store.get(c.id).messages] == ["Hello"]  # rolled back whole
+    store._db.execute("PRAGMA max_page_count=1073741823")  # space again
+    messages = [{"role": "user", "content": "Hello"},
+                {"role": "assistant", "content": "x" * 200_000, "finish_reason": "max_tokens"}]
+    assert store.save_conversation(c.id, "Disk", "m", {}, messages) == c.id
+    assert [m.to_chat() for m in store.get(c.id).messages] == messages
+
+
+def test_save_conversation_makes_the_database_equal_to_the_conversation_in_memory(store):
+    messages = [{"role": "user", "content": "One"}, {"role": "assistant", "content": "Two", "finish_reason": "eos"}]
+    new = store.save_conversation(None, "Fresh", "m", {"temperature": 0.5}, messages)
+    got = store.get(new)
+    assert got.title == "Fresh" and got.settings == {"temperature": 0.5}
+    assert [m.to_chat() for m in got.messages] == messages
+    first_id = got.messages[0].id
+    changed = [messages[0], {"role": "assistant", "content": "Other", "finish_reason": "cancelled"},
+               {"role": "user", "content": "Three"}]
+    assert store.save_conversation(new, "Fresh", "m", {}, changed) == new
+    got = store.get(new)
+    assert [m.to_chat() for m in got.messages] == changed and got.messages[0].id == first_id  # kept, not rewritten
+    store.delete(new)
+    again = store.save_conversation(new, "Fresh", "m", {}, changed)  # gone meanwhile: made anew
+    assert [m.to_chat() for m in store.get(again).messages] == changed and len(store.conversations()) == 1
 
 
 def test_a_newer_schema_is_refused_and_left_alone(isolated_home):

@@ -20,7 +20,7 @@ from gpt2tui.tui.screens import (
     SettingsScreen,
 )
 from gpt2tui.tui.screens import chat as chat_screen
-from gpt2tui.tui.widgets import MessageView, StatusBar
+from gpt2tui.tui.widgets import MessageList, MessageView, StatusBar
 from gpt2tui_testkit.tui import MODEL_NAME, loaded, reply_done, run, send, wait_until
 
 
@@ -191,6 +191,55 @@ def test_rename_search_and_switch(make_app):
             assert app.session.messages[0]["content"] == "Tell me about apples"
 
     run(body())
+
+
+def _fill_the_disk(store) -> None:
+    store._db.execute(f"PRAGMA max_page_count={store._db.execute('PRAGMA page_count').fetchone()[0]}")
+
+
+def test_a_full_disk_while_chatting_keeps_the_reply_and_writes_it_once_there_is_space(make_app):
+    app = make_app(max_new_tokens=4)
+    long_message = "Tell me about the lighthouse. " * 300
+
+    async def body():
+        async with app.run_test() as pilot:
+            await loaded(pilot)
+            _fill_the_disk(app.store)
+            await send(pilot, long_message)
+            await reply_done(pilot)
+            notes = [n.message for n in app._notifications]
+            assert any("Disk full:" in m and "your reply is kept until you free space" in m for m in notes), notes
+            views = app.chat.query_one(MessageList).views
+            assert [v.role for v in views] == ["user", "assistant"] and views[1].content  # on screen, in memory
+            assert app.chat.unsaved and all(not app.store.get(c.id).messages for c in app.store.conversations())
+            await pilot.press("ctrl+n")  # leaving would lose it: refused, and said why
+            await pilot.pause()
+            assert app.chat.query_one(MessageList).views and any("not saved yet" in n.message
+                                                                  for n in app._notifications)
+            app.store._db.execute("PRAGMA max_page_count=1073741823")  # space again
+            app.chat._retry_saving()  # what the app's timer does every few seconds
+            (conversation,) = app.store.conversations()
+            stored = [m.to_chat() for m in app.store.get(conversation.id).messages]
+            assert stored == app.chat.session.messages and stored[0]["content"] == long_message.strip()
+            assert app.chat.unsaved is None and app.chat.conversation_id == conversation.id
+
+    run(body())
+
+
+def test_quitting_while_the_disk_is_still_full_says_what_is_lost(make_app):
+    app = make_app(max_new_tokens=2)
+
+    async def body():
+        async with app.run_test() as pilot:
+            await loaded(pilot)
+            _fill_the_disk(app.store)
+            await send(pilot, "x" * 9000)
+            await reply_done(pilot)
+            await pilot.press("ctrl+q")
+            await pilot.pause()
+
+    run(body())
+    assert app.return_code == 1
 
 
 def test_the_app_starts_when_the_history_cannot_be_saved(make_app, tmp_path, monkeypatch):

@@ -28,6 +28,7 @@ from ...store import (
     ConversationNotFoundError,
     ExportFolderMissingError,
     StoreError,
+    StoreWriteError,
     free_name,
 )
 from ..commands import ChatCommands
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from ...session import ChatSession, ReplyStream
 
 SAVE_INTERVAL = 0.5  # seconds between saves of a streaming reply
+RETRY_SAVE_INTERVAL = 5.0  # seconds between tries to write a conversation the database refused
 # Deltas reach the screen at most this often, joined. Each redraw of the growing reply holds the GIL, and the
 # model's thread needs it between its ops: per-token redraws cost more than half the decoding speed of a small model.
 SHOW_INTERVAL = 0.05
@@ -95,6 +97,10 @@ class ChatScreen(Screen):
         self.reply: ReplyStream | None = None
         self.reply_view: MessageView | None = None
         self.worker: Worker | None = None
+        # Why the conversation on screen is not all in the database (a full disk, a database another process holds),
+        # or None. It is kept in memory and written whole once a write goes through again (`catch_up`).
+        self.unsaved: str | None = None
+        self._save_failure: StoreWriteError | None = None  # set by the reply's worker, taken by the UI thread
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="body"):
@@ -107,6 +113,7 @@ class ChatScreen(Screen):
         yield Footer()
 
     async def on_mount(self) -> None:
+        self.set_interval(RETRY_SAVE_INTERVAL, self._retry_saving)
         status = self.query_one(StatusBar)
         status.model = self.model_name
         status.loading = True
@@ -170,10 +177,55 @@ class ChatScreen(Screen):
             return False
         return True
 
+    def _can_leave(self) -> bool:
+        """Whether another conversation may take the screen: not while this one is only partly saved."""
+        if self.catch_up():
+            return True
+        self.notify(f"This conversation is not saved yet ({self.unsaved}). It stays open until it can be written; "
+                    "quitting leaves without it.", severity="warning", timeout=15)
+        return False
+
+    # -- saving when the database cannot be written ------------------------------------------------------------
+
+    def _not_saved(self, e: StoreWriteError) -> None:
+        if self.unsaved != str(e):
+            self.notify(str(e)[0].upper() + str(e)[1:] + ".", title="Not saved", severity="warning", timeout=15)
+        self.unsaved = str(e)
+
+    def catch_up(self) -> bool:
+        """Write the conversation in memory to the database, whole; True once nothing is left unsaved."""
+        if self._save_failure is not None and (self.worker is None or not self.worker.is_running):
+            self.unsaved, self._save_failure = str(self._save_failure), None  # the reply's worker ended: its turn
+        if self.unsaved is None:
+            return True
+        if self.session is None or (self.worker is not None and self.worker.is_running):
+            return False
+        messages = self.session.messages
+        title = self.conversation_title
+        if self.conversation_id is None and title == DEFAULT_TITLE:
+            title = title_from(next((m["content"] for m in messages if m["role"] == "user"), DEFAULT_TITLE))
+        try:
+            self.conversation_id = self.store.save_conversation(
+                self.conversation_id, title, self.session.model_name, self.settings, messages, wait=0.2)
+        except StoreError:
+            return False
+        self.unsaved = None
+        self.conversation_title = title
+        self.query_one("#chat-title", Static).update(title)
+        self.query_one(Sidebar).refresh_list(self.store, self.conversation_id)
+        self.notify("Saved: the chat history could be written again.", title="Saved")
+        return True
+
+    def _retry_saving(self) -> None:
+        if self.unsaved is not None:
+            self.catch_up()
+
     # -- conversations ------------------------------------------------------------------------------------------
 
     async def open_conversation(self, conversation_id: int) -> None:
         if not self._can_change("open the conversation"):
+            return
+        if conversation_id != self.conversation_id and not self._can_leave():
             return
         try:
             conversation = self.store.get(conversation_id)
@@ -194,7 +246,7 @@ class ChatScreen(Screen):
         await self._show(conversation.title, messages)
 
     async def new_chat(self) -> None:
-        if not self._can_change("start a new one"):
+        if not self._can_change("start a new one") or not self._can_leave():
             return
         self.conversation_id = None
         self.settings = dict(self.defaults)
@@ -246,18 +298,22 @@ class ChatScreen(Screen):
             self.notify(str(e), severity="error")
             return
         event.prompt_input.clear()
-        try:
-            conversation_id = self._save_new_conversation(text)
-            if dangling:  # the session records a reply that never came; so does the store, so the turns alternate
-                self.store.append_message(conversation_id, "assistant", "", "cancelled")
-            self.store.append_message(conversation_id, "user", text)
-            self.store.append_message(conversation_id, "assistant", "")
-        except StoreError as e:
-            reply.close()
-            self.notify(f"The message could not be saved: {e}", severity="error")
-            if self.conversation_id is not None:
-                await self.open_conversation(self.conversation_id)
-            return
+        conversation_id = self.conversation_id
+        if self.unsaved is None:
+            try:
+                conversation_id = self._save_new_conversation(text)
+                if dangling:  # the session records a reply that never came; so does the store: the turns alternate
+                    self.store.append_message(conversation_id, "assistant", "", "cancelled")
+                self.store.append_message(conversation_id, "user", text)
+                self.store.append_message(conversation_id, "assistant", "")
+            except StoreWriteError as e:
+                self._not_saved(e)  # the reply goes on; the conversation is kept in memory
+            except StoreError as e:
+                reply.close()
+                self.notify(f"The message could not be saved: {e}", severity="error")
+                if self.conversation_id is not None:
+                    await self.open_conversation(self.conversation_id)
+                return
         messages = self.query_one(MessageList)
         await messages.add(MessageView("user", text))
         self.query_one(Sidebar).refresh_list(self.store, conversation_id)
@@ -288,10 +344,13 @@ class ChatScreen(Screen):
                 if time.monotonic() - shown_at >= SHOW_INTERVAL:
                     self.post_message(self.ReplyDelta(reply, pending))
                     pending, shown_at = "", time.monotonic()
-                if time.monotonic() - saved_at >= SAVE_INTERVAL:
+                if time.monotonic() - saved_at >= SAVE_INTERVAL and self.unsaved is None and \
+                        self._save_failure is None:
                     saved_at = time.monotonic()
                     try:
                         self.store.update_last_message(conversation_id, reply.text)
+                    except StoreWriteError as e:  # keep generating; the UI thread writes it all later
+                        self._save_failure = e
                     except StoreError as e:  # keep generating; the final save below tries again
                         error = str(e)
         except Exception as e:  # the model failed mid-reply; the stream recorded it as "error"
@@ -300,10 +359,13 @@ class ChatScreen(Screen):
             reply.close()  # a no-op once it ended; otherwise it is recorded as stopped and the session is free
             if pending:
                 self.post_message(self.ReplyDelta(reply, pending))
-            try:
-                self.store.update_last_message(conversation_id, reply.text, reply.finish_reason)
-            except StoreError as e:
-                error = error or str(e)
+            if self.unsaved is None and self._save_failure is None:
+                try:
+                    self.store.update_last_message(conversation_id, reply.text, reply.finish_reason)
+                except StoreWriteError as e:
+                    self._save_failure = e
+                except StoreError as e:
+                    error = error or str(e)
             self.post_message(self.ReplyEnded(reply, error))
 
     @on(ReplyDelta)
@@ -317,6 +379,11 @@ class ChatScreen(Screen):
         if self.reply_view is not None:
             await self.reply_view.finish(reply.finish_reason)
         self.reply = self.reply_view = self.worker = None
+        if self._save_failure is not None:
+            self._not_saved(self._save_failure)
+            self._save_failure = None
+        elif self.unsaved is not None:
+            self.catch_up()
         stats = reply.stats
         status = self.query_one(StatusBar)
         if stats is not None:
@@ -352,9 +419,12 @@ class ChatScreen(Screen):
             self.notify(str(e), severity="warning")
             return
         try:
-            if had_reply:
-                self.store.delete_last_message(self.conversation_id)
-            self.store.append_message(self.conversation_id, "assistant", "")
+            if self.unsaved is None and self.conversation_id is not None:
+                if had_reply:
+                    self.store.delete_last_message(self.conversation_id)
+                self.store.append_message(self.conversation_id, "assistant", "")
+        except StoreWriteError as e:
+            self._not_saved(e)
         except StoreError as e:
             reply.close()
             self.notify(f"The reply could not be saved: {e}", severity="error")
@@ -382,8 +452,11 @@ class ChatScreen(Screen):
         def renamed(title: str | None) -> None:
             if not title:
                 return
-            if self.conversation_id is not None:
-                self.store.rename(self.conversation_id, title)
+            if self.conversation_id is not None and self.unsaved is None:
+                try:
+                    self.store.rename(self.conversation_id, title)
+                except StoreWriteError as e:
+                    self._not_saved(e)
             self.conversation_title = title  # a new conversation is saved under it with its first message
             self.query_one("#chat-title", Static).update(title)
             self.query_one(Sidebar).refresh_list()
@@ -405,6 +478,9 @@ class ChatScreen(Screen):
                 self.store.delete(conversation_id)
             except ConversationNotFoundError:
                 pass
+            except StoreError as e:
+                self.notify(f"Not deleted: {e}", severity="error")
+                return
             self.notify(f"Deleted “{title}”.")
             latest = self.store.conversations(limit=1)
             if latest:
@@ -472,8 +548,11 @@ class ChatScreen(Screen):
             if settings is None:
                 return
             self.settings = settings
-            if self.conversation_id is not None:
-                self.store.save_settings(self.conversation_id, settings)
+            if self.conversation_id is not None and self.unsaved is None:
+                try:
+                    self.store.save_settings(self.conversation_id, settings)
+                except StoreWriteError as e:
+                    self._not_saved(e)
             if self.session is not None:
                 self.session.settings = ChatSettings.from_dict(settings)
             self.notify("Settings saved: the next reply uses them.")
