@@ -230,6 +230,8 @@ class Repl:
         elif name == "/new":
             if not self._can_leave():
                 return None
+            if self.conversation_id is not None:
+                self.store.release(self.conversation_id)
             self.conversation_id = self.title = None
             self.session.clear()
             self.session.settings = self.defaults
@@ -277,6 +279,11 @@ class Repl:
             self.err.print(f"[red]conversation {conversation.id} cannot be continued: {escape(str(e))}[/]")
             return
         self.session.settings = settings
+        if self.conversation_id is not None and self.conversation_id != conversation.id:
+            self.store.release(self.conversation_id)
+        if not self.store.claim(conversation.id):
+            self.err.print(f"[yellow]“{escape(conversation.title)}” is open in another gpt2tui, which writes it: here "
+                           "it is read-only; /new starts a conversation you can write[/]")
         self.conversation_id, self.title = conversation.id, conversation.title
         self.err.print(f"[dim]Continuing “{escape(conversation.title)}” ({len(conversation.messages)} messages).[/]")
 

@@ -19,6 +19,11 @@ A write that cannot be made (the database busy, a full disk, a read-only file) i
 `save_conversation`, which makes a conversation in the file equal to the one in memory. A database from a newer
 gpt2tui, or a folder that cannot be made, raises `StoreError`.
 
+Two processes on one conversation would interleave their messages and overwrite each other's replies, so a
+conversation is written only by the store that holds it: `claim` takes a per-conversation lock (`flock` on a file
+in `chats.db.locks/`, released when the store closes or its process dies), and every write claims the conversation
+first. One held elsewhere raises `ConversationInUseError`; the apps show it read-only and say so.
+
 The schema version is `PRAGMA user_version`; `MIGRATIONS[v]` takes a database from version v to v + 1.
 """
 
@@ -40,6 +45,11 @@ from typing import Any
 from urllib.parse import quote
 
 from .atomic import write_new
+
+try:
+    import fcntl
+except ImportError:  # Windows: no per-conversation locks
+    fcntl = None
 from .errors import GPT2TUIError
 
 ROLES = ("system", "user", "assistant")
@@ -57,6 +67,10 @@ class StoreWriteError(StoreError):
     def __init__(self, message: str, kind: str):
         super().__init__(message)
         self.kind = kind
+
+
+class ConversationInUseError(StoreError):
+    """Another gpt2tui (another store) holds this conversation: it can be read here, not written."""
 
 
 class ConversationNotFoundError(StoreError, LookupError):
@@ -180,6 +194,7 @@ class ChatStore:
         self.timeout = timeout
         self._lock = threading.RLock()
         self.read_only: str | None = None  # why this store cannot write, while it cannot
+        self._claims: dict[int, int] = {}  # conversation id -> the file descriptor whose flock holds it
         if self.in_memory:
             self._db = self._open()
             return
@@ -316,7 +331,44 @@ class ChatStore:
 
     def close(self) -> None:
         with self._lock:
+            for conversation_id in list(self._claims):
+                self.release(conversation_id)
             self._db.close()
+
+    # -- one writer per conversation -------------------------------------------------------------------------------
+
+    def _lock_file(self, conversation_id: int) -> Path:
+        return self.path.with_name(f"{self.path.name}.locks") / f"conversation-{conversation_id}"
+
+    def claim(self, conversation_id: int) -> bool:
+        """Hold the conversation for this store's writes until `release` or `close`; False when another store (in
+        this process or another) holds it. Claiming one already held here is a no-op."""
+        if self.in_memory or fcntl is None or conversation_id in self._claims:
+            return True
+        path = self._lock_file(conversation_id)
+        try:
+            path.parent.mkdir(exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            return True  # no lock can be taken here (a read-only folder): nothing can be written here either
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._claims[conversation_id] = fd
+        return True
+
+    def release(self, conversation_id: int) -> None:
+        fd = self._claims.pop(conversation_id, None)
+        if fd is not None:
+            os.close(fd)  # which drops the flock
+
+    def _claimed(self, conversation_id: int) -> None:
+        if not self.claim(conversation_id):
+            raise ConversationInUseError(
+                f"conversation {conversation_id} is open in another gpt2tui, which writes it; here it is read-only: "
+                "start a new conversation to write")
 
     def __enter__(self) -> ChatStore:
         return self
@@ -374,6 +426,7 @@ class ChatStore:
             return self._db.execute(sql, params).fetchall()
 
     def _touch(self, db: sqlite3.Connection, conversation_id: int) -> float:
+        self._claimed(conversation_id)  # every write to a conversation touches it: none goes past this check
         # Strictly later than any other conversation, so "most recent first" holds even within one clock tick.
         latest = db.execute("SELECT MAX(updated) FROM conversations").fetchone()[0] or 0.0
         now = max(time.time(), latest + 1e-6)
@@ -421,8 +474,10 @@ class ChatStore:
     def delete(self, conversation_id: int) -> None:
         """Delete a conversation and its messages."""
         with self._write() as db:
+            self._claimed(conversation_id)
             if db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,)).rowcount == 0:
                 raise ConversationNotFoundError(f"no conversation {conversation_id}")
+        self.release(conversation_id)
 
     def save_settings(self, conversation_id: int, settings: Mapping[str, Any]) -> None:
         with self._write() as db:
@@ -490,6 +545,9 @@ class ChatStore:
         with self._write(wait) as db:
             found = conversation_id is not None and db.execute(
                 "SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)).fetchone() is not None
+            if found and not self.claim(conversation_id):
+                # Another gpt2tui writes that one now: this one is kept whole as a conversation of its own.
+                found, title = False, f"{title} (continued)"
             now = time.time()
             if found:
                 db.execute("UPDATE conversations SET title = ?, model = ?, settings = ? WHERE id = ?",

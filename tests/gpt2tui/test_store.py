@@ -14,6 +14,7 @@ from gpt2tui import store as store_module
 from gpt2tui.store import (
     SCHEMA_VERSION,
     ChatStore,
+    ConversationInUseError,
     ConversationNotFoundError,
     DatabaseMovedWarning,
     ExportFolderMissingError,
@@ -342,7 +343,8 @@ def test_two_first_starts_make_one_database_and_move_nothing(tmp_path):
         for run in runs:
             assert run.wait(timeout=120) == 0, run.stderr.read()
         assert _moved_files(path.parent) == [] and sorted(p.name for p in path.parent.iterdir()
-                                                          if not p.name.endswith(("-wal", "-shm"))) == ["chats.db"]
+                                                          if not p.name.endswith(("-wal", "-shm", ".locks"))) == [
+            "chats.db"]
         with sqlite3.connect(path) as db:
             assert sorted(r[0] for r in db.execute("SELECT title FROM conversations")) == ["a", "b"]
 
@@ -424,3 +426,64 @@ def test_one_store_is_shared_by_threads(store):
     messages = store.get(c.id).messages
     assert [m.position for m in messages] == list(range(100))
     assert sum(m.content.endswith("!") for m in messages) >= 25  # the last of each burst was updated
+
+
+def test_a_conversation_is_written_by_one_store_at_a_time(isolated_home):
+    with ChatStore() as first, ChatStore() as second:
+        c = first.create(title="Mine")
+        first.append_message(c.id, "user", "Hello")
+        assert not second.claim(c.id)  # the first holds it (a flock: per store, even in one process)
+        with pytest.raises(ConversationInUseError, match="open in another gpt2tui"):
+            second.append_message(c.id, "assistant", "overwritten?")
+        with pytest.raises(ConversationInUseError):
+            second.delete(c.id)
+        assert [m.content for m in second.get(c.id).messages] == ["Hello"]  # reading is fine
+        # Catching up on a conversation another store writes keeps it whole, as a conversation of its own.
+        copy = second.save_conversation(c.id, "Mine", "m", {}, [{"role": "user", "content": "Hello"},
+                                                                 {"role": "user", "content": "Mine too"}])
+        assert copy != c.id and second.get(copy).title == "Mine (continued)"
+        first.release(c.id)
+        assert second.claim(c.id)
+        second.append_message(c.id, "assistant", "Now mine")
+        assert not first.claim(c.id)
+    with ChatStore() as third:  # closing released everything
+        assert third.claim(c.id)
+
+
+_PLAIN_CHAT = [sys.executable, "-m", "gpt2tui.cli", "chat", "--plain", "-n", "4", "-t", "0", "-m"]
+
+
+def test_two_processes_on_one_conversation_lose_no_reply(isolated_home, hf_small_dir):
+    """The second process opens the conversation the first is writing: read-only, said so, and its message refused
+    with a reason; every reply the first printed is in the database."""
+    import time
+
+    env = {**os.environ, "COLUMNS": "200"}
+    first = subprocess.Popen([*_PLAIN_CHAT, str(hf_small_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        first.stdin.write("First from A\n")
+        first.stdin.flush()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # until the first reply is saved whole
+            if default_path().exists():
+                with ChatStore() as peek:
+                    done = [c for c in peek.conversations() if
+                            any(m.finish_reason for m in peek.get(c.id).messages)]
+                if done:
+                    break
+            time.sleep(0.2)
+        second = subprocess.run([*_PLAIN_CHAT, str(hf_small_dir)], input="/open 1\nFrom B\n", capture_output=True,
+                                text=True, env=env, timeout=120)
+        out, err = first.communicate("Second from A\n", timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 0 and second.returncode == 0, err + second.stderr
+    assert "open in another gpt2tui" in second.stderr and "not sent" in second.stderr
+    with ChatStore() as store:
+        (conversation,) = store.conversations()
+        messages = [m.to_chat() for m in store.get(conversation.id).messages]
+    assert [m["content"] for m in messages if m["role"] == "user"] == ["First from A", "Second from A"]
+    replies = [m["content"] for m in messages if m["role"] == "assistant"]
+    assert len(replies) == 2 and all(m["content"] and m.get("finish_reason") for m in messages[1::2])
+    assert out.splitlines() == replies  # what A printed is what was saved

@@ -143,6 +143,29 @@ def _two_conversations():
             store.append_message(c.id, "assistant", f"Some words on {title.lower()}.", "eos")
 
 
+def test_a_conversation_another_instance_writes_is_read_only_here(make_app):
+    _two_conversations()
+    other = ChatStore()
+    assert other.claim(2)  # another gpt2tui has "Pears" open
+    app = make_app()
+
+    async def body():
+        async with app.run_test(size=(100, 30)) as pilot:
+            await loaded(pilot)
+            assert app.chat.conversation_id == 2
+            assert any("open in another gpt2tui" in n.message and "read-only" in n.message for n in app._notifications)
+            await send(pilot, "Mine now?")
+            await pilot.pause()
+            assert any("could not be saved" in n.message and "open in another gpt2tui" in n.message
+                       for n in app._notifications)
+            assert app.chat.reply is None and len(app.store.get(2).messages) == 2  # nothing written over the other's
+
+    try:
+        run(body())
+    finally:
+        other.close()
+
+
 def test_delete_asks_first_then_opens_the_next_conversation(make_app):
     _two_conversations()
     app = make_app()

@@ -233,6 +233,12 @@ class ChatScreen(Screen):
             self.notify("That conversation is gone.", severity="warning")
             self.query_one(Sidebar).refresh_list(self.store, self.conversation_id)
             return
+        if self.conversation_id is not None and self.conversation_id != conversation.id:
+            self.store.release(self.conversation_id)
+        if not self.store.claim(conversation.id):
+            self.notify(f"“{conversation.title}” is open in another gpt2tui, which writes it: here it is read-only. "
+                        "Start a new conversation (Ctrl+N) to write.", title="Read-only", severity="warning",
+                        timeout=15)
         self.conversation_id = conversation.id
         self.settings = conversation.settings or dict(self.defaults)
         messages = []
@@ -248,6 +254,8 @@ class ChatScreen(Screen):
     async def new_chat(self) -> None:
         if not self._can_change("start a new one") or not self._can_leave():
             return
+        if self.conversation_id is not None:
+            self.store.release(self.conversation_id)
         self.conversation_id = None
         self.settings = dict(self.defaults)
         await self._show(DEFAULT_TITLE, [])
