@@ -115,8 +115,16 @@ def _run_app(args: argparse.Namespace) -> int:
     return app.return_code or 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad flag answered in one line (argparse's own message, and where the flags are listed)
+    instead of the whole usage block above it. Subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gpt2tui",
         description="GPT-2 from scratch: chat with it, generate text, manage weights.",
         epilog="Run `gpt2tui COMMAND --help` for a command's options. With no command, gpt2tui starts a chat.",
@@ -140,8 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--echo", action="store_true", help="print the prompt before the continuation")
 
     p = sub.add_parser("info", help="show a model's config, size, memory, device and attention backend",
-                       description="Show a model's config, parameter count, memory, device and attention backend.")
+                       description="Show a model's config, parameter count, memory, device and attention backend. "
+                                   "The weights are checked against the config from their files' headers alone; "
+                                   "--check also reads every value.")
     _add_model_args(p)
+    p.add_argument("--check", action="store_true",
+                   help="also read every weight and check that none is NaN or infinite (reads the whole model)")
 
     sub.add_parser("models", help="list models usable here without a download",
                    description="List models saved in the gpt2tui models folder and official models already downloaded.")

@@ -129,11 +129,17 @@ def cmd_info(args) -> int:
     # not first in the middle of a chat.
     try:
         load_weights(path, shapes_only=True)
+        if getattr(args, "check", False):
+            load_weights(path)  # every value read, and checked to be finite
     except (CheckpointError, ModelNotFoundError, ConfigError):
         table.add_row("weights", "[red]cannot be loaded[/] (below)")
         Console(highlight=False).print(table)
         raise
-    table.add_row("weights", "every tensor present, with the config's shapes (values not read)")
+    if getattr(args, "check", False):
+        table.add_row("weights", "every tensor present, with the config's shapes; every value read and finite")
+    else:
+        table.add_row("weights", "every tensor present, with the config's shapes (values not read: --check reads "
+                                 "them)")
     Console(highlight=False).print(table)
     return 0
 

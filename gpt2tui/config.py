@@ -8,6 +8,11 @@ from dataclasses import dataclass
 from .errors import ConfigError
 
 ATTN_BACKENDS = ("auto", "triton", "sdpa", "reference")
+# The largest shapes gpt2tui builds: far past any GPT-2 (gpt2-xl is 48 layers of 1600), and small enough that a
+# damaged or hostile config.json (a million layers, an embedding of 10^12) is refused at once instead of hanging or
+# exhausting memory while the model is laid out.
+LIMITS = {"vocab_size": 1 << 22, "context_length": 1 << 20, "emb_dim": 1 << 16, "n_heads": 1 << 10, "n_layers": 1 << 10}
+MAX_PARAMS = 1 << 40
 
 
 @dataclass
@@ -25,12 +30,19 @@ class GPT2Config:
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"config field {name} must be a positive integer, got {value!r}")
+                shown = repr(value) if len(repr(value)) < 40 else repr(value)[:30] + "..."
+                raise ConfigError(f"config field {name} must be a positive integer, got {shown}")
+            if value > LIMITS[name]:
+                raise ConfigError(f"config field {name} is {value}, more than gpt2tui builds (at most {LIMITS[name]}); "
+                                  "the config is damaged, or not a GPT-2's")
         if self.emb_dim % self.n_heads:
             raise ConfigError(
                 f"emb_dim ({self.emb_dim}) must be divisible by n_heads ({self.n_heads}); pick sizes whose head "
                 f"dimension emb_dim / n_heads is a whole number"
             )
+        if self.n_params() > MAX_PARAMS:
+            raise ConfigError(f"this config describes {self.n_params():.3g} parameters, more than gpt2tui builds; the "
+                              "config is damaged, or not a GPT-2's")
         rate = self.drop_rate
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
             raise ConfigError(f"config field drop_rate must be a number in [0, 1), got {rate!r}")

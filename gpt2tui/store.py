@@ -169,8 +169,10 @@ class Conversation:
 def _conversation(row: sqlite3.Row) -> Conversation:
     try:
         settings = json.loads(row["settings"])
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         settings = {}  # a hand-edited row: the conversation still opens, with default settings
+    if not isinstance(settings, dict):
+        settings = {}
     return Conversation(row["id"], row["title"], row["model"], settings, row["created"], row["updated"])
 
 
@@ -265,6 +267,10 @@ class ChatStore:
             # Only a database that needs it takes the write lock here: one another process is writing to opens at once.
             if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
                 self._migrate(db)
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not self.in_memory and not {"conversations", "messages"} <= tables:
+                # The schema's version says the tables are there: a file without them is damaged, not new.
+                raise sqlite3.DatabaseError("database disk image is malformed: a table of the schema is missing")
             db.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
         except BaseException:
             db.close()

@@ -168,28 +168,71 @@ def _read_json(path: Path) -> dict:
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); restore or re-download it") from None
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, and a number of thousands of digits
+        reason = "a number in it has thousands of digits" if "integer string conversion" in str(e) else _first_line(e)
+        raise CheckpointError(f"{path} is not valid JSON ({reason}); restore or re-download it") from None
+    except RecursionError:
+        raise CheckpointError(f"{path} is nested too deeply to be a config; restore or re-download it") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} must hold a JSON object")
     return data
 
 
-# safetensors' dtype names → torch's, for reading a file's header alone (`shapes_only`). A name not here (an fp8 type,
-# say) reads as uint8: not floating point, so the checks refuse it as they would the loaded tensor.
-_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-                       "U8": torch.uint8, "BOOL": torch.bool}
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:160]
+
+
+# safetensors' dtype names → torch's, for reading a file's header alone (`shapes_only`). The weights may be stored in
+# these; any other (an fp8 type, an integer) is refused with the tensor's name, as the loaded tensor would be.
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+WEIGHT_DTYPES = tuple(_SAFETENSORS_DTYPES.values())
+
+
+def _unsupported_dtype(path: Path, name: str, dtype: str) -> CheckpointError:
+    return CheckpointError(f"{path}: tensor {name} is stored as {dtype}, which gpt2tui does not load (float32, "
+                           "float16, bfloat16 or float64); convert the weights, or use another model")
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory a new allocation can have without swapping, where the system says (Linux's MemAvailable)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _check_fits_in_memory(nbytes: int, what: str) -> None:
+    free = _available_memory()
+    if free is not None and nbytes > free:
+        raise CheckpointError(f"{what} needs {nbytes / 2**30:.1f} GiB of memory and {free / 2**30:.1f} GiB are free; "
+                              "close other programs, or use a smaller model")
 
 
 def _read_safetensors(path: Path, shapes_only: bool = False) -> dict[str, torch.Tensor]:
     """The file's tensors; with `shapes_only`, meta tensors of their shapes and dtypes from the header alone."""
     try:
-        if shapes_only:
-            with safe_open(str(path), framework="pt") as f:
-                slices = {k: f.get_slice(k) for k in f.keys()}
-                return {k: torch.empty(s.get_shape(), dtype=_SAFETENSORS_DTYPES.get(s.get_dtype(), torch.uint8),
-                                       device="meta") for k, s in slices.items()}
+        with safe_open(str(path), framework="pt") as f:
+            slices = {k: f.get_slice(k) for k in f.keys()}
+            headers = {k: (s.get_shape(), s.get_dtype()) for k, s in slices.items()}
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path} is truncated or corrupt ({reason[:120]}); download or save the model again"
+        ) from None
+    # The header alone says what loading would allocate: refused before a byte of it is.
+    for name, (_, dtype) in headers.items():
+        if dtype not in _SAFETENSORS_DTYPES:
+            raise _unsupported_dtype(path, name, dtype)
+    if shapes_only:
+        return {k: torch.empty(shape, dtype=_SAFETENSORS_DTYPES[dtype], device="meta")
+                for k, (shape, dtype) in headers.items()}
+    _check_fits_in_memory(path.stat().st_size, f"loading {path}")
+    try:
         return load_file(str(path), device="cpu")
     except Exception as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -218,9 +261,17 @@ def read_state_dict(directory: Path, shapes_only: bool = False) -> tuple[dict[st
     if single.is_file():
         return _read_safetensors(single, shapes_only), single
     if index.is_file():
-        shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index}: weight_map must map tensor names to weight file names; restore or "
+                                  "re-download it")
+        shards = sorted(set(weight_map.values()))
         if not shards:
             raise CheckpointError(f"{index} lists no weight files")
+        inside = directory.resolve()
+        for shard in shards:  # before any is opened: an index names files in its own folder, nothing else
+            if Path(shard).is_absolute() or not (directory / shard).resolve().is_relative_to(inside):
+                raise CheckpointError(f"{index} names {shard!r}, a file outside the model folder; refused")
         state: dict[str, torch.Tensor] = {}
         for shard in shards:
             if not (directory / shard).is_file():
@@ -240,26 +291,13 @@ def read_state_dict(directory: Path, shapes_only: bool = False) -> tuple[dict[st
 def config_from_hf(hf: dict, source: str) -> GPT2Config:
     """Our config from a Hugging Face `GPT2Config` dict, refusing variants this architecture does not compute."""
     if hf.get("model_type") != "gpt2":
-        raise ConfigError(f"{source}: model_type is {hf.get('model_type')!r}, but only GPT-2 ('gpt2') models load here")
-    emb = hf.get("n_embd", 768)
-    checks = {
-        "activation_function": (hf.get("activation_function", "gelu_new"), ("gelu_new", "gelu_pytorch_tanh")),
-        "n_inner": (hf.get("n_inner"), (None, 4 * emb)),
-        "scale_attn_weights": (hf.get("scale_attn_weights", True), (True,)),
-        "scale_attn_by_inverse_layer_idx": (hf.get("scale_attn_by_inverse_layer_idx", False), (False,)),
-        "add_cross_attention": (hf.get("add_cross_attention", False), (False,)),
-        "tie_word_embeddings": (hf.get("tie_word_embeddings", True), (True,)),
-    }
-    for key, (value, allowed) in checks.items():
-        if value not in allowed:
-            raise ConfigError(f"{source}: {key}={value!r} is not supported (GPT-2 uses {allowed[0]!r})")
-    if abs(float(hf.get("layer_norm_epsilon", 1e-5)) - 1e-5) > 1e-12:
-        raise ConfigError(f"{source}: layer_norm_epsilon={hf['layer_norm_epsilon']} is not supported (GPT-2 uses 1e-05)")
-    try:
-        return GPT2Config(
+        raise ConfigError(f"{source}: model_type is {str(hf.get('model_type'))[:40]!r}, but only GPT-2 ('gpt2') "
+                          "models load here")
+    try:  # the sizes first: the checks below compute with them
+        config = GPT2Config(
             vocab_size=hf.get("vocab_size", 50257),
             context_length=hf.get("n_positions", hf.get("n_ctx", 1024)),
-            emb_dim=emb,
+            emb_dim=hf.get("n_embd", 768),
             n_heads=hf.get("n_head", 12),
             n_layers=hf.get("n_layer", 12),
             drop_rate=hf.get("resid_pdrop", 0.1),
@@ -267,6 +305,21 @@ def config_from_hf(hf: dict, source: str) -> GPT2Config:
         )
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
+    checks = {
+        "activation_function": (hf.get("activation_function", "gelu_new"), ("gelu_new", "gelu_pytorch_tanh")),
+        "n_inner": (hf.get("n_inner"), (None, 4 * config.emb_dim)),
+        "scale_attn_weights": (hf.get("scale_attn_weights", True), (True,)),
+        "scale_attn_by_inverse_layer_idx": (hf.get("scale_attn_by_inverse_layer_idx", False), (False,)),
+        "add_cross_attention": (hf.get("add_cross_attention", False), (False,)),
+        "tie_word_embeddings": (hf.get("tie_word_embeddings", True), (True,)),
+    }
+    for key, (value, allowed) in checks.items():
+        if value not in allowed:
+            raise ConfigError(f"{source}: {key}={repr(value)[:40]} is not supported (GPT-2 uses {allowed[0]!r})")
+    eps = hf.get("layer_norm_epsilon", 1e-5)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not abs(eps - 1e-5) <= 1e-12:
+        raise ConfigError(f"{source}: layer_norm_epsilon={str(eps)[:40]} is not supported (GPT-2 uses 1e-05)")
+    return config
 
 
 def _rename_hf(state: dict[str, torch.Tensor]) -> dict[str, tuple[str, torch.Tensor]]:
@@ -315,29 +368,71 @@ def _build(
                 f"{source}: tensor {file_key} has shape {got}, expected {want} for this config; "
                 f"config.json does not match the weights"
             )
-        if not tensor.is_floating_point():
-            raise CheckpointError(f"{source}: tensor {file_key} has dtype {tensor.dtype}, expected floating point")
+        if tensor.dtype not in WEIGHT_DTYPES:
+            raise _unsupported_dtype(source, file_key, str(tensor.dtype).removeprefix("torch."))
+        if tensor.device.type != "meta" and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{source}: tensor {file_key} holds NaN or infinite values; these weights are damaged "
+                                  "(a training run that diverged?), so they would only generate garbage")
         state[key] = tensor.to(dtype or torch.float32)
     model.load_state_dict(state, assign=True)
     return model.conv1d_layout_().eval()
 
 
-def _adapter_meta(directory: Path) -> dict:
+def adapter_meta(directory: Path) -> dict:
     meta = _read_json(directory / "adapter_config.json")
     if meta.get("format") != ADAPTER_FORMAT or not isinstance(meta.get("base"), str):
         raise CheckpointError(f"{directory / 'adapter_config.json'} is not a gpt2tui LoRA adapter")
     return meta
 
 
+MAX_ADAPTER_CHAIN = 8  # an adapter over an adapter over ... a model: deeper than this is a mistake
+
+
+def adapter_base(directory: Path) -> Path:
+    """The directory an adapter's base names, after checking that following bases from it ends at a model: an
+    adapter whose base is itself, or a cycle of them, would otherwise recurse until Python gives up."""
+    chain = [directory.resolve()]
+    base = resolve(adapter_meta(directory)["base"], allow_download=False)
+    current = base
+    while _is_adapter(current):
+        if current.resolve() in chain:
+            names = " → ".join(str(p) for p in [*chain, current.resolve()])
+            raise CheckpointError(f"{directory}: its adapters name each other as base ({names}); a LoRA adapter's "
+                                  "base must be a model")
+        chain.append(current.resolve())
+        if len(chain) > MAX_ADAPTER_CHAIN:
+            raise CheckpointError(f"{directory}: more than {MAX_ADAPTER_CHAIN} adapters on top of each other")
+        current = resolve(adapter_meta(current)["base"], allow_download=False)
+    return base
+
+
+def _our_config(meta: dict, source: str) -> tuple[GPT2Config, str | None]:
+    """The config and chat template of a gpt2tui checkpoint's config.json."""
+    meta = dict(meta)
+    fmt = meta.pop("format", FORMAT)
+    if fmt != FORMAT:
+        raise ConfigError(f"{source}: unknown format {str(fmt)[:40]!r}")
+    version = meta.pop("format_version", FORMAT_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ConfigError(f"{source}: format_version must be a positive integer, got {str(version)[:40]}")
+    if version > FORMAT_VERSION:
+        raise ConfigError(f"{source} was written by a newer gpt2tui (format_version {version}; this one reads up to "
+                          f"{FORMAT_VERSION}); upgrade gpt2tui")
+    chat_template = meta.pop("chat_template", None)
+    if chat_template is not None and not isinstance(chat_template, str):
+        raise ConfigError(f"{source}: chat_template must be a template's name")
+    return GPT2Config.from_dict(meta, source=source), chat_template
+
+
 def _load_adapter(directory: Path, dtype: torch.dtype | None, shapes_only: bool = False) -> GPT2:
     """The base model an adapter names with `(alpha / rank) · B A` added to each adapted weight: the same model
     `finetune --lora --merge` would have written, built at load time (the base must still be where it was)."""
-    meta = _adapter_meta(directory)
+    meta = adapter_meta(directory)
     try:
         scale = float(meta["alpha"]) / int(meta["rank"])
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
         raise CheckpointError(f"{directory / 'adapter_config.json'}: rank and alpha are missing or invalid") from None
-    model = load_weights(resolve(meta["base"], allow_download=False), dtype=torch.float32, shapes_only=shapes_only)
+    model = load_weights(adapter_base(directory), dtype=torch.float32, shapes_only=shapes_only)
     state = _read_safetensors(directory / "adapter.safetensors", shapes_only)
     modules = dict(model.named_modules())
     names = {k.rsplit(".lora_", 1)[0] for k in state}
@@ -376,13 +471,7 @@ def load_weights(path: str | os.PathLike, dtype: torch.dtype | None = None, devi
         model = _build(config, _rename_hf(state), source, transposed=True, dtype=dtype)
         chat_template = None
     else:
-        meta = dict(meta)
-        fmt = meta.pop("format", FORMAT)
-        if fmt != FORMAT:
-            raise ConfigError(f"{directory / 'config.json'}: unknown format {fmt!r}")
-        meta.pop("format_version", None)
-        chat_template = meta.pop("chat_template", None)
-        config = GPT2Config.from_dict(meta, source=str(directory / "config.json"))
+        config, chat_template = _our_config(meta, str(directory / "config.json"))
         state, source = read_state_dict(directory, shapes_only)
         model = _build(config, {k: (k, t) for k, t in state.items()}, source, dtype=dtype)
     model.chat_template = chat_template
@@ -412,12 +501,11 @@ def read_config(path: str | os.PathLike) -> tuple[GPT2Config, str]:
     """The config of a model directory without reading its weights, and its format (`hf` or `gpt2tui`)."""
     directory = Path(path)
     if _is_adapter(directory):
-        return read_config(resolve(_adapter_meta(directory)["base"], allow_download=False))[0], "lora"
+        return read_config(adapter_base(directory))[0], "lora"
     meta = _read_json(directory / "config.json")
     if "model_type" in meta:
         return config_from_hf(meta, str(directory / "config.json")), "hf"
-    fields = {k: v for k, v in meta.items() if k not in ("format", "format_version", "chat_template")}
-    return GPT2Config.from_dict(fields, source=str(directory / "config.json")), FORMAT
+    return _our_config(meta, str(directory / "config.json"))[0], FORMAT
 
 
 def local_models() -> list[dict]:

@@ -191,9 +191,21 @@ def _split_point(total: int, val_fraction: float) -> int:
 
 
 def open_corpus(directory: Path, val_fraction: float) -> Corpus:
-    manifest = json.loads((directory / "manifest.json").read_text())
-    shards = [np.memmap(directory / s["file"], dtype=np.uint16, mode="r") for s in manifest["shards"] if s["tokens"]]
-    total = manifest["tokens"]
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text())
+        listed = [s for s in manifest["shards"] if s["tokens"]]
+        total = manifest["tokens"]
+    except (ValueError, KeyError, TypeError, RecursionError, OSError) as e:
+        raise DataError(f"{directory / 'manifest.json'} is damaged ({type(e).__name__}); delete {directory} and run "
+                        "again to tokenise the data anew") from None
+    shards = []
+    for s in listed:
+        path = directory / s["file"]
+        # A shard cut short (a full disk, a kill while copying) is found here, by its size, not as a crash later.
+        if not path.is_file() or path.stat().st_size != 2 * s["tokens"]:
+            raise DataError(f"token shard {path} is missing or has the wrong size (expected {s['tokens']} tokens); "
+                            f"delete {directory} and run again to tokenise the data anew")
+        shards.append(np.memmap(path, dtype=np.uint16, mode="r"))
     split = _split_point(total, val_fraction)
     return Corpus(manifest, TokenStream(shards, 0, split), TokenStream(shards, split, total))
 
@@ -337,6 +349,9 @@ def _json_records(path: Path) -> list[tuple[int, object]]:
                     records.append((n, json.loads(line)))
                 except json.JSONDecodeError as e:
                     raise DataError(f"{path}:{n}: malformed JSON ({e.msg} at column {e.colno})") from None
+                except (RecursionError, ValueError):  # nested thousands deep; a number of thousands of digits
+                    raise DataError(f"{path}:{n}: the record is nested too deeply or holds a number too long to "
+                                    "be an instruction record") from None
         return records
     # A JSON list, decoded element by element so each record knows the line it starts on.
     dec, records = json.JSONDecoder(), []
@@ -369,6 +384,9 @@ def _json_records(path: Path) -> list[tuple[int, object]]:
             raise json.JSONDecodeError("extra data after the list", text, skip(i))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+    except (RecursionError, ValueError):  # nested thousands deep; a number of thousands of digits
+        raise DataError(f"{path}:{line}: a record is nested too deeply or holds a number too long to be an "
+                        "instruction record") from None
     return records
 
 

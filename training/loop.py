@@ -299,8 +299,10 @@ def read_trainer_state(out_dir: Path) -> dict:
         raise TrainingError(f"nothing to resume: {path} does not exist; start the run without --resume")
     try:
         state = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is damaged") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({str(e)[:120]}); the checkpoint is damaged") from None
+    except RecursionError:
+        raise CheckpointError(f"{path} is nested too deeply to be a trainer state; the checkpoint is damaged") from None
     # What resuming reads, checked before any of it is used (a hand-edited or truncated state must not crash later).
     ok = (isinstance(state, dict) and isinstance(state.get("run"), dict) and isinstance(state.get("rng"), list)
           and isinstance(state.get("step"), int) and not isinstance(state.get("step"), bool) and state["step"] >= 0
@@ -433,7 +435,11 @@ class Trainer:
         self.tokens_seen = state.get("tokens_seen", 0)
         rngs = state["rng"]
         if self.d.rank < len(rngs):
-            _set_rng_state(rngs[self.d.rank])
+            try:
+                _set_rng_state(rngs[self.d.rank])
+            except Exception as e:  # anything from a hand-edited or damaged entry: base64, keys, torch's own checks
+                raise CheckpointError(f"{ckpt / 'trainer_state.json'}: its random-number state is damaged "
+                                      f"({type(e).__name__}); start a new run in another --out") from None
         else:  # an interrupted distributed run saved only rank 0's state
             torch.manual_seed(self.cfg.seed + self.d.rank + self.step)
         if self.d.main:

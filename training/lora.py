@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from gpt2tui.atomic import MODEL_DIR_FILES, atomic_directory
 from gpt2tui.errors import CheckpointError, ConfigError
-from gpt2tui.weights import load_model, pick_device
+from gpt2tui.weights import adapter_base, adapter_meta, load_model, pick_device
 
 ADAPTER_FORMAT = "gpt2tui-lora"
 
@@ -126,11 +126,14 @@ def is_adapter(path: str | os.PathLike) -> bool:
 def load_adapted(path: str | os.PathLike, device=None):
     """`(model, tokenizer)`: the base model an adapter names, with the adapter applied (not merged), in eval mode."""
     path = Path(path).expanduser()
-    meta = json.loads((path / "adapter_config.json").read_text())
-    if meta.get("format") != ADAPTER_FORMAT:
-        raise CheckpointError(f"{path / 'adapter_config.json'} is not a gpt2tui LoRA adapter")
-    model, tokenizer = load_model(meta["base"], device=device, dtype=torch.float32)
-    config = LoRAConfig(rank=meta["rank"], alpha=meta["alpha"], dropout=meta["dropout"], targets=meta["targets"])
+    meta = adapter_meta(path)  # a gpt2tui adapter, with a base that ends at a model (no cycle)
+    model, tokenizer = load_model(adapter_base(path), device=device, dtype=torch.float32)
+    try:
+        config = LoRAConfig(rank=meta["rank"], alpha=meta["alpha"], dropout=meta.get("dropout", 0.0),
+                            targets=meta["targets"])
+    except (KeyError, TypeError, ValueError, ConfigError) as e:
+        raise CheckpointError(f"{path / 'adapter_config.json'}: rank, alpha or targets are missing or invalid "
+                              f"({e}); train the adapter again") from None
     apply_lora(model, config)
     try:
         state = load_file(str(path / "adapter.safetensors"))

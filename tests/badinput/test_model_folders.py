@@ -1,0 +1,224 @@
+"""Broken model folders, generated: configs, JSON, weight files, sharded indexes, LoRA adapters. `gpt2tui info`
+reads each (the header checks of a load), `gpt2tui generate` the ones whose damage only the values show."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from .conftest import assert_one_line_error, copy_of, run_cli, snapshot
+
+# -- configs -------------------------------------------------------------------------------------------------------
+
+BAD_SIZES = [0, -1, 1.5, "12", None, True, [], {}, 10**7, 10**12, 2**63, math.nan]
+OUR_SIZE_FIELDS = ["vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"]
+HF_SIZE_FIELDS = ["vocab_size", "n_positions", "n_embd", "n_head", "n_layer"]
+
+OUR_OTHER = [
+    ("drop_rate", v) for v in (-0.1, 1.0, "0.1", None, math.nan, True)
+] + [("qkv_bias", v) for v in ("false", 0, None)] + [("attn_backend", v) for v in ("fast", 3, None)] + [
+    ("format", v) for v in ("other", 1, None)
+] + [("format_version", v) for v in (2, 99, 0, -1, "1", 1.5, True, None)] + [
+    ("chat_template", v) for v in (5, ["alpaca"], {"a": 1})
+] + [("unknown_field", 1)]
+
+HF_OTHER = [("model_type", v) for v in ("llama", None, 3)] + [
+    ("activation_function", v) for v in ("relu", None)
+] + [("n_inner", 10)] + [("layer_norm_epsilon", v) for v in ("abc", None, 1e-6, math.nan, True, [1e-5])] + [
+    ("scale_attn_weights", False), ("scale_attn_by_inverse_layer_idx", True), ("add_cross_attention", True),
+    ("tie_word_embeddings", False),
+] + [("resid_pdrop", v) for v in (2.0, "x")]
+
+
+def _set_field(folder, key, value):
+    config = json.loads((folder / "config.json").read_text())
+    config[key] = value
+    (folder / "config.json").write_text(json.dumps(config))  # NaN is written as JSON's NaN, which Python reads
+
+
+def _check(capsys, folder, *words, command=("info",)):
+    before = snapshot(folder)
+    code, _, err = run_cli(capsys, *command, "--model", folder)
+    assert_one_line_error(code, err, words=words)
+    assert snapshot(folder) == before  # nothing of the user's was changed
+
+
+@pytest.mark.parametrize("value", BAD_SIZES, ids=repr)
+@pytest.mark.parametrize("field", OUR_SIZE_FIELDS)
+def test_our_config_sizes(capsys, tmp_path, tiny_ours, field, value):
+    folder = copy_of(tiny_ours, tmp_path)
+    _set_field(folder, field, value)
+    _check(capsys, folder)
+
+
+@pytest.mark.parametrize("value", BAD_SIZES, ids=repr)
+@pytest.mark.parametrize("field", HF_SIZE_FIELDS)
+def test_hf_config_sizes(capsys, tmp_path, tiny_hf, field, value):
+    folder = copy_of(tiny_hf, tmp_path)
+    _set_field(folder, field, value)
+    _check(capsys, folder)
+
+
+@pytest.mark.parametrize("field, value", OUR_OTHER, ids=repr)
+def test_our_config_fields(capsys, tmp_path, tiny_ours, field, value):
+    folder = copy_of(tiny_ours, tmp_path)
+    _set_field(folder, field, value)
+    _check(capsys, folder)
+
+
+@pytest.mark.parametrize("field, value", HF_OTHER, ids=repr)
+def test_hf_config_fields(capsys, tmp_path, tiny_hf, field, value):
+    folder = copy_of(tiny_hf, tmp_path)
+    _set_field(folder, field, value)
+    _check(capsys, folder)
+
+
+BROKEN_JSON = {
+    "empty": b"",
+    "not json": b"this is not json",
+    "a list": b"[1, 2]",
+    "a string": b'"gpt2"',
+    "null": b"null",
+    "nested deep": b"[" * 100_000 + b"]" * 100_000,
+    "a number of 5000 digits": b'{"n_layers": ' + b"9" * 5000 + b"}",
+    "not utf-8": b"\xff\xfe{\x00",
+    "cut short": b'{"n_layers": 1, "emb',
+}
+
+
+@pytest.mark.parametrize("name", BROKEN_JSON)
+@pytest.mark.parametrize("kind", ["ours", "hf"])
+def test_broken_config_json(capsys, tmp_path, tiny_ours, tiny_hf, kind, name):
+    folder = copy_of(tiny_ours if kind == "ours" else tiny_hf, tmp_path)
+    (folder / "config.json").write_bytes(BROKEN_JSON[name])
+    _check(capsys, folder, "config.json")
+
+
+# -- weight files --------------------------------------------------------------------------------------------------
+
+
+def _rewrite(folder, change):
+    state = load_file(str(folder / "model.safetensors"))
+    change(state)
+    save_file(state, str(folder / "model.safetensors"))
+
+
+def _first_matrix(state):
+    return next(k for k in sorted(state) if state[k].dim() == 2 and "wte" not in k)
+
+
+WEIGHTS = {
+    "truncated to 0 bytes": lambda f: (f / "model.safetensors").write_bytes(b""),
+    "truncated to 8 bytes": lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:8]),
+    "truncated to 64 bytes": lambda f: (f / "model.safetensors").write_bytes(
+        (f / "model.safetensors").read_bytes()[:64]),
+    "truncated to half": lambda f: (f / "model.safetensors").write_bytes(
+        (f / "model.safetensors").read_bytes()[: (f / "model.safetensors").stat().st_size // 2]),
+    "a garbage header": lambda f: (f / "model.safetensors").write_bytes(b"\xff" * 8 + b"{garbage" * 64),
+    "an int8 tensor": lambda f: _rewrite(f, lambda s: s.update({_first_matrix(s): s[_first_matrix(s)].to(torch.int8)})),
+    "a float8 tensor": lambda f: _rewrite(
+        f, lambda s: s.update({_first_matrix(s): s[_first_matrix(s)].to(torch.float8_e4m3fn)})),
+    "a missing tensor": lambda f: _rewrite(f, lambda s: s.pop(_first_matrix(s))),
+    "an extra tensor": lambda f: _rewrite(f, lambda s: s.update({"transformer.h.9.extra": torch.zeros(2)})),
+    "a wrong shape": lambda f: _rewrite(f, lambda s: s.update({_first_matrix(s): torch.zeros(3, 5)})),
+    "no weight file": lambda f: (f / "model.safetensors").unlink(),
+    "a folder for the weights": lambda f: ((f / "model.safetensors").unlink(), (f / "model.safetensors").mkdir()),
+    "a garbage pytorch_model.bin": lambda f: ((f / "model.safetensors").unlink(),
+                                             (f / "pytorch_model.bin").write_bytes(b"PK\x03\x04 not a zip")),
+}
+
+
+@pytest.mark.parametrize("name", WEIGHTS)
+def test_broken_weight_files(capsys, tmp_path, tiny_ours, name):
+    folder = copy_of(tiny_ours, tmp_path)
+    WEIGHTS[name](folder)
+    _check(capsys, folder)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_weights_that_are_not_finite_are_refused_by_name(capsys, tmp_path, tiny_text_model, value):
+    folder = copy_of(tiny_text_model, tmp_path)
+    name = []
+
+    def poison(state):
+        name.append(_first_matrix(state))
+        state[name[0]][0, 0] = value
+
+    _rewrite(folder, poison)
+    _check(capsys, folder, name[0], "NaN or infinite", command=("generate", "Hello", "-n", "2"))
+    code, out, err = run_cli(capsys, "info", "--model", folder)  # plain info reads headers alone: it passes
+    assert code == 0 and err == ""
+    _check(capsys, folder, name[0], command=("info", "--check"))
+
+
+def _sharded(folder, weight_map):
+    (folder / "model.safetensors").rename(folder / "shard-1.safetensors")
+    (folder / "model.safetensors.index.json").write_text(
+        weight_map if isinstance(weight_map, str) else json.dumps({"weight_map": weight_map}))
+
+
+INDEXES = {
+    "weight_map a list": ["shard-1.safetensors"],
+    "weight_map of numbers": {"transformer.wte.weight": 3},
+    "weight_map empty": {},
+    "a file outside the folder": {"transformer.wte.weight": "../outside.safetensors"},
+    "an absolute path": {"transformer.wte.weight": "/etc/passwd"},
+    "a missing shard": {"transformer.wte.weight": "shard-2.safetensors"},
+    "not json": "{weight_map",
+}
+
+
+@pytest.mark.parametrize("name", INDEXES)
+def test_broken_sharded_indexes(capsys, tmp_path, tiny_ours, name):
+    folder = copy_of(tiny_ours, tmp_path)
+    (tmp_path / "outside.safetensors").write_bytes(b"never opened")
+    _sharded(folder, INDEXES[name])
+    _check(capsys, folder)
+
+
+# -- LoRA adapters ---------------------------------------------------------------------------------------------------
+
+
+def _adapter(folder, base_dir, **meta):
+    folder.mkdir()
+    config = {"format": "gpt2tui-lora", "base": str(base_dir), "rank": 2, "alpha": 4, "dropout": 0.0,
+              "targets": ["c_attn"], **meta}
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    save_file({"transformer.h.0.attn.c_attn.lora_A": torch.zeros(2, 8),
+               "transformer.h.0.attn.c_attn.lora_B": torch.zeros(24, 2)}, str(folder / "adapter.safetensors"))
+    return folder
+
+
+ADAPTERS = {
+    "its own base": lambda t, base: _adapter(t / "a", t / "a"),
+    "a cycle of two": lambda t, base: (_adapter(t / "b", t / "a"), _adapter(t / "a", t / "b"))[1],
+    "a base that is not there": lambda t, base: _adapter(t / "a", t / "nowhere"),
+    "a base that is a file": lambda t, base: ((t / "file").write_text("x"), _adapter(t / "a", t / "file"))[1],
+    "a rank that is text": lambda t, base: _adapter(t / "a", base, rank="x"),
+    "a rank of 0": lambda t, base: _adapter(t / "a", base, rank=0),
+    "no alpha": lambda t, base: _adapter(t / "a", base, alpha=None),
+    "another format": lambda t, base: _adapter(t / "a", base, format="peft"),
+    "a base that is not a name": lambda t, base: _adapter(t / "a", base, base=["x"]),
+    "bad json": lambda t, base: ((a := _adapter(t / "a", base)) / "adapter_config.json").write_text("{x") and a,
+    "no adapter weights": lambda t, base: ((a := _adapter(t / "a", base)) / "adapter.safetensors").unlink() or a,
+    "truncated adapter weights": lambda t, base: ((a := _adapter(t / "a", base)) / "adapter.safetensors").write_bytes(
+        b"\x10\x00") and a,
+    "adapter tensors for another model": lambda t, base: (
+        save_file({"transformer.h.7.mlp.c_fc.lora_A": torch.zeros(2, 3)},
+                  str((a := _adapter(t / "a", base)) / "adapter.safetensors")), a)[1],
+}
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+@pytest.mark.parametrize("command", [("info",), ("generate", "Hello", "-n", "2")], ids=["info", "generate"])
+def test_broken_adapters(capsys, tmp_path, tiny_ours, name, command):
+    base = copy_of(tiny_ours, tmp_path, "base")
+    adapter = ADAPTERS[name](tmp_path, base)
+    before = snapshot(tmp_path)
+    code, _, err = run_cli(capsys, *command, "--model", adapter)
+    assert_one_line_error(code, err)
+    assert snapshot(tmp_path) == before
