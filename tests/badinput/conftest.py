@@ -1,5 +1,6 @@
 """The bad-input suite: hundreds of generated broken inputs, each answered with one line on stderr, the documented
-exit code, no traceback, and every existing file left as it was.
+exit code, no traceback, and every existing file left as it was. Its helpers and case tables live in
+gpt2tui_testkit.badinput.
 
 Most cases run in-process through the CLI's `main(argv)`; `test_subprocesses.py` runs a few dozen as real
 processes. A hang guard (SIGALRM, generous) turns a hang into a failure instead of a stuck suite: it asserts no time.
@@ -7,8 +8,6 @@ processes. A hang guard (SIGALRM, generous) turns a hang into a failure instead 
 
 from __future__ import annotations
 
-import hashlib
-import shutil
 import signal
 from pathlib import Path
 
@@ -16,7 +15,6 @@ import pytest
 import torch
 
 from gpt2tui import GPT2, GPT2Config, save_checkpoint
-from gpt2tui.cli import main
 from gpt2tui_testkit.hf import write_hf_dir
 
 HANG_GUARD_S = 120
@@ -56,40 +54,3 @@ def tiny_text_model(tmp_path_factory) -> Path:
 def tiny_hf(tmp_path_factory) -> Path:
     return write_hf_dir(tmp_path_factory.mktemp("models") / "hf", seed=1, n_embd=8, n_layer=1, n_head=2,
                         n_positions=16, vocab_size=256)
-
-
-def copy_of(source: Path, tmp_path: Path, name: str = "model") -> Path:
-    target = tmp_path / name
-    shutil.copytree(source, target)
-    return target
-
-
-def snapshot(*folders: Path) -> dict[str, str]:
-    """Every file under `folders`, by path, with a hash of its bytes."""
-    files = {}
-    for folder in folders:
-        for p in sorted(folder.rglob("*")):
-            if p.is_file() and not p.is_symlink():
-                files[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return files
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:  # argparse's answer to a bad flag
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, exit_code: int = 1, words: tuple[str, ...] = ()) -> None:
-    """The documented answer to bad input: exactly one non-empty line on stderr, `error: ...` (or argparse's
-    `gpt2tui ...: error: ...` with exit 2), no traceback."""
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert code == exit_code, (code, err)
-    assert lines[0].startswith("error: ") or (exit_code == 2 and ": error: " in lines[0]), err
-    for w in words:
-        assert w in lines[0], (w, lines[0])

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import assert_one_line_error, run_cli
+from gpt2tui_testkit.badinput import assert_one_line_error, run_cli
 
 # (command and the arguments it needs, the flag, bad values)
 FLAGS = [

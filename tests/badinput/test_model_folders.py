@@ -8,9 +8,21 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from .conftest import assert_one_line_error, copy_of, run_cli, snapshot
+from gpt2tui_testkit.badinput import (
+    BROKEN_JSON,
+    INDEXES,
+    WEIGHTS,
+    assert_one_line_error,
+    copy_of,
+    first_matrix,
+    rewrite,
+    run_cli,
+    set_field,
+    sharded,
+    snapshot,
+)
 
 # -- configs -------------------------------------------------------------------------------------------------------
 
@@ -34,12 +46,6 @@ HF_OTHER = [("model_type", v) for v in ("llama", None, 3)] + [
 ] + [("resid_pdrop", v) for v in (2.0, "x")]
 
 
-def _set_field(folder, key, value):
-    config = json.loads((folder / "config.json").read_text())
-    config[key] = value
-    (folder / "config.json").write_text(json.dumps(config))  # NaN is written as JSON's NaN, which Python reads
-
-
 def _check(capsys, folder, *words, command=("info",)):
     before = snapshot(folder)
     code, _, err = run_cli(capsys, *command, "--model", folder)
@@ -51,7 +57,7 @@ def _check(capsys, folder, *words, command=("info",)):
 @pytest.mark.parametrize("field", OUR_SIZE_FIELDS)
 def test_our_config_sizes(capsys, tmp_path, tiny_ours, field, value):
     folder = copy_of(tiny_ours, tmp_path)
-    _set_field(folder, field, value)
+    set_field(folder, field, value)
     _check(capsys, folder)
 
 
@@ -59,35 +65,22 @@ def test_our_config_sizes(capsys, tmp_path, tiny_ours, field, value):
 @pytest.mark.parametrize("field", HF_SIZE_FIELDS)
 def test_hf_config_sizes(capsys, tmp_path, tiny_hf, field, value):
     folder = copy_of(tiny_hf, tmp_path)
-    _set_field(folder, field, value)
+    set_field(folder, field, value)
     _check(capsys, folder)
 
 
 @pytest.mark.parametrize("field, value", OUR_OTHER, ids=repr)
 def test_our_config_fields(capsys, tmp_path, tiny_ours, field, value):
     folder = copy_of(tiny_ours, tmp_path)
-    _set_field(folder, field, value)
+    set_field(folder, field, value)
     _check(capsys, folder)
 
 
 @pytest.mark.parametrize("field, value", HF_OTHER, ids=repr)
 def test_hf_config_fields(capsys, tmp_path, tiny_hf, field, value):
     folder = copy_of(tiny_hf, tmp_path)
-    _set_field(folder, field, value)
+    set_field(folder, field, value)
     _check(capsys, folder)
-
-
-BROKEN_JSON = {
-    "empty": b"",
-    "not json": b"this is not json",
-    "a list": b"[1, 2]",
-    "a string": b'"gpt2"',
-    "null": b"null",
-    "nested deep": b"[" * 100_000 + b"]" * 100_000,
-    "a number of 5000 digits": b'{"n_layers": ' + b"9" * 5000 + b"}",
-    "not utf-8": b"\xff\xfe{\x00",
-    "cut short": b'{"n_layers": 1, "emb',
-}
 
 
 @pytest.mark.parametrize("name", BROKEN_JSON)
@@ -99,37 +92,6 @@ def test_broken_config_json(capsys, tmp_path, tiny_ours, tiny_hf, kind, name):
 
 
 # -- weight files --------------------------------------------------------------------------------------------------
-
-
-def _rewrite(folder, change):
-    state = load_file(str(folder / "model.safetensors"))
-    change(state)
-    save_file(state, str(folder / "model.safetensors"))
-
-
-def _first_matrix(state):
-    return next(k for k in sorted(state) if state[k].dim() == 2 and "wte" not in k)
-
-
-WEIGHTS = {
-    "truncated to 0 bytes": lambda f: (f / "model.safetensors").write_bytes(b""),
-    "truncated to 8 bytes": lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:8]),
-    "truncated to 64 bytes": lambda f: (f / "model.safetensors").write_bytes(
-        (f / "model.safetensors").read_bytes()[:64]),
-    "truncated to half": lambda f: (f / "model.safetensors").write_bytes(
-        (f / "model.safetensors").read_bytes()[: (f / "model.safetensors").stat().st_size // 2]),
-    "a garbage header": lambda f: (f / "model.safetensors").write_bytes(b"\xff" * 8 + b"{garbage" * 64),
-    "an int8 tensor": lambda f: _rewrite(f, lambda s: s.update({_first_matrix(s): s[_first_matrix(s)].to(torch.int8)})),
-    "a float8 tensor": lambda f: _rewrite(
-        f, lambda s: s.update({_first_matrix(s): s[_first_matrix(s)].to(torch.float8_e4m3fn)})),
-    "a missing tensor": lambda f: _rewrite(f, lambda s: s.pop(_first_matrix(s))),
-    "an extra tensor": lambda f: _rewrite(f, lambda s: s.update({"transformer.h.9.extra": torch.zeros(2)})),
-    "a wrong shape": lambda f: _rewrite(f, lambda s: s.update({_first_matrix(s): torch.zeros(3, 5)})),
-    "no weight file": lambda f: (f / "model.safetensors").unlink(),
-    "a folder for the weights": lambda f: ((f / "model.safetensors").unlink(), (f / "model.safetensors").mkdir()),
-    "a garbage pytorch_model.bin": lambda f: ((f / "model.safetensors").unlink(),
-                                             (f / "pytorch_model.bin").write_bytes(b"PK\x03\x04 not a zip")),
-}
 
 
 @pytest.mark.parametrize("name", WEIGHTS)
@@ -145,38 +107,21 @@ def test_weights_that_are_not_finite_are_refused_by_name(capsys, tmp_path, tiny_
     name = []
 
     def poison(state):
-        name.append(_first_matrix(state))
+        name.append(first_matrix(state))
         state[name[0]][0, 0] = value
 
-    _rewrite(folder, poison)
+    rewrite(folder, poison)
     _check(capsys, folder, name[0], "NaN or infinite", command=("generate", "Hello", "-n", "2"))
     code, out, err = run_cli(capsys, "info", "--model", folder)  # plain info reads headers alone: it passes
     assert code == 0 and err == ""
     _check(capsys, folder, name[0], command=("info", "--check"))
 
 
-def _sharded(folder, weight_map):
-    (folder / "model.safetensors").rename(folder / "shard-1.safetensors")
-    (folder / "model.safetensors.index.json").write_text(
-        weight_map if isinstance(weight_map, str) else json.dumps({"weight_map": weight_map}))
-
-
-INDEXES = {
-    "weight_map a list": ["shard-1.safetensors"],
-    "weight_map of numbers": {"transformer.wte.weight": 3},
-    "weight_map empty": {},
-    "a file outside the folder": {"transformer.wte.weight": "../outside.safetensors"},
-    "an absolute path": {"transformer.wte.weight": "/etc/passwd"},
-    "a missing shard": {"transformer.wte.weight": "shard-2.safetensors"},
-    "not json": "{weight_map",
-}
-
-
 @pytest.mark.parametrize("name", INDEXES)
 def test_broken_sharded_indexes(capsys, tmp_path, tiny_ours, name):
     folder = copy_of(tiny_ours, tmp_path)
     (tmp_path / "outside.safetensors").write_bytes(b"never opened")
-    _sharded(folder, INDEXES[name])
+    sharded(folder, INDEXES[name])
     _check(capsys, folder)
 
 

@@ -11,9 +11,16 @@ import sys
 import pytest
 
 from gpt2tui.store import ChatStore
-
-from .conftest import assert_one_line_error, copy_of, snapshot
-from .test_model_folders import BROKEN_JSON, INDEXES, WEIGHTS, _set_field, _sharded
+from gpt2tui_testkit.badinput import (
+    BROKEN_JSON,
+    INDEXES,
+    WEIGHTS,
+    assert_one_line_error,
+    copy_of,
+    set_field,
+    sharded,
+    snapshot,
+)
 
 TIMEOUT = 120  # a hang guard, not a speed assertion
 
@@ -105,7 +112,7 @@ def test_info_on_a_broken_model_folder(tmp_path, tiny_ours, case):
     elif kind == "weights":
         WEIGHTS[name](folder)
     else:
-        _sharded(folder, INDEXES[name])
+        sharded(folder, INDEXES[name])
     before = snapshot(folder)
     run = _gpt2tui("info", "--model", folder, env={"COLUMNS": "300"})
     assert_one_line_error(run.returncode, run.stderr)
@@ -115,7 +122,7 @@ def test_info_on_a_broken_model_folder(tmp_path, tiny_ours, case):
 @pytest.mark.parametrize("field, value", [("n_layers", 10**6), ("emb_dim", 10**12), ("vocab_size", 10**9)])
 def test_absurd_sizes_are_refused_at_once(tmp_path, tiny_ours, field, value):
     folder = copy_of(tiny_ours, tmp_path)
-    _set_field(folder, field, value)
+    set_field(folder, field, value)
     for command in (("info",), ("generate", "Hi", "-n", "1")):
         run = _gpt2tui(*command, "--model", folder, env={"COLUMNS": "300"})
         assert_one_line_error(run.returncode, run.stderr, words=(field,))

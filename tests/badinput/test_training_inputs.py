@@ -7,9 +7,8 @@ import shutil
 
 import pytest
 
+from gpt2tui_testkit.badinput import assert_one_line_error, run_cli, snapshot
 from gpt2tui_testkit.training import SIZE_FLAGS, write_story
-
-from .conftest import assert_one_line_error, run_cli, snapshot
 
 GOOD = {"instruction": "Name a colour.", "input": "", "output": "Blue."}
 
