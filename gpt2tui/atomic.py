@@ -7,6 +7,7 @@ write of `NAME`) puts the new one in place, since the first rename happens only 
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shutil
@@ -123,6 +124,34 @@ def recover(path: str | os.PathLike) -> Path | None:
 
 
 @contextmanager
+def naming_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Write errors as `OSError`s that name `path`. A failed write names no file of its own ("No space left on
+    device"), and writers such as safetensors and `torch.save` raise their own types on a full disk (torch's says
+    "unexpected pos 704 vs 598"); the CLI then says which file could not be written and why, in one line."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), os.fspath(path)) from None
+    except Exception as e:
+        text = str(e)
+        if "No space left" in text or "os error 28" in text or _nearly_full(path):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(path)) from None
+        raise
+
+
+def _nearly_full(path: str | os.PathLike) -> bool:
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False
+
+
+@contextmanager
 def atomic_directory(path: str | os.PathLike, owns: Collection[str] | Callable[[Path], bool]) -> Iterator[Path]:
     """Yield an empty temporary sibling of `path` to fill. When the block ends without error its files are synced and
     it takes `path`'s place (the old directory is kept aside until the new one is in), so a crash leaves the old
@@ -139,7 +168,8 @@ def atomic_directory(path: str | os.PathLike, owns: Collection[str] | Callable[[
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        yield tmp
+        with naming_errors(path):
+            yield tmp
         # Some writers (safetensors) create their files 0600; a model directory should be as readable as any file the
         # user makes. The directory's own mode is what the umask gives a new directory, so its rw bits are a file's.
         file_mode = tmp.stat().st_mode & 0o666

@@ -16,7 +16,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from gpt2tui.atomic import ensure_writable
+from gpt2tui.atomic import ensure_writable, naming_errors
 from gpt2tui.chat import TEMPLATES, encode_conversation
 from gpt2tui.errors import ConfigError, DataError
 from gpt2tui.generate import generate
@@ -114,12 +114,14 @@ def run(args) -> int:
     report = {"model": str(model_dir), "data": args.data,
               "scored_on": "response tokens" if is_instruction_file(args.data) else "all tokens",
               "splits": {k: {**v, "loss": _finite(v["loss"]), "ppl": _finite(v["ppl"])} for k, v in results.items()}}
-    (out / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
+    with naming_errors(out / "evaluation.json"):
+        (out / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
     history = given_history if args.metrics else find_history(model_dir)
-    plots.loss_plot(history, results, out)
-    plots.accuracy_plot(history, results, out)
-    (out / "sample_generations.txt").write_text("\n".join(f"=== sample {i + 1} ===\n{s}" for i, s in enumerate(samples)),
-                                                encoding="utf-8")
+    with naming_errors(out):
+        plots.loss_plot(history, results, out)
+        plots.accuracy_plot(history, results, out)
+        (out / "sample_generations.txt").write_text(
+            "\n".join(f"=== sample {i + 1} ===\n{s}" for i, s in enumerate(samples)), encoding="utf-8")
     con.print(f"wrote evaluation.json, loss-plot.pdf/.png, accuracy-plot.pdf and sample_generations.txt to {out}"
               + ("" if history else " (no metrics.jsonl found: plots show the evaluated splits)"))
     return 0

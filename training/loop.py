@@ -39,7 +39,7 @@ from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.checkpoint import checkpoint
 
-from gpt2tui.atomic import atomic_directory, recover, write_atomic
+from gpt2tui.atomic import atomic_directory, naming_errors, recover, write_atomic
 from gpt2tui.errors import CheckpointError, ConfigError, TrainingError
 from gpt2tui.weights import pick_device, write_model_files
 
@@ -374,12 +374,8 @@ class Trainer:
 
     def _write_metrics(self, record: dict) -> None:
         path = self.out / "metrics.jsonl"
-        try:
-            with open(path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
-        except OSError as e:
-            # A write error names no file of its own (a full disk says only "No space left on device").
-            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+        with naming_errors(path), open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
 
     def _trim_metrics(self, step: int) -> None:
         """After a resume, drop records past the checkpoint (logged by the interrupted run before it stopped), and any
@@ -609,7 +605,7 @@ class Trainer:
         finally:
             self.raw.train(was)
         if text:
-            with open(self.out / "samples.txt", "a", encoding="utf-8") as fh:
+            with naming_errors(self.out / "samples.txt"), open(self.out / "samples.txt", "a", encoding="utf-8") as fh:
                 fh.write(f"--- step {self.step} ---\n{text}\n")
 
             self.log(f"[dim]sample at step {self.step}:[/] {escape(text.strip()[:300])}")
