@@ -189,21 +189,34 @@ def atomic_directory(path: str | os.PathLike, owns: Collection[str] | Callable[[
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` to `path` so that a reader sees the old file or the whole new one, never half of one."""
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # os.open with 0o666, not mkstemp (0o600): the file gets the permissions the user's umask gives any new file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+def _write_new_file(path: Path, text: str) -> None:
+    """Create `path` (it must not exist) holding `text`, synced to the disk; removed again if that fails. os.open with
+    0o666, not mkstemp's 0o600: the file gets the permissions the user's umask gives any new file."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def _temporary_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` so that a reader sees the old file or the whole new one, never half of one."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_sibling(path)
+    _write_new_file(tmp, text)
+    try:
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
@@ -215,13 +228,9 @@ def write_new(path: str | os.PathLike, text: str) -> Path:
     The text goes to a temporary file first, then is hard-linked as `path`, which fails rather than replaces; where the
     file system has no hard links, `path` is created exclusively and written in place (removed again if that fails)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    tmp = _temporary_sibling(path)
+    _write_new_file(tmp, text)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
         try:
             os.link(tmp, path)
             return path
@@ -229,15 +238,7 @@ def write_new(path: str | os.PathLike, text: str) -> Path:
             raise
         except OSError:  # no hard links here (FAT, some network drives): exclusive creation instead
             pass
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-        except BaseException:
-            path.unlink(missing_ok=True)
-            raise
+        _write_new_file(path, text)
         return path
     finally:
         tmp.unlink(missing_ok=True)

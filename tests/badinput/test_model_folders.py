@@ -53,18 +53,13 @@ def _check(capsys, folder, *words, command=("info",)):
     assert snapshot(folder) == before  # nothing of the user's was changed
 
 
-@pytest.mark.parametrize("value", BAD_SIZES, ids=repr)
-@pytest.mark.parametrize("field", OUR_SIZE_FIELDS)
-def test_our_config_sizes(capsys, tmp_path, tiny_ours, field, value):
-    folder = copy_of(tiny_ours, tmp_path)
-    set_field(folder, field, value)
-    _check(capsys, folder)
+SIZE_CASES = [("ours", f, v) for f in OUR_SIZE_FIELDS for v in BAD_SIZES] + [
+    ("hf", f, v) for f in HF_SIZE_FIELDS for v in BAD_SIZES]
 
 
-@pytest.mark.parametrize("value", BAD_SIZES, ids=repr)
-@pytest.mark.parametrize("field", HF_SIZE_FIELDS)
-def test_hf_config_sizes(capsys, tmp_path, tiny_hf, field, value):
-    folder = copy_of(tiny_hf, tmp_path)
+@pytest.mark.parametrize("kind, field, value", SIZE_CASES, ids=[f"{k}-{f}-{v!r}" for k, f, v in SIZE_CASES])
+def test_config_sizes(capsys, tmp_path, tiny_ours, tiny_hf, kind, field, value):
+    folder = copy_of(tiny_ours if kind == "ours" else tiny_hf, tmp_path)
     set_field(folder, field, value)
     _check(capsys, folder)
 
