@@ -7,11 +7,21 @@
 """
 
 import importlib
+import os
 import pkgutil
 import sys
 import types
 
 __version__ = "0.1.0"
+
+# torch's OpenMP threads spin while they wait for work (libgomp's default, "active"). On a machine whose cores other
+# processes also use, the spinning thread takes the core the working one needs: with one busy process beside it, batch-1
+# decode of the 124M model on two threads ran at 10.2 tok/s against 22.3 on one. Passive waiting keeps two threads level
+# with one under load, and costs nothing measurable when the machine is idle (benchmarks/RESULTS.md, "Threads under
+# load"). libgomp reads this once, when torch loads it: set here, before gpt2tui imports torch, and never over a value
+# the user chose. A program that imported torch first keeps torch's default.
+if "torch" not in sys.modules:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Run from a checkout's root, Python finds this folder before the installed package (the working directory comes first
 # on sys.path), but `gpt2tui.kernels` and `gpt2tui.training` exist only in the installed tree (kernels/ and training/

@@ -1,6 +1,7 @@
 """What the installed package ships and how it is laid out."""
 
 import hashlib
+import os
 import subprocess
 import sys
 from importlib import resources
@@ -97,3 +98,17 @@ def test_importing_the_package_and_the_cli_does_not_import_torch():
     code = "import gpt2tui, gpt2tui.cli, sys; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_importing_gpt2tui_first_makes_torch_s_threads_wait_passively():
+    """Spinning OpenMP threads halve decode speed when another process uses a core (benchmarks/bench_threads.py)."""
+    code = "import os, gpt2tui, torch; print(os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert run.stdout.strip() == "PASSIVE", run.stderr
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**env, "OMP_WAIT_POLICY": "ACTIVE"})
+    assert run.stdout.strip() == "ACTIVE", run.stderr  # the user's choice stands
+    torch_first = "import os, torch, gpt2tui; print(os.environ.get('OMP_WAIT_POLICY'))"
+    run = subprocess.run([sys.executable, "-c", torch_first], capture_output=True, text=True, env=env, timeout=300)
+    assert run.stdout.strip() == "None", run.stderr  # too late to matter: not pretended
