@@ -2,10 +2,10 @@
 
     .venv/bin/python -m pytest benchmarks/bench_attention_host.py --benchmark-only
 
-On a GPU a forward+backward step at GPT-2's shape waited for the host (RESULTS.md, attention, third run), so every
-microsecond of Python between launches counts, and it can be timed anywhere: a stand-in driver
-(`tests/support/gpt2tui_testkit/standin_driver.py`) has the kernels really compiled for sm_90 and records their launches instead of
-making them, so all of Triton's host path runs, up to its C launcher. The autotuner's timing of candidates is replaced
+On a GPU a forward+backward step at GPT-2's shape waited for the host (RESULTS.md at 5551116, attention, third run),
+so every microsecond of Python between launches counts, and it can be timed anywhere: a stand-in driver
+(`tests/support/gpt2tui_testkit/standin_driver.py`) has the kernels really compiled for sm_90 and records their
+launches instead of making them, so all of Triton's host path runs, up to its C launcher. The autotuner's timing of candidates is replaced
 by a constant. Each group puts the fast path beside its baselines:
 
 - ``attention-host-launch``: one launch of the dK/dV kernel: through `Autotuner.run` (which rebuilds a dict of every

@@ -2,8 +2,8 @@
 
 The groups, each with the fast path beside its baseline:
 
-- ``tokenizer-encode-mixed``: one ~2 MB string (the generated test corpus, tests/support/gpt2tui_testkit/corpus.py, three seeds, plus
-  "The Verdict" when ../shared/data has it), single-threaded `encode`;
+- ``tokenizer-encode-mixed``: one ~2 MB string (the generated test corpus, tests/support/gpt2tui_testkit/corpus.py,
+  three seeds, plus "The Verdict" when ../shared/data has it), single-threaded `encode`;
 - ``tokenizer-encode-batch``: the same documents as a list, `encode_batch` with `num_threads=os.cpu_count()`;
 - ``tokenizer-encode-prose``: English prose alone, "The Verdict" repeated to 1 MB (when ../shared/data has it),
   single-threaded: the reference the issue names for the pathological inputs' time per byte. A best case: the

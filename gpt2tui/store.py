@@ -45,12 +45,12 @@ from typing import Any
 from urllib.parse import quote
 
 from .atomic import write_new
+from .errors import GPT2TUIError
 
 try:
     import fcntl
 except ImportError:  # Windows: no per-conversation locks
     fcntl = None
-from .errors import GPT2TUIError
 
 ROLES = ("system", "user", "assistant")
 DEFAULT_TITLE = "New chat"
@@ -185,8 +185,8 @@ def _escape_like(text: str) -> str:
 
 class ChatStore:
     """The conversations database. `ChatStore()` opens (or creates) the default one; use it as a context manager or
-    call `close()`. `ChatStore.temporary()` is one in memory, which keeps nothing after `close()`: the apps fall back to it when
-    the history cannot be opened, and say so."""
+    call `close()`. `ChatStore.temporary()` is one in memory, which keeps nothing after `close()`: the apps fall back
+    to it when the history cannot be opened, and say so."""
 
     MEMORY = ":memory:"
 

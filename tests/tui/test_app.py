@@ -240,7 +240,7 @@ def test_a_full_disk_while_chatting_keeps_the_reply_and_writes_it_once_there_is_
             assert app.chat.query_one(MessageList).views and any("not saved yet" in n.message
                                                                   for n in app._notifications)
             app.store._db.execute("PRAGMA max_page_count=1073741823")  # space again
-            app.chat._retry_saving()  # what the app's timer does every few seconds
+            app.chat.catch_up()  # what the app's timer does every few seconds
             (conversation,) = app.store.conversations()
             stored = [m.to_chat() for m in app.store.get(conversation.id).messages]
             assert stored == app.chat.session.messages and stored[0]["content"] == long_message.strip()

@@ -113,7 +113,7 @@ class ChatScreen(Screen):
         yield Footer()
 
     async def on_mount(self) -> None:
-        self.set_interval(RETRY_SAVE_INTERVAL, self._retry_saving)
+        self.set_interval(RETRY_SAVE_INTERVAL, self.catch_up)
         status = self.query_one(StatusBar)
         status.model = self.model_name
         status.loading = True
@@ -215,10 +215,6 @@ class ChatScreen(Screen):
         self.query_one(Sidebar).refresh_list(self.store, self.conversation_id)
         self.notify("Saved: the chat history could be written again.", title="Saved")
         return True
-
-    def _retry_saving(self) -> None:
-        if self.unsaved is not None:
-            self.catch_up()
 
     # -- conversations ------------------------------------------------------------------------------------------
 
