@@ -28,7 +28,7 @@ $(FILE_LIST): FORCE
 	@mkdir -p $(VENV)
 	@echo '$(PACKAGE_FILES)' | cmp -s - $@ || echo '$(PACKAGE_FILES)' > $@
 
-$(STAMP): setup.py pyproject.toml $(CONSTRAINTS) $(FILE_LIST) $(wildcard csrc/*.cpp csrc/*.h)
+$(STAMP): setup.py pyproject.toml $(CONSTRAINTS) $(FILE_LIST) $(wildcard csrc/*.cpp csrc/*.h csrc/quant/*.cpp csrc/quant/*.h)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip setuptools wheel pybind11 $(TORCH)
 	$(PIP) --no-build-isolation $(EDITABLE) -e '.[dev]' $(TORCH)

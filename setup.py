@@ -6,7 +6,8 @@ user's site-packages. Neither folder has an `__init__.py`, so that from the repo
 `kernels`): a folder without one is a namespace portion, which never wins over a regular package. `build_py` writes
 their `__init__.py` into the installed tree instead. This works in a regular install and in setuptools' strict
 editable mode (a link tree, which the Makefile asks for), not in its default editable mode, which cannot map a
-folder without `__init__.py` to another name. The extension needs only a C++17 compiler and pybind11: never torch.
+folder without `__init__.py` to another name. The extensions (the tokenizer's `gpt2tui._bpe` and the packed linear's
+`gpt2tui._quant`) need only a C++17 compiler and pybind11: never torch.
 """
 
 import re
@@ -61,6 +62,18 @@ bpe = Pybind11Extension(
     extra_compile_args=["-O3"],
 )
 
+# The packed int8/bfloat16 linear (gpt2tui/quant.py): its own module, so the tokenizer's stays small. Built for the
+# baseline x86-64 like every extension here; its AVX-512 and AVX2 paths carry their own target attributes and are
+# chosen at run time, so one wheel runs on any x86-64 (and the portable path everywhere else).
+quant = Pybind11Extension(
+    "gpt2tui._quant",
+    sorted(glob("csrc/quant/*.cpp")),
+    depends=sorted(glob("csrc/quant/*.h")),
+    cxx_std=17,
+    extra_compile_args=["-O3", "-pthread", "-Wno-maybe-uninitialized"],  # GCC 12 misreads _mm512_setzero_ps
+    extra_link_args=["-pthread"],
+)
+
 setup(
     name="gpt2tui",
     version=VERSION,
@@ -73,7 +86,7 @@ setup(
     package_dir={"gpt2tui": "gpt2tui", "gpt2tui.kernels": "kernels", "gpt2tui.training": "training"},
     package_data={"gpt2tui": ["assets/gpt2.tiktoken", "assets/LICENSE-gpt2-vocab.txt"], "gpt2tui.tui": ["app.tcss"],
                   "gpt2tui.kernels": ["csrc/*.cpp"]},
-    ext_modules=[bpe],
+    ext_modules=[bpe, quant],
     cmdclass={"build_ext": build_ext, "build_py": build_py_with_inits},
     install_requires=[
         "torch>=2.4",

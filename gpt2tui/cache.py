@@ -34,9 +34,8 @@ class KVCache:
     @classmethod
     def for_model(cls, model, batch_size: int, max_len: int | None = None) -> KVCache:
         cfg = model.config
-        p = model.transformer.wte.weight
         max_len = cfg.context_length if max_len is None else min(max_len, cfg.context_length)
-        return cls(cfg.n_layers, batch_size, cfg.n_heads, max_len, cfg.head_dim, p.device, p.dtype)
+        return cls(cfg.n_layers, batch_size, cfg.n_heads, max_len, cfg.head_dim, model.device, model.dtype)
 
     @property
     def batch_size(self) -> int:

@@ -50,7 +50,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if present, else cpu)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                   help="weights' precision (default: bfloat16 on a GPU that has it, else float32)")
+                   help="weights' precision (default: bfloat16 on a GPU that has it, else float32); on the CPU, "
+                        "bfloat16 stores the weights in bfloat16 and computes in float32")
+    p.add_argument("--quantize", choices=["int8", "bfloat16"], default=None,
+                   help="pack the weights as they load: int8 (per-channel, a quarter of float32's memory) or bfloat16; "
+                        "activations stay float32. A quantised checkpoint loads quantised without it")
 
 
 def _add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
@@ -146,6 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_sampling_args(p, max_new_tokens=100)
     p.add_argument("--echo", action="store_true", help="print the prompt before the continuation")
+    g = p.add_argument_group("speculative decoding (the same tokens when greedy, the same distribution when sampling)")
+    drafter = g.add_mutually_exclusive_group()
+    drafter.add_argument("--draft", metavar="MODEL", default=None,
+                         help="a smaller model with the same vocabulary drafts tokens that --model checks several at a "
+                              "time (gpt2 for gpt2-xl); loaded on the same device and dtype")
+    drafter.add_argument("--prompt-lookup", action="store_true",
+                         help="draft by copying what followed earlier occurrences of the last few tokens in the prompt "
+                              "and the reply; no second model")
+    g.add_argument("--draft-tokens", type=int_at_least(1), default=None, metavar="K",
+                   help="tokens drafted per pass of --model (default 4 with --draft, 8 with --prompt-lookup)")
 
     p = sub.add_parser("info", help="show a model's config, size, memory, device and attention backend",
                        description="Show a model's config, parameter count, memory, device and attention backend. "

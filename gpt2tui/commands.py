@@ -26,6 +26,7 @@ from .weights import (
     models_dir,
     pick_device,
     read_config,
+    read_quantization,
     resolve,
 )
 
@@ -48,7 +49,7 @@ def _status(message: str):
 
 def _load(args):
     with _status(f"Loading {escape(args.model)}…"):
-        return load_model(args.model, device=args.device, dtype=_DTYPES.get(args.dtype))
+        return load_model(args.model, device=args.device, dtype=_DTYPES.get(args.dtype), quantize=args.quantize)
 
 
 def _gib(n_bytes: float) -> str:
@@ -56,12 +57,16 @@ def _gib(n_bytes: float) -> str:
 
 
 def cmd_generate(args) -> int:
+    if args.draft_tokens is not None and not (args.draft or args.prompt_lookup):
+        raise ConfigError("--draft-tokens needs --draft MODEL or --prompt-lookup")
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     model, tokenizer = _load(args)
+    draft = _draft(args, model)
+    # Built before anything is printed: a draft that cannot serve this model fails without output.
+    reply = stream(model, tokenizer, prompt, **_sampling_kwargs(args), draft=draft, draft_tokens=args.draft_tokens)
     out = sys.stdout
     if args.echo:
         out.write(prompt)
-    reply = stream(model, tokenizer, prompt, **_sampling_kwargs(args))
     for delta in reply:
         out.write(delta)
         out.flush()
@@ -70,7 +75,25 @@ def cmd_generate(args) -> int:
     if reply.finish_reason == "context_full":  # fewer tokens than -n asked for: say why, on stderr
         _err().print(f"[dim](stopped early: the model's context window of {model.config.context_length} tokens is "
                      "full)[/]", highlight=False)
+    if reply.speculation is not None:
+        _err().print(f"speculation: {reply.speculation}", markup=False, highlight=False, soft_wrap=True)
     return 0
+
+
+def _draft(args, model):
+    """The drafter `--draft` or `--prompt-lookup` asks for (None: plain decoding); a draft model is loaded on the
+    target's device with the target's --dtype and --quantize."""
+    if args.prompt_lookup:
+        return "prompt-lookup"
+    if args.draft is None:
+        return None
+    with _status(f"Loading the draft model {escape(args.draft)}…"):
+        # The same precision flags as the target: an int8 target drafts with an int8 draft.
+        draft, _ = load_model(args.draft, device=model.device, dtype=_DTYPES.get(args.dtype), quantize=args.quantize)
+    if draft.config.vocab_size != model.config.vocab_size:
+        raise ConfigError(f"the draft model {args.draft} has a vocabulary of {draft.config.vocab_size:,} tokens and "
+                          f"{args.model} one of {model.config.vocab_size:,}; a draft model must share its vocabulary")
+    return draft
 
 
 def _sampling_kwargs(args) -> dict:
@@ -84,7 +107,8 @@ def chat_session(args, allow_download: bool = True, leave_a_core: bool = False):
     """The chat session for `gpt2tui chat`'s model flags. `leave_a_core`: for the full-screen app, whose UI thread
     redraws while the model decodes on the CPU: with every core in torch's thread pool, a pool thread that the OS
     parks behind the UI stalls each op for a time slice (seen: 9 tokens/s instead of 180 on two cores)."""
-    session = ChatSession.load(args.model, device=args.device, dtype=_DTYPES.get(args.dtype), allow_download=allow_download)
+    session = ChatSession.load(args.model, device=args.device, dtype=_DTYPES.get(args.dtype),
+                               allow_download=allow_download, quantize=args.quantize)
     if leave_a_core and session.model.device.type == "cpu" and torch.get_num_threads() > 1:
         torch.set_num_threads(torch.get_num_threads() - 1)
     return session
@@ -101,6 +125,7 @@ def cmd_chat(args) -> int:
 def cmd_info(args) -> int:
     path = resolve(args.model)
     config, fmt = read_config(path)
+    stored = read_quantization(path)
     device = pick_device(args.device)
     n = config.n_params()
     kv_per_token = 2 * config.n_layers * config.emb_dim  # keys and values, every layer
@@ -114,7 +139,10 @@ def cmd_info(args) -> int:
         table.add_row(key, str(value))
     table.add_row("head_dim", str(config.head_dim))
     table.add_row("parameters", f"{n:,} ({n / 1e6:.1f}M, output head tied to wte)")
-    table.add_row("weights fp32 / bf16", f"{_gib(4 * n)} / {_gib(2 * n)}")
+    packed = config.n_layers * 12 * config.emb_dim**2 + config.vocab_size * config.emb_dim  # what quantisation packs
+    table.add_row("weights fp32 / bf16 / int8", f"{_gib(4 * n)} / {_gib(2 * n)} / {_gib(packed + 4 * (n - packed))}")
+    if stored:
+        table.add_row("stored as", f"{stored} (projections and token embedding; the rest float32)")
     table.add_row(
         "KV cache, full window fp32 / bf16",
         f"{_gib(4 * kv_per_token * config.context_length)} / {_gib(2 * kv_per_token * config.context_length)} per sequence",

@@ -8,6 +8,8 @@ Layers, bottom up:
   `KVCache`; the cache then keeps each row's true length, so rows continue from their own positions and nobody
   attends to padding. Finished rows are dropped from the batch, so the rest run faster. On CUDA its one-token steps
   replay from a CUDA graph (`decode_graph.py`; `cuda_graph=False` or $GPT2TUI_CUDA_GRAPH=0 turns that off).
+- `SpeculativeDecoder` (speculative.py): the same protocol for one prompt, with a draft model or prompt lookup
+  proposing tokens that the target checks several at a time; same tokens when greedy, same distribution when sampling.
 - `generate_ids_nocache`: the plain loop (the whole sequence through the model for every token), the oracle the
   cached engine must match token for token.
 - `Stream` / `stream` / `generate`: text. Stop strings are honoured across token boundaries: text that could be the
@@ -31,6 +33,8 @@ import torch
 from .cache import KVCache
 from .decode_graph import GraphedDecodeStep, graphs_requested
 from .model import GPT2
+from .speculative import Drafter, SpeculationStats, SpeculativeDecoder
+from .threads import governor_for
 from .tokenizer import StreamDecoder, Tokenizer
 
 
@@ -164,6 +168,14 @@ class Decoder:
         if self.finish_reason[row] is None:
             self.finish_reason[row] = reason
 
+    def process(self, logits: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits `(B, V)` as this decoder samples from them: padded vocabulary rows masked, then `process_logits`.
+        The speculative decoder samples through this, so that it needs nothing from this module."""
+        if self.n_vocab is not None and logits.shape[-1] > self.n_vocab:
+            logits = logits.clone()
+            logits[:, self.n_vocab :] = float("-inf")
+        return process_logits(logits, self.params, seen)
+
     @torch.inference_mode()
     def __iter__(self) -> Iterator[dict[int, int]]:
         model, params = self.model, self.params
@@ -175,6 +187,14 @@ class Decoder:
             return
         lens = [len(p) for p in self.prompts]
         cache = KVCache.for_model(model, len(rows), max_len=min(ctx, max(lens) + params.max_new_tokens))
+        governor = governor_for(device)  # on the CPU, threads follow the cores other processes leave free
+        try:
+            yield from self._steps(cache, lens, rows, governor)
+        finally:
+            governor.close()
+
+    def _steps(self, cache: KVCache, lens: list[int], rows: list[int], governor) -> Iterator[dict[int, int]]:
+        params, device = self.params, self.model.device
         logits = self._prefill(cache, lens)  # (B, V)
         seen = None
         if params.repetition_penalty != 1.0:
@@ -184,6 +204,7 @@ class Decoder:
         generator = _generator(params, device)
         decode = self._decode_step(cache)
         while rows:
+            governor.tick()
             if self.n_vocab is not None and logits.shape[-1] > self.n_vocab:
                 logits[:, self.n_vocab :] = float("-inf")  # padded vocabulary rows the tokenizer cannot decode
             next_ids = sample_next(logits, params, seen, generator)  # (B,)
@@ -314,6 +335,14 @@ def _warn_dropped(dropped: int, kept: int, context_length: int) -> None:
         )
 
 
+def _decoder(model: GPT2, tokenizer: Tokenizer, prompts: list[list[int]], params: SamplingParams,
+             prefill_chunk: int | None, draft: GPT2 | str | Drafter | None, draft_tokens: int | None):
+    if draft is None and draft_tokens is not None:
+        raise ValueError("draft_tokens needs a draft: a draft model or 'prompt-lookup'")
+    decoder = Decoder(model, prompts, params, tokenizer.eot_token, tokenizer.n_vocab, prefill_chunk)
+    return decoder if draft is None else SpeculativeDecoder(decoder, draft, draft_tokens)
+
+
 class Stream:
     """Iterate for text deltas of one prompt's continuation. Afterwards: `text`, `token_ids`, `finish_reason`
     (`eos`, `stop`, `max_tokens`, `context_full`, or `cancelled` if the consumer stopped early), `prompt_tokens`.
@@ -321,16 +350,22 @@ class Stream:
     `cancel()` may be called from any thread: the check runs after every sampled token (also those whose text is
     held back, half a UTF-8 character or a possible stop string), so no further forward pass starts once it is set.
     The text generated so far is kept and flushed. `first_token_at` is the `time.perf_counter()` of the first
-    sampled token (prefill done), for time-to-first-token."""
+    sampled token (prefill done), for time-to-first-token.
+
+    With a `draft` (a draft `GPT2` of the same vocabulary, "prompt-lookup", or a `Drafter`) the tokens come from a
+    `SpeculativeDecoder` checking `draft_tokens` drafts per target forward: the same tokens when greedy, the same
+    distribution when sampling. `speculation` then holds its `SpeculationStats` (None without a draft)."""
 
     def __init__(self, model: GPT2, tokenizer: Tokenizer, prompt: str | Sequence[int], params: SamplingParams,
-                 prefill_chunk: int | None = None, cancel: threading.Event | None = None):
+                 prefill_chunk: int | None = None, cancel: threading.Event | None = None,
+                 draft: GPT2 | str | Drafter | None = None, draft_tokens: int | None = None):
         self.params = params
         self._cancel = cancel if cancel is not None else threading.Event()
         self.first_token_at: float | None = None
-        self._decoder = Decoder(
-            model, [_encode_prompt(tokenizer, prompt)], params, tokenizer.eot_token, tokenizer.n_vocab, prefill_chunk
-        )
+        self._decoder = _decoder(model, tokenizer, [_encode_prompt(tokenizer, prompt)], params, prefill_chunk, draft,
+                                 draft_tokens)
+        speculative = isinstance(self._decoder, SpeculativeDecoder)
+        self.speculation: SpeculationStats | None = self._decoder.stats if speculative else None
         self.prompt_tokens = len(self._decoder.prompts[0])
         self.dropped_tokens = self._decoder.dropped[0]
         _warn_dropped(self.dropped_tokens, self.prompt_tokens, model.config.context_length)
@@ -382,23 +417,23 @@ def stream(model: GPT2, tokenizer: Tokenizer, prompt: str | Sequence[int], **par
         for delta in stream(model, tokenizer, "Hello", max_new_tokens=50, temperature=0.8, top_k=40):
             print(delta, end="", flush=True)
 
-    Keyword arguments are `SamplingParams` fields, plus `prefill_chunk` (tokens per prefill forward) and `cancel` (a
-    `threading.Event`; setting it from another thread stops generation after the current token). Stop early by
-    leaving the loop, or with `Stream.cancel()`: no further token is computed.
+    Keyword arguments are `SamplingParams` fields, plus `prefill_chunk` (tokens per prefill forward), `cancel` (a
+    `threading.Event`; setting it from another thread stops generation after the current token), and `draft` /
+    `draft_tokens` for speculative decoding (see `Stream`). Stop early by leaving the loop, or with
+    `Stream.cancel()`: no further token is computed.
     """
-    chunk = params.pop("prefill_chunk", None)
-    cancel = params.pop("cancel", None)
-    return Stream(model, tokenizer, prompt, SamplingParams(**params), prefill_chunk=chunk, cancel=cancel)
+    extra = {name: params.pop(name, None) for name in ("prefill_chunk", "cancel", "draft", "draft_tokens")}
+    return Stream(model, tokenizer, prompt, SamplingParams(**params), **extra)
 
 
 def generate(model: GPT2, tokenizer: Tokenizer, prompt: str | Sequence[str], **params) -> str | list[str]:
-    """The continuation of one prompt, or of a batch of prompts of any lengths decoded together."""
+    """The continuation of one prompt, or of a batch of prompts of any lengths decoded together (speculative decoding,
+    with `draft=`, takes one prompt at a time)."""
     if isinstance(prompt, str):
         return "".join(stream(model, tokenizer, prompt, **params))
-    chunk = params.pop("prefill_chunk", None)
+    chunk, draft, k = (params.pop(name, None) for name in ("prefill_chunk", "draft", "draft_tokens"))
     sp = SamplingParams(**params)
-    decoder = Decoder(model, [_encode_prompt(tokenizer, p) for p in prompt], sp, tokenizer.eot_token,
-                      tokenizer.n_vocab, chunk)
+    decoder = _decoder(model, tokenizer, [_encode_prompt(tokenizer, p) for p in prompt], sp, chunk, draft, k)
     for dropped, kept in zip(decoder.dropped, decoder.prompts, strict=True):
         _warn_dropped(dropped, len(kept), model.config.context_length)
     texts = [_TextAssembler(tokenizer, sp.stop) for _ in prompt]

@@ -17,6 +17,7 @@ from gpt2tui.kernels import causal_attention, decode_attention, resolve_backend
 
 from .cache import KVCache
 from .config import GPT2Config
+from .quant import QuantEmbedding, QuantLinear
 
 
 class CausalSelfAttention(nn.Module):
@@ -118,15 +119,17 @@ class GPT2(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        packed = sum(m.n * m.k for m in self.modules() if isinstance(m, (QuantLinear, QuantEmbedding)))
+        return sum(p.numel() for p in self.parameters()) + packed
 
     @property
     def device(self) -> torch.device:
-        return self.transformer.wte.weight.device
+        return self.transformer.ln_f.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.transformer.wte.weight.dtype
+        """The activations' dtype: the parameters', or float32 in a model whose weights are packed (`quant.py`)."""
+        return self.transformer.ln_f.weight.dtype
 
     def attention_backend(self) -> str:
         """The attention backend this model dispatches to on its current device and dtype (the kernels' rule)."""
@@ -150,7 +153,10 @@ class GPT2(nn.Module):
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         """Logits `(..., V)` from hidden states: the output head is the token embedding, transposed."""
-        return F.linear(h, self.transformer.wte.weight)
+        wte = self.transformer.wte
+        if isinstance(wte, QuantEmbedding):
+            return wte.logits(h)
+        return F.linear(h, wte.weight)
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None, targets: torch.Tensor | None = None):
         """Logits `(B, T, V)`; with `targets` `(B, T)` also the mean cross-entropy (positions marked -100 ignored)."""

@@ -28,6 +28,7 @@ import torch
 from .chat import ChatError, ChatTemplate, EmptyMessageError, Prompt, build_prompt, template_for
 from .generate import SamplingParams, Stream
 from .model import GPT2
+from .quant import quantization_of
 from .tokenizer import Tokenizer
 from .weights import load_model
 
@@ -251,9 +252,12 @@ class ChatSession:
         dtype: torch.dtype | None = None,
         settings: ChatSettings | None = None,
         allow_download: bool = True,
+        quantize: str | None = None,
     ) -> ChatSession:
-        """Load a model by name, directory or checkpoint (see `weights.resolve`) with the template its config names."""
-        model, tokenizer = load_model(name_or_path, device=device, dtype=dtype, allow_download=allow_download)
+        """Load a model by name, directory or checkpoint (see `weights.resolve`) with the template its config names;
+        `quantize` packs its weights (`quant.py`)."""
+        model, tokenizer = load_model(name_or_path, device=device, dtype=dtype, allow_download=allow_download,
+                                      quantize=quantize)
         return cls(model, tokenizer, settings=settings, model_name=str(name_or_path))
 
     # -- the conversation ----------------------------------------------------------------------------------------
@@ -296,7 +300,8 @@ class ChatSession:
         return {
             "model": self.model_name,
             "device": str(self.model.device),
-            "dtype": str(self.model.dtype).removeprefix("torch."),
+            # A packed model computes in float32; what the user chose, and what sets its speed, is its weights'.
+            "dtype": quantization_of(self.model) or str(self.model.dtype).removeprefix("torch."),
             "parameters": self.model.num_params(),
             "context_length": self.context_length,
             "attention": self.model.attention_backend(),

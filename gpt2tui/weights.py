@@ -8,6 +8,11 @@ Two directory formats load into `GPT2`:
   which are not weights, and sometimes a copy of the tied `lm_head.weight`.
 - Our own checkpoint (`config.json` with `GPT2Config` fields and `chat_template`, plus `model.safetensors`).
 
+Our checkpoints may also be quantised (`"quantization": "int8"` or `"bfloat16"` in config.json, format_version 2):
+each packed layer's `weight` holds its int8 (or bfloat16) values in `(out, in)` layout and, for int8, `weight_scale`
+its per-channel scales (`quant.py`). Loading a float model with `quantize=` packs it tensor by tensor as the file is
+read, so the whole float model is never in memory.
+
 Nothing arbitrary is unpickled: safetensors, or `torch.load(weights_only=True)`. Every tensor is read and checked
 before the model is built, so a bad file gives one clear error and never a half-loaded model.
 """
@@ -15,14 +20,17 @@ before the model is built, so a bad file gives one clear error and never a half-
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from . import quant
 from .atomic import MODEL_DIR_FILES, atomic_directory, recover
 from .config import GPT2Config
 from .errors import CheckpointError, ConfigError, ModelNotFoundError
@@ -30,7 +38,8 @@ from .model import GPT2
 from .tokenizer import Tokenizer
 
 FORMAT = "gpt2tui"
-FORMAT_VERSION = 1
+# 2: quantised checkpoints (`quantization`). A float checkpoint is still written as 1, which older releases read.
+FORMAT_VERSION = 2
 ADAPTER_FORMAT = "gpt2tui-lora"  # a LoRA adapter directory written by `gpt2tui finetune --lora`
 OFFICIAL = {
     "gpt2": "openai-community/gpt2",
@@ -187,6 +196,7 @@ def _first_line(e: BaseException) -> str:
 # these; any other (an fp8 type, an integer) is refused with the tensor's name, as the loaded tensor would be.
 _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 WEIGHT_DTYPES = tuple(_SAFETENSORS_DTYPES.values())
+_READABLE_DTYPES = {**_SAFETENSORS_DTYPES, "I8": torch.int8}  # int8: a quantised checkpoint's values (checked in _build)
 
 
 def _unsupported_dtype(path: Path, name: str, dtype: str) -> CheckpointError:
@@ -213,8 +223,72 @@ def _check_fits_in_memory(nbytes: int, what: str) -> None:
                               "close other programs, or use a smaller model")
 
 
-def _read_safetensors(path: Path, shapes_only: bool = False) -> dict[str, torch.Tensor]:
-    """The file's tensors; with `shapes_only`, meta tensors of their shapes and dtypes from the header alone."""
+class _MappedFile:
+    """A safetensors file mapped read-only (after `safe_open` has checked its header). A tensor is a view of its pages,
+    and `release` hands the pages back to the OS, so a quantising load that reads the model tensor by tensor never has
+    more than one float tensor resident."""
+
+    PAGE = mmap.PAGESIZE
+
+    def __init__(self, path: Path):
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            self.header = json.loads(f.read(n))
+            self.map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self.data_start = 8 + n
+
+    def view(self, key: str, dtype: torch.dtype, shape: torch.Size) -> torch.Tensor:
+        begin, end = self.header[key]["data_offsets"]
+        if end == begin:
+            return torch.empty(shape, dtype=dtype)
+        with warnings.catch_warnings():  # read-only memory: every caller copies what it keeps
+            warnings.simplefilter("ignore", UserWarning)
+            flat = torch.frombuffer(self.map, dtype=dtype, count=(end - begin) // dtype.itemsize,
+                                    offset=self.data_start + begin)
+        return flat.view(shape)
+
+    def release(self, key: str, first: int = 0, end: int | None = None) -> None:
+        """Drop the resident pages of bytes [first, end) of a tensor (all of it by default)."""
+        begin, stop = self.header[key]["data_offsets"]
+        begin, stop = begin + first, begin + (stop - begin if end is None else end)
+        start = (self.data_start + begin) // self.PAGE * self.PAGE
+        if stop > begin and hasattr(self.map, "madvise"):
+            self.map.madvise(mmap.MADV_DONTNEED, start, self.data_start + stop - start)
+
+
+class _LazyTensor:
+    """A tensor of a mapped safetensors file, read only when `load()` is called: shape and dtype come from the
+    header, `t()` is deferred, and `release()` drops its pages once it has been copied or quantised."""
+
+    def __init__(self, file: _MappedFile, key: str, shape: tuple[int, ...], dtype: torch.dtype, transposed=False):
+        self.file, self.key, self.shape, self.dtype = file, key, torch.Size(shape), dtype
+        self.transposed = transposed
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def t(self) -> _LazyTensor:
+        return _LazyTensor(self.file, self.key, tuple(self.shape)[::-1], self.dtype, not self.transposed)
+
+    def load(self) -> torch.Tensor:
+        """A read-only view: copy what is kept."""
+        shape = self.shape[::-1] if self.transposed else self.shape
+        tensor = self.file.view(self.key, self.dtype, torch.Size(shape))
+        return tensor.t() if self.transposed else tensor
+
+    def release(self) -> None:
+        self.file.release(self.key)
+
+    def release_rows(self, first: int, end: int) -> None:
+        """Drop the pages of rows [first, end) once read: the token embedding need not be resident all at once."""
+        if not self.transposed and self.dim() == 2:
+            row = self.shape[1] * self.dtype.itemsize
+            self.file.release(self.key, first * row, end * row)
+
+
+def _read_safetensors(path: Path, shapes_only: bool = False, lazy: bool = False) -> dict[str, torch.Tensor]:
+    """The file's tensors; with `shapes_only`, meta tensors of their shapes and dtypes from the header alone; with
+    `lazy`, `_LazyTensor`s, each read when it is needed."""
     try:
         with safe_open(str(path), framework="pt") as f:
             slices = {k: f.get_slice(k) for k in f.keys()}
@@ -226,11 +300,14 @@ def _read_safetensors(path: Path, shapes_only: bool = False) -> dict[str, torch.
         ) from None
     # The header alone says what loading would allocate: refused before a byte of it is.
     for name, (_, dtype) in headers.items():
-        if dtype not in _SAFETENSORS_DTYPES:
+        if dtype not in _READABLE_DTYPES:
             raise _unsupported_dtype(path, name, dtype)
     if shapes_only:
-        return {k: torch.empty(shape, dtype=_SAFETENSORS_DTYPES[dtype], device="meta")
+        return {k: torch.empty(shape, dtype=_READABLE_DTYPES[dtype], device="meta")
                 for k, (shape, dtype) in headers.items()}
+    if lazy:
+        mapped = _MappedFile(path)
+        return {k: _LazyTensor(mapped, k, tuple(shape), _READABLE_DTYPES[dtype]) for k, (shape, dtype) in headers.items()}
     _check_fits_in_memory(path.stat().st_size, f"loading {path}")
     try:
         return load_file(str(path), device="cpu")
@@ -241,25 +318,34 @@ def _read_safetensors(path: Path, shapes_only: bool = False) -> dict[str, torch.
         ) from None
 
 
-def _read_bin(path: Path, shapes_only: bool = False) -> dict[str, torch.Tensor]:
+def _read_bin(path: Path, shapes_only: bool = False, lazy: bool = False) -> dict[str, torch.Tensor]:
     try:
+        if lazy and not shapes_only:
+            try:  # memory-mapped: a tensor's pages are read when it is used, as lazy safetensors are
+                return _state_of(torch.load(path, map_location="cpu", weights_only=True, mmap=True), path)
+            except RuntimeError:  # the legacy (non-zip) format cannot be mapped: read it whole
+                pass
         state = torch.load(path, map_location="meta" if shapes_only else "cpu", weights_only=True)
     except Exception as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
             f"{path} cannot be loaded safely as plain tensors ({reason[:120]}); use a model.safetensors file instead"
         ) from None
+    return _state_of(state, path)
+
+
+def _state_of(state, path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} does not hold a state dict of tensors")
     return state
 
 
-def read_state_dict(directory: Path, shapes_only: bool = False) -> tuple[dict[str, torch.Tensor], Path]:
+def read_state_dict(directory: Path, shapes_only: bool = False, lazy: bool = False) -> tuple[dict[str, torch.Tensor], Path]:
     """All tensors of a model directory, whichever weight file it has, and the file (or index) they came from. With
-    `shapes_only`, meta tensors: names, shapes and dtypes, no values read."""
+    `shapes_only`, meta tensors: names, shapes and dtypes, no values read; with `lazy`, tensors read when used."""
     single, index, pickle = (directory / n for n in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"))
     if single.is_file():
-        return _read_safetensors(single, shapes_only), single
+        return _read_safetensors(single, shapes_only, lazy), single
     if index.is_file():
         weight_map = _read_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
@@ -276,10 +362,10 @@ def read_state_dict(directory: Path, shapes_only: bool = False) -> tuple[dict[st
         for shard in shards:
             if not (directory / shard).is_file():
                 raise ModelNotFoundError(f"{directory / shard} is missing (listed in {index.name}); download it again")
-            state.update(_read_safetensors(directory / shard, shapes_only))
+            state.update(_read_safetensors(directory / shard, shapes_only, lazy))
         return state, index
     if pickle.is_file():
-        return _read_bin(pickle, shapes_only), pickle
+        return _read_bin(pickle, shapes_only, lazy), pickle
     raise ModelNotFoundError(
         f"{directory} has no model.safetensors or pytorch_model.bin; {GET_WEIGHTS_HINT}"
     )
@@ -345,10 +431,20 @@ def _build(
     source: Path,
     transposed: bool = False,
     dtype: torch.dtype | None = None,
+    quantize: str | None = None,
+    stored: str | None = None,
 ) -> GPT2:
+    """The model from checked tensors. `quantize` packs each projection and the token embedding as it is read (the
+    float tensor is dropped at once); `stored` is the kind of a quantised checkpoint, whose files hold the values and
+    scales already. Either way the model computes in float32 (`quant.py`)."""
     with torch.device("meta"):
         model = GPT2(config)  # shapes only: nothing is allocated until the checked tensors are assigned
-    expected = model.state_dict()
+    expected = {}
+    packed = set(quant.quantized_modules(model)) if quantize or stored else set()
+    for key, ref in model.state_dict().items():
+        if stored == "int8" and key.removesuffix(".weight") in packed:  # the scales first: each layer packs at once
+            expected[f"{key}_scale"] = torch.empty(ref.shape[0], device="meta")
+        expected[key] = ref
     missing = [k for k in expected if k not in named]
     unexpected = [named[k][0] for k in named if k not in expected]
     if missing:
@@ -357,9 +453,11 @@ def _build(
     if unexpected:
         shown = ", ".join(unexpected[:3]) + (f" and {len(unexpected) - 3} more" if len(unexpected) > 3 else "")
         raise CheckpointError(f"{source} has {len(unexpected)} unexpected tensor(s): {shown}; it is not a GPT-2 checkpoint for this config")
-    state = {}
+    state: dict[str, torch.Tensor] = {}
+    scales: dict[str, torch.Tensor] = {}
+    layers: dict[str, quant.QuantLinear | quant.QuantEmbedding] = {}
     for key, ref in expected.items():
-        file_key, tensor = named[key]
+        file_key, tensor = named.pop(key)  # popped: a quantising load holds no float tensor past its packing
         if tuple(tensor.shape) != tuple(ref.shape):
             want, got = tuple(ref.shape), tuple(tensor.shape)
             if transposed and key.endswith(_HF_TRANSPOSED):
@@ -368,14 +466,48 @@ def _build(
                 f"{source}: tensor {file_key} has shape {got}, expected {want} for this config; "
                 f"config.json does not match the weights"
             )
-        if tensor.dtype not in WEIGHT_DTYPES:
+        module, _, leaf = key.rpartition(".")
+        is_values = module in packed and leaf == "weight"
+        allowed = {"int8": (torch.int8,), "bfloat16": (torch.bfloat16,)}[stored] if stored and is_values else WEIGHT_DTYPES
+        if tensor.dtype not in allowed:
             raise _unsupported_dtype(source, file_key, str(tensor.dtype).removeprefix("torch."))
-        if tensor.device.type != "meta" and not torch.isfinite(tensor).all():
-            raise CheckpointError(f"{source}: tensor {file_key} holds NaN or infinite values; these weights are damaged "
+        lazy = tensor if isinstance(tensor, _LazyTensor) else None
+        if lazy is not None:
+            tensor = lazy.load()  # a read-only view of the mapped file: whatever is kept below is a copy
+        damaged = CheckpointError(f"{source}: tensor {file_key} holds NaN or infinite values; these weights are damaged "
                                   "(a training run that diverged?), so they would only generate garbage")
-        state[key] = tensor.to(dtype or torch.float32)
-    model.load_state_dict(state, assign=True)
-    return model.conv1d_layout_().eval()
+        quantizing = is_values and not stored
+        if tensor.device.type != "meta" and tensor.is_floating_point() and not quantizing and not torch.isfinite(tensor).all():
+            raise damaged
+        if tensor.device.type == "meta":
+            state[key] = tensor
+        elif leaf == "weight_scale":
+            if not (tensor > 0).all():
+                raise CheckpointError(f"{source}: tensor {file_key} holds scales that are not positive; the "
+                                      "quantised weights are damaged, so save or quantise the model again")
+            scales[module] = tensor.float().clone()
+        elif is_values and stored:
+            layers[module] = quant.packed_layer(module, tensor, scales.pop(module, torch.ones(tensor.shape[0])))
+        elif is_values:
+            try:  # quantised slice by slice, each slice checked to be finite as it is read
+                layers[module] = quant.quantized_layer(module, tensor, quantize, lazy.release_rows if lazy else None)
+            except quant.QuantizationError:
+                raise damaged from None
+        else:
+            target = torch.float32 if packed else (dtype or torch.float32)
+            state[key] = tensor.to(target, copy=lazy is not None)
+        del tensor
+        if lazy is not None:
+            lazy.release()  # its pages go back: the next tensor's are the only ones resident
+    # Packed layers' float weights never enter `state`: their modules are replaced below, and the name check above
+    # already proved every tensor present.
+    if packed:
+        state = {k: v for k, v in state.items() if k.removesuffix(".weight") not in packed}
+    model.load_state_dict(state, assign=True, strict=not packed)
+    model.conv1d_layout_()
+    if layers:
+        quant.install(model, layers)
+    return model.eval()
 
 
 def adapter_meta(directory: Path) -> dict:
@@ -406,8 +538,8 @@ def adapter_base(directory: Path) -> Path:
     return base
 
 
-def _our_config(meta: dict, source: str) -> tuple[GPT2Config, str | None]:
-    """The config and chat template of a gpt2tui checkpoint's config.json."""
+def _our_config(meta: dict, source: str) -> tuple[GPT2Config, str | None, str | None]:
+    """The config, chat template and quantisation (None for float weights) of a gpt2tui checkpoint's config.json."""
     meta = dict(meta)
     fmt = meta.pop("format", FORMAT)
     if fmt != FORMAT:
@@ -421,10 +553,15 @@ def _our_config(meta: dict, source: str) -> tuple[GPT2Config, str | None]:
     chat_template = meta.pop("chat_template", None)
     if chat_template is not None and not isinstance(chat_template, str):
         raise ConfigError(f"{source}: chat_template must be a template's name")
-    return GPT2Config.from_dict(meta, source=source), chat_template
+    quantization = meta.pop("quantization", None)
+    if quantization is not None and quantization not in quant.KINDS:
+        raise ConfigError(f"{source}: quantization is {str(quantization)[:40]!r}; this gpt2tui reads "
+                          f"{', '.join(quant.KINDS)} or none")
+    return GPT2Config.from_dict(meta, source=source), chat_template, quantization
 
 
-def _load_adapter(directory: Path, dtype: torch.dtype | None, shapes_only: bool = False) -> GPT2:
+def _load_adapter(directory: Path, dtype: torch.dtype | None, shapes_only: bool = False,
+                  quantize: str | None = None) -> GPT2:
     """The base model an adapter names with `(alpha / rank) · B A` added to each adapted weight: the same model
     `finetune --lora --merge` would have written, built at load time (the base must still be where it was)."""
     meta = adapter_meta(directory)
@@ -433,6 +570,9 @@ def _load_adapter(directory: Path, dtype: torch.dtype | None, shapes_only: bool 
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
         raise CheckpointError(f"{directory / 'adapter_config.json'}: rank and alpha are missing or invalid") from None
     model = load_weights(adapter_base(directory), dtype=torch.float32, shapes_only=shapes_only)
+    if quant.quantization_of(model) is not None:
+        raise CheckpointError(f"{directory}: its base {meta['base']} is quantised ({quant.quantization_of(model)}); a "
+                              "LoRA adapter adds to float weights, so it needs the float base it was trained on")
     state = _read_safetensors(directory / "adapter.safetensors", shapes_only)
     modules = dict(model.named_modules())
     names = {k.rsplit(".lora_", 1)[0] for k in state}
@@ -449,31 +589,42 @@ def _load_adapter(directory: Path, dtype: torch.dtype | None, shapes_only: bool 
                 )
             linear.weight += (B.float() @ A.float()) * scale  # in place: keeps the weight's memory layout
     model.chat_template = meta.get("chat_template")
+    if quantize is not None and not shapes_only:
+        return quant.quantize_model(model, quantize)
     return model.to(dtype) if dtype is not None else model
 
 
 def load_weights(path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device | None = None,
-                 shapes_only: bool = False) -> GPT2:
+                 shapes_only: bool = False, quantize: str | None = None) -> GPT2:
     """A `GPT2` from a model directory (Hugging Face GPT-2, our own checkpoint, or a LoRA adapter over one), in eval
     mode. `shapes_only` runs every check of a load (files present and readable, names, shapes and dtypes against the
-    config) on the weight files' headers, reading no values: the model comes back on the meta device."""
+    config) on the weight files' headers, reading no values: the model comes back on the meta device. `quantize`
+    ("int8" or "bfloat16") packs the weights as they are read (`quant.py`); a quantised checkpoint loads quantised
+    whatever is asked, and another quantisation of it is refused (its float weights are gone)."""
+    if quantize is not None:
+        quant.check_kind(quantize)
     directory = Path(path).expanduser()
     if not directory.is_dir():
         raise ModelNotFoundError(f"no model directory at {directory}; {GET_WEIGHTS_HINT}")
     if _is_adapter(directory):
-        model = _load_adapter(directory, dtype, shapes_only)
+        model = _load_adapter(directory, dtype, shapes_only, quantize)
         model.name_or_path = str(directory)
         return model.to(device) if device is not None else model
     meta = _read_json(directory / "config.json")
+    lazy = quantize is not None
     if "model_type" in meta:
         config = config_from_hf(meta, str(directory / "config.json"))
-        state, source = read_state_dict(directory, shapes_only)
-        model = _build(config, _rename_hf(state), source, transposed=True, dtype=dtype)
+        state, source = read_state_dict(directory, shapes_only, lazy)
+        model = _build(config, _rename_hf(state), source, transposed=True, dtype=dtype, quantize=quantize)
         chat_template = None
     else:
-        config, chat_template = _our_config(meta, str(directory / "config.json"))
-        state, source = read_state_dict(directory, shapes_only)
-        model = _build(config, {k: (k, t) for k, t in state.items()}, source, dtype=dtype)
+        config, chat_template, stored = _our_config(meta, str(directory / "config.json"))
+        if stored is not None and quantize not in (None, stored):
+            raise ConfigError(f"{directory} is already quantised to {stored}; load it as it is, or quantise its float "
+                              "original")
+        state, source = read_state_dict(directory, shapes_only, lazy or stored is not None)
+        model = _build(config, {k: (k, t) for k, t in state.items()}, source, dtype=dtype,
+                       quantize=None if stored else quantize, stored=stored)
     model.chat_template = chat_template
     model.name_or_path = str(directory)
     return model.to(device) if device is not None else model
@@ -491,7 +642,11 @@ def save_checkpoint(model: GPT2, path: str | os.PathLike, chat_template: str | N
 def write_model_files(model: GPT2, directory: Path, chat_template: str | None = None) -> None:
     """`config.json` + `model.safetensors` into an existing directory (callers make it atomic)."""
     template = chat_template if chat_template is not None else getattr(model, "chat_template", None)
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **model.config.to_dict(), "chat_template": template}
+    kind = quant.quantization_of(model)
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION if kind else 1, **model.config.to_dict(),
+            "chat_template": template}
+    if kind:
+        meta["quantization"] = kind
     (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
@@ -506,6 +661,15 @@ def read_config(path: str | os.PathLike) -> tuple[GPT2Config, str]:
     if "model_type" in meta:
         return config_from_hf(meta, str(directory / "config.json")), "hf"
     return _our_config(meta, str(directory / "config.json"))[0], FORMAT
+
+
+def read_quantization(path: str | os.PathLike) -> str | None:
+    """The kind a checkpoint's weights are stored in (`int8`, `bfloat16`), or None for float weights."""
+    directory = Path(path)
+    if _is_adapter(directory):
+        return None
+    meta = _read_json(directory / "config.json")
+    return None if "model_type" in meta else _our_config(meta, str(directory / "config.json"))[2]
 
 
 def local_models() -> list[dict]:
@@ -561,15 +725,24 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     allow_download: bool = True,
+    quantize: str | None = None,
 ):
     """`(model, tokenizer)` for a name, directory or checkpoint (see `resolve`), in eval mode on `device`
-    (default: CUDA if present, else CPU) in `dtype` (default: bfloat16 on a GPU that has it, else float32)."""
+    (default: CUDA if present, else CPU) in `dtype` (default: bfloat16 on a GPU that has it, else float32).
+
+    `quantize="int8"` packs the weights to int8 (`quant.py`). On the CPU, `dtype=torch.bfloat16` packs them to
+    bfloat16 and computes in float32: the CPU has no fast bfloat16 arithmetic for one token at a time, but reading half
+    the bytes is what makes decoding faster."""
     path = resolve(name, allow_download=allow_download)
     device = pick_device(device)
+    if quantize is not None:
+        quant.check_kind(quantize)
     if dtype is None:
         bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         dtype = torch.bfloat16 if bf16 else torch.float32
-    model = load_weights(path, dtype=dtype, device=device)
+    if quantize is None and dtype == torch.bfloat16 and device.type == "cpu":
+        quantize = "bfloat16"
+    model = load_weights(path, dtype=dtype, device=device, quantize=quantize)
     tokenizer = Tokenizer()
     if model.config.vocab_size < tokenizer.n_vocab:
         raise ConfigError(

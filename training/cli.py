@@ -158,4 +158,6 @@ def add_commands(sub) -> None:
     p.add_argument("--samples", type=int_at_least(0), default=5, metavar="N", help="sample generations to write (default 5)")
     p.add_argument("--max-new-tokens", type=int_at_least(1), default=100, metavar="N", help="tokens per sample (default 100)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if present)")
+    p.add_argument("--quantize", choices=["int8", "bfloat16"], default=None,
+                   help="evaluate the model with its weights packed to int8 or bfloat16, as `generate --quantize` runs it")
     p.set_defaults(run=_run_evaluate)

@@ -20,6 +20,7 @@ from gpt2tui.atomic import ensure_writable, naming_errors
 from gpt2tui.chat import TEMPLATES, encode_conversation
 from gpt2tui.errors import ConfigError, DataError
 from gpt2tui.generate import generate
+from gpt2tui.quant import quantization_of
 from gpt2tui.weights import load_model, resolve
 
 from . import plots
@@ -28,13 +29,14 @@ from .loop import evaluate_batches, read_metrics
 from .lora import is_adapter, load_adapted
 
 
-def load_any(name: str, device=None):
-    """`(model, tokenizer, directory)` for a plain model or a LoRA adapter directory."""
+def load_any(name: str, device=None, quantize: str | None = None):
+    """`(model, tokenizer, directory)` for a plain model or a LoRA adapter directory; `quantize` packs the weights
+    (an adapter is merged into its base first)."""
     path = resolve(name)
-    if is_adapter(path):
+    if is_adapter(path) and quantize is None:
         model, tokenizer = load_adapted(path, device=device)
     else:
-        model, tokenizer = load_model(path, device=device, dtype=torch.float32)
+        model, tokenizer = load_model(path, device=device, dtype=torch.float32, quantize=quantize)
     return model, tokenizer, path
 
 
@@ -67,7 +69,7 @@ def run(args) -> int:
     con = Console(stderr=True, highlight=False)
     out = ensure_writable(Path(args.out).expanduser(), "--out")  # before the evaluation, not after it
     given_history = explicit_history(args.metrics) if args.metrics else None
-    model, tokenizer, model_dir = load_any(args.model, args.device)
+    model, tokenizer, model_dir = load_any(args.model, args.device, args.quantize)
     model.eval()
     ctx = args.context_length or model.config.context_length
     if ctx > model.config.context_length:
@@ -111,7 +113,7 @@ def run(args) -> int:
     for split, r in results.items():
         table.add_row(split, f"{r['tokens']:,}", f"{r['loss']:.4f}", f"{r['ppl']:.2f}", f"{r['acc']:.4f}")
     Console(highlight=False).print(table)
-    report = {"model": str(model_dir), "data": args.data,
+    report = {"model": str(model_dir), "data": args.data, "quantization": quantization_of(model),
               "scored_on": "response tokens" if is_instruction_file(args.data) else "all tokens",
               "splits": {k: {**v, "loss": _finite(v["loss"]), "ppl": _finite(v["ppl"])} for k, v in results.items()}}
     with naming_errors(out / "evaluation.json"):

@@ -27,6 +27,7 @@ from gpt2tui.atomic import MODEL_DIR_FILES, check_replaceable, ensure_writable, 
 from gpt2tui.chat import TEMPLATES, encode_conversation
 from gpt2tui.errors import ConfigError, DataError, TrainingError
 from gpt2tui.generate import generate
+from gpt2tui.quant import refuse_training
 from gpt2tui.tokenizer import Tokenizer
 from gpt2tui.weights import data_dir, load_weights, models_dir, resolve, save_checkpoint
 
@@ -107,6 +108,7 @@ def run(args) -> int:
     try:
         base_path = resolve(args.base)
         model = load_weights(base_path, dtype=torch.float32)
+        refuse_training(model, f"finetuning {args.base}")
 
         tokenizer = Tokenizer()
         ctx = args.context_length or model.config.context_length

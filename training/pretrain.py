@@ -19,6 +19,7 @@ from gpt2tui.config import PRESETS, GPT2Config
 from gpt2tui.errors import ConfigError, TrainingError
 from gpt2tui.generate import generate
 from gpt2tui.model import GPT2
+from gpt2tui.quant import refuse_training
 from gpt2tui.tokenizer import Tokenizer
 from gpt2tui.weights import load_weights, resolve
 
@@ -76,6 +77,7 @@ def load_initial_model(args, d):
         if wanted is not None and (args.preset or args.n_layers or args.n_heads or args.emb_dim):
             raise ConfigError("--init takes the model's size from its weights; leave out --preset and the size flags")
         model = load_weights(resolve(args.init), dtype=torch.float32)
+        refuse_training(model, f"training from --init {args.init}")
         if args.dropout is not None:
             model.config.drop_rate = args.dropout
             for m in model.modules():

@@ -34,7 +34,9 @@ OUR_OTHER = [
     ("drop_rate", v) for v in (-0.1, 1.0, "0.1", None, math.nan, True)
 ] + [("qkv_bias", v) for v in ("false", 0, None)] + [("attn_backend", v) for v in ("fast", 3, None)] + [
     ("format", v) for v in ("other", 1, None)
-] + [("format_version", v) for v in (2, 99, 0, -1, "1", 1.5, True, None)] + [
+] + [("format_version", v) for v in (3, 99, 0, -1, "1", 1.5, True, None)] + [
+    ("quantization", v) for v in ("int4", 8, ["int8"])
+] + [
     ("chat_template", v) for v in (5, ["alpaca"], {"a": 1})
 ] + [("unknown_field", 1)]
 
