@@ -21,13 +21,13 @@ from .quant import QuantEmbedding, QuantLinear
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: GPT2Config):
+    def __init__(self, config: GPT2Config, device=None):
         super().__init__()
         self.n_heads = config.n_heads
         self.dropout = config.drop_rate
         self.backend = config.attn_backend
-        self.c_attn = nn.Linear(config.emb_dim, 3 * config.emb_dim, bias=config.qkv_bias)
-        self.c_proj = nn.Linear(config.emb_dim, config.emb_dim)
+        self.c_attn = nn.Linear(config.emb_dim, 3 * config.emb_dim, bias=config.qkv_bias, device=device)
+        self.c_proj = nn.Linear(config.emb_dim, config.emb_dim, device=device)
         self.resid_dropout = nn.Dropout(config.drop_rate)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
@@ -52,10 +52,10 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, config: GPT2Config):
+    def __init__(self, config: GPT2Config, device=None):
         super().__init__()
-        self.c_fc = nn.Linear(config.emb_dim, 4 * config.emb_dim)
-        self.c_proj = nn.Linear(4 * config.emb_dim, config.emb_dim)
+        self.c_fc = nn.Linear(config.emb_dim, 4 * config.emb_dim, device=device)
+        self.c_proj = nn.Linear(4 * config.emb_dim, config.emb_dim, device=device)
         self.dropout = nn.Dropout(config.drop_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -64,12 +64,12 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: GPT2Config):
+    def __init__(self, config: GPT2Config, device=None):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.emb_dim, eps=1e-5)
-        self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.emb_dim, eps=1e-5)
-        self.mlp = MLP(config)
+        self.ln_1 = nn.LayerNorm(config.emb_dim, eps=1e-5, device=device)
+        self.attn = CausalSelfAttention(config, device)
+        self.ln_2 = nn.LayerNorm(config.emb_dim, eps=1e-5, device=device)
+        self.mlp = MLP(config, device)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache, layer)
@@ -77,19 +77,30 @@ class Block(nn.Module):
 
 
 class GPT2(nn.Module):
-    def __init__(self, config: GPT2Config):
+    def __init__(self, config: GPT2Config, device: torch.device | str | None = None):
+        """`device="meta"` builds the shapes alone, for a loader to fill: no memory, and no initialisation run (the
+        meta form of nn.Embedding's normal_ init is a Python decomposition whose first use imports torch._dynamo:
+        two seconds of every load)."""
         super().__init__()
         self.config = config
         self.chat_template: str | None = None  # carried with the checkpoint; set by training or loading
+        meta = torch.device(device or "cpu").type == "meta"
+
+        def embedding(n: int) -> nn.Embedding:  # a given weight skips the init
+            weight = torch.empty(n, config.emb_dim, device=device) if meta else None
+            return nn.Embedding(n, config.emb_dim, _weight=weight, device=device)
+
         self.transformer = nn.ModuleDict(
             dict(
-                wte=nn.Embedding(config.vocab_size, config.emb_dim),
-                wpe=nn.Embedding(config.context_length, config.emb_dim),
+                wte=embedding(config.vocab_size),
+                wpe=embedding(config.context_length),
                 drop=nn.Dropout(config.drop_rate),
-                h=nn.ModuleList(Block(config) for _ in range(config.n_layers)),
-                ln_f=nn.LayerNorm(config.emb_dim, eps=1e-5),
+                h=nn.ModuleList(Block(config, device) for _ in range(config.n_layers)),
+                ln_f=nn.LayerNorm(config.emb_dim, eps=1e-5, device=device),
             )
         )
+        if meta:
+            return
         self.apply(self._init_weights)
         # GPT-2's scaled init: each residual branch's output projection shrinks with depth so the sum stays O(1).
         for name, p in self.named_parameters():

@@ -82,24 +82,32 @@ def quantize_packed(weight: torch.Tensor, kind: str, done=None) -> tuple[torch.T
     packed = torch.zeros(NB, K, BLOCK, dtype=torch.int8 if kind == "int8" else torch.int16, device=weight.device)
     scale = torch.zeros(NB * BLOCK, device=weight.device)
     for r, values, s in _quantized_slices(weight, kind):
-        n, b = values.shape[0], r // BLOCK
-        scale[r : r + n] = s
-        values = values.view(torch.int16) if values.dtype == torch.bfloat16 else values
-        if n % BLOCK:
-            values = torch.cat([values, values.new_zeros(BLOCK - n % BLOCK, K)])
-        packed[b : b + values.shape[0] // BLOCK] = values.view(-1, BLOCK, K).transpose(1, 2)
+        scale[r : r + values.shape[0]] = s
+        _fill(packed, r, values.view(torch.int16) if values.dtype == torch.bfloat16 else values)
         if done is not None:
-            done(r, r + n)
+            done(r, r + values.shape[0])
     return packed, scale
 
 
-def pack(values: torch.Tensor) -> torch.Tensor:
-    """`(N, K)` → `(NB, K, 64)`: blocks of 64 rows, each stored column by column; N padded with zero rows."""
+def _fill(packed: torch.Tensor, first: int, values: torch.Tensor) -> None:
+    """Write rows [first, first + n) of a weight, `first` on a block boundary, into its packed layout."""
+    n, K = values.shape
+    if n % BLOCK:  # the last block's missing rows are zeros
+        values = torch.cat([values, values.new_zeros(BLOCK - n % BLOCK, K)])
+    b = first // BLOCK
+    packed[b : b + values.shape[0] // BLOCK] = values.view(-1, BLOCK, K).transpose(1, 2)
+
+
+def pack(values: torch.Tensor, done=None) -> torch.Tensor:
+    """`(N, K)` → `(NB, K, 64)`: blocks of 64 rows, each stored column by column; N padded with zero rows. Slice by
+    slice, so no padded copy of the whole weight is made; `done(first, end)` is told each slice read."""
     N, K = values.shape
-    NB = -(-N // BLOCK)
-    padded = values.new_zeros(NB * BLOCK, K)
-    padded[:N] = values
-    return padded.view(NB, BLOCK, K).transpose(1, 2).contiguous()  # (NB, K, 64)
+    packed = values.new_zeros(-(-N // BLOCK), K, BLOCK)
+    for r in range(0, N, QUANTIZE_ROWS):
+        _fill(packed, r, values[r : r + QUANTIZE_ROWS])
+        if done is not None:
+            done(r, min(N, r + QUANTIZE_ROWS))
+    return packed
 
 
 def unpack(packed: torch.Tensor, n: int) -> torch.Tensor:
@@ -206,10 +214,11 @@ class _Packed(nn.Module):
         self.register_buffer("scale", scale)  # (NB·64,) float32, zeros past n
 
     @classmethod
-    def from_values(cls, values: torch.Tensor, scale: torch.Tensor, *args):
-        """From plain `(N, K)` values (int8 or bfloat16) and their `(N,)` scale, as a checkpoint stores them."""
+    def from_values(cls, values: torch.Tensor, scale: torch.Tensor, *args, done=None):
+        """From plain `(N, K)` values (int8 or bfloat16) and their `(N,)` scale, as a checkpoint stores them;
+        `done` as in `pack`."""
         stored = values.view(torch.int16) if values.dtype == torch.bfloat16 else values
-        return cls(pack(stored), _padded_scale(scale.float()), values.shape[0], *args)
+        return cls(pack(stored, done), _padded_scale(scale.float()), values.shape[0], *args)
 
     @property
     def kind(self) -> str:
@@ -292,10 +301,10 @@ def quantization_of(model: nn.Module) -> str | None:
     return wte.kind if isinstance(wte, QuantEmbedding) else None
 
 
-def packed_layer(name: str, values: torch.Tensor, scale: torch.Tensor) -> _Packed:
+def packed_layer(name: str, values: torch.Tensor, scale: torch.Tensor, done=None) -> _Packed:
     """The packed form of module `name` from stored values and scales (the token embedding, or a projection whose
-    bias `install` adds)."""
-    return (QuantEmbedding if name == EMBEDDING_NAME else QuantLinear).from_values(values, scale)
+    bias `install` adds); `done` as in `pack`."""
+    return (QuantEmbedding if name == EMBEDDING_NAME else QuantLinear).from_values(values, scale, done=done)
 
 
 def quantized_layer(name: str, weight: torch.Tensor, kind: str, done=None) -> _Packed:

@@ -437,8 +437,7 @@ def _build(
     """The model from checked tensors. `quantize` packs each projection and the token embedding as it is read (the
     float tensor is dropped at once); `stored` is the kind of a quantised checkpoint, whose files hold the values and
     scales already. Either way the model computes in float32 (`quant.py`)."""
-    with torch.device("meta"):
-        model = GPT2(config)  # shapes only: nothing is allocated until the checked tensors are assigned
+    model = GPT2(config, device="meta")  # shapes only: nothing is allocated until the checked tensors are assigned
     expected = {}
     packed = set(quant.quantized_modules(model)) if quantize or stored else set()
     for key, ref in model.state_dict().items():
@@ -487,7 +486,8 @@ def _build(
                                       "quantised weights are damaged, so save or quantise the model again")
             scales[module] = tensor.float().clone()
         elif is_values and stored:
-            layers[module] = quant.packed_layer(module, tensor, scales.pop(module, torch.ones(tensor.shape[0])))
+            layers[module] = quant.packed_layer(module, tensor, scales.pop(module, torch.ones(tensor.shape[0])),
+                                                lazy.release_rows if lazy else None)
         elif is_values:
             try:  # quantised slice by slice, each slice checked to be finite as it is read
                 layers[module] = quant.quantized_layer(module, tensor, quantize, lazy.release_rows if lazy else None)
