@@ -101,7 +101,11 @@ gpu-bench: gpu-install
 		|| status=1; \
 	$(PYTHON) benchmarks/tune_decode.py $(if $(BENCH_JSON),--json $(basename $(BENCH_JSON))-tune-decode.json) \
 		$(call log,tune-decode) || status=1; \
-	$(call logs_tail,bench-attention profile-host bench-train profile-attention bench-generate tune-decode) exit $$status
+	BENCH_BATCHES=1,4,16 $(PYTHON) -m pytest -q -s -m gpu benchmarks/bench_inference.py --benchmark-columns=median \
+		$(if $(BENCH_JSON),--benchmark-json=$(basename $(BENCH_JSON))-inference.json) $(call log,bench-inference) \
+		|| status=1; \
+	$(call logs_tail,bench-attention profile-host bench-train profile-attention bench-generate tune-decode \
+		bench-inference) exit $$status
 
 # The newest versions of everything but torch, in a venv of their own (a regular install, so .venv and its link tree
 # are left alone): the suite passes there and constraints.txt is rewritten from that venv, or it fails and the
