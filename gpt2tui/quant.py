@@ -161,6 +161,8 @@ def linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: tor
     if not (native_available(x.device) and _native_ok(packed, scale, bias)):
         return linear_reference(x if x.dtype == torch.float64 else x.float(), packed, scale, bias, n)
     *lead, K = x.shape
+    if K != packed.shape[1]:  # the kernel would read past the weight: say so as F.linear would
+        raise ValueError(f"input has {K} features, the packed weight takes {packed.shape[1]}")
     x2 = x.reshape(-1, K).float().contiguous()  # (M, K)
     y = torch.empty(x2.shape[0], n, dtype=torch.float32)  # (M, n)
     if x2.shape[0]:
@@ -176,7 +178,11 @@ def embedding_reference(ids: torch.Tensor, packed: torch.Tensor, scale: torch.Te
     return rows.to(scale.dtype) * scale[ids][..., None]
 
 
-def embedding(ids: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def embedding(ids: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, n: int) -> torch.Tensor:
+    """Rows `ids` `(...)` of a packed `(n, K)` weight, float32 `(..., K)`. On the CPU an id outside [0, n) is an
+    IndexError, as nn.Embedding's (on a GPU the check would cost a sync per step, and indexing asserts there anyway)."""
+    if ids.device.type == "cpu" and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n):
+        raise IndexError(f"token id out of range: ids must be in [0, {n}), got {int(ids.min())}..{int(ids.max())}")
     if not (native_available(ids.device) and _native_ok(packed, scale, None)):
         return embedding_reference(ids, packed, scale)
     flat = ids.reshape(-1).to(torch.int64).contiguous()  # (n,)
@@ -274,7 +280,7 @@ class QuantEmbedding(_Packed):
         return self.n
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return embedding(ids, self.packed, self.scale)
+        return embedding(ids, self.packed, self.scale, self.n)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         return linear(h, self.packed, self.scale, None, self.n)

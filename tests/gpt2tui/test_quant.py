@@ -85,6 +85,17 @@ def test_leading_dimensions_and_empty_batches(monkeypatch):
     assert torch.allclose(layer(x), layer.forward(x), atol=1e-6)
 
 
+def test_wrong_sizes_and_ids_are_errors_not_reads_past_the_weight():
+    _, layer = _layer("int8", 50, 40)
+    with pytest.raises(ValueError, match="40"):
+        layer(torch.randn(2, 41))
+    values, scale = quant.quantize_weight(torch.randn(70, 8), "int8")
+    emb = quant.QuantEmbedding.from_values(values, scale)
+    for bad in (70, 127, -1):
+        with pytest.raises(IndexError, match="out of range"):
+            emb(torch.tensor([[1, bad]]))
+
+
 def test_int8_quantisation_is_symmetric_per_channel():
     w = torch.tensor([[0.5, -1.0, 0.25], [0.0, 0.0, 0.0], [3.0, 1.5, -3.0]])
     q, scale = quant.quantize_weight(w, "int8")
