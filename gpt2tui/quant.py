@@ -157,7 +157,17 @@ def linear_reference(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
 
 def linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
            n: int) -> torch.Tensor:
-    """`x (..., K) → (..., n)` float32 through a packed weight `(NB, K, 64)` with its padded scale `(NB·64,)`."""
+    """`x (..., K) → (..., n)` float32 through a packed weight `(NB, K, 64)` with its padded scale `(NB·64,)`.
+
+    Under `torch.compile` this is the custom op `torch.ops.gpt2tui.packed_linear`, which the compiler sees as one
+    node (its fake implementation gives the shape); eagerly the same function runs without the dispatcher's cost."""
+    if torch.compiler.is_compiling():
+        return torch.ops.gpt2tui.packed_linear(x, packed, scale, bias, n)
+    return _linear(x, packed, scale, bias, n)
+
+
+def _linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+            n: int) -> torch.Tensor:
     if not (native_available(x.device) and _native_ok(packed, scale, bias)):
         return linear_reference(x if x.dtype == torch.float64 else x.float(), packed, scale, bias, n)
     *lead, K = x.shape
@@ -180,7 +190,14 @@ def embedding_reference(ids: torch.Tensor, packed: torch.Tensor, scale: torch.Te
 
 def embedding(ids: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, n: int) -> torch.Tensor:
     """Rows `ids` `(...)` of a packed `(n, K)` weight, float32 `(..., K)`. On the CPU an id outside [0, n) is an
-    IndexError, as nn.Embedding's (on a GPU the check would cost a sync per step, and indexing asserts there anyway)."""
+    IndexError, as nn.Embedding's (on a GPU the check would cost a sync per step, and indexing asserts there anyway).
+    Under `torch.compile`: the custom op `torch.ops.gpt2tui.packed_embedding`."""
+    if torch.compiler.is_compiling():
+        return torch.ops.gpt2tui.packed_embedding(ids, packed, scale, n)
+    return _embedding(ids, packed, scale, n)
+
+
+def _embedding(ids: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, n: int) -> torch.Tensor:
     if ids.device.type == "cpu" and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= n):
         raise IndexError(f"token id out of range: ids must be in [0, {n}), got {int(ids.min())}..{int(ids.max())}")
     if not (native_available(ids.device) and _native_ok(packed, scale, None)):
@@ -192,6 +209,27 @@ def embedding(ids: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, n: i
         native.gather(packed.data_ptr(), _NATIVE_TYPE[_kind_of(packed)], scale.data_ptr(), K, flat.data_ptr(),
                       flat.shape[0], out.data_ptr())
     return out.view(*ids.shape, K)
+
+
+# The ops torch.compile sees. Their fake implementations say only what comes out (shape, dtype, device), so a compiled
+# graph keeps each product whole and calls the kernels above at run time.
+_linear_op = torch.library.custom_op(
+    "gpt2tui::packed_linear", _linear, mutates_args=(),
+    schema="(Tensor x, Tensor packed, Tensor scale, Tensor? bias, int n) -> Tensor",
+)
+_embedding_op = torch.library.custom_op(
+    "gpt2tui::packed_embedding", _embedding, mutates_args=(), schema="(Tensor ids, Tensor packed, Tensor scale, int n) -> Tensor",
+)
+
+
+@_linear_op.register_fake
+def _(x, packed, scale, bias, n):
+    return x.new_empty(*x.shape[:-1], n, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+
+
+@_embedding_op.register_fake
+def _(ids, packed, scale, n):
+    return scale.new_empty(*ids.shape, packed.shape[1])
 
 
 def _kind_of(packed: torch.Tensor) -> str:

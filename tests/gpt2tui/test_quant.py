@@ -306,3 +306,32 @@ def test_evaluate_scores_the_quantised_model(capsys, tmp_path):
     assert reports[0]["quantization"] is None and reports[2]["quantization"] == "int8"
     float_loss, int8_loss = reports[0]["splits"]["val"]["loss"], reports[2]["splits"]["val"]["loss"]
     assert int8_loss == pytest.approx(float_loss, rel=0.05)
+
+
+# -- torch.compile ---------------------------------------------------------------------------------------------------
+
+
+def test_compiled_quantised_model_has_no_graph_breaks():
+    """Under torch.compile the packed products are the custom ops torch.ops.gpt2tui.packed_linear/_embedding: one
+    graph for a forward, and for a KV-cached step, with the eager results."""
+    from gpt2tui.cache import KVCache
+
+    model = quant.quantize_model(_tiny(attn_backend="sdpa"), "int8")
+    ids = torch.randint(0, 300, (2, 10))
+    with torch.no_grad():
+        explained = torch._dynamo.explain(model)(ids)
+        assert explained.graph_break_count == 0 and explained.graph_count == 1
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+        assert torch.allclose(compiled(ids), model(ids), atol=1e-6)
+
+        def step(next_ids, cache):
+            return model.head(model.hidden(next_ids, cache)[:, -1])
+
+        eager_cache, compiled_cache = KVCache.for_model(model, 2, 32), KVCache.for_model(model, 2, 32)
+        model.hidden(ids, eager_cache)
+        model.hidden(ids, compiled_cache)
+        nxt = torch.tensor([[5], [7]])
+        assert torch._dynamo.explain(step)(nxt, KVCache.for_model(model, 2, 32)).graph_break_count == 0
+        compiled_step = torch.compile(step, fullgraph=True, backend="aot_eager")
+        assert torch.allclose(compiled_step(nxt, compiled_cache), step(nxt, eager_cache), atol=1e-6)
+    assert hasattr(torch.ops.gpt2tui, "packed_linear") and hasattr(torch.ops.gpt2tui, "packed_embedding")
