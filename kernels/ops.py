@@ -23,11 +23,12 @@ decorated, can still be set by then.
 
 from __future__ import annotations
 
-import functools
+import math
 import os
 
 import torch
 
+from . import library
 from .common import AttentionBackendError, _interpreting
 from .reference import causal_attention_ref, decode_attention_ref
 from .sdpa import causal_attention_sdpa, decode_attention_sdpa
@@ -48,14 +49,20 @@ TRITON_HEAD_DIMS = (16, 32, 64, 128)
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-@functools.lru_cache(maxsize=1)
+_triton_import: dict[str, str | None] = {}  # the answer, once asked
+
+
+@torch.compiler.assume_constant_result  # torch.compile takes the answer as a constant instead of tracing the import
 def _triton_import_error() -> str | None:
-    try:
-        import triton  # noqa: F401  (deferred: only a request for Triton pays for importing it)
-        import triton.language  # noqa: F401
-    except Exception as e:  # an installed but broken Triton counts as absent
-        return f"Triton does not import ({type(e).__name__}: {e}); pip install triton"
-    return None
+    if "error" not in _triton_import:
+        try:
+            import triton  # noqa: F401  (deferred: only a request for Triton pays for importing it)
+            import triton.language  # noqa: F401
+
+            _triton_import["error"] = None
+        except Exception as e:  # an installed but broken Triton counts as absent
+            _triton_import["error"] = f"Triton does not import ({type(e).__name__}: {e}); pip install triton"
+    return _triton_import["error"]
 
 
 def _triton_unavailable(device: torch.device | str | None, head_dim: int | None, dtype: torch.dtype | None) -> str | None:
@@ -114,6 +121,8 @@ def causal_attention(
     ``dropout_p`` drops attention probabilities (training only: pass 0.0 in eval).
     """
     chosen = _backend_for(q, backend)
+    if chosen == "triton" and torch.compiler.is_compiling():  # one node of the graph (library.py says why)
+        return library.causal_attention(q, k, v, dropout_p, 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
     if chosen == "triton":
         from .attention import causal_attention as triton_causal_attention  # deferred: imports Triton
 
@@ -141,6 +150,9 @@ def decode_attention(
     captured in a CUDA graph uses, since its lengths change on the device between replays.
     """
     chosen = _backend_for(q, backend)
+    if chosen == "triton" and torch.compiler.is_compiling():
+        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+        return library.decode_attention(q, k_cache, v_cache, cache_lens, scale, max_len)
     if chosen == "triton":
         from .decode import decode_attention as triton_decode_attention  # deferred: imports Triton
 

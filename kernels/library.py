@@ -1,0 +1,112 @@
+"""The Triton attention as PyTorch custom ops, for `torch.compile`: `torch.ops.gpt2tui.flash_attention` (forward, with
+its autograd), `flash_attention_backward` and `decode_attention`.
+
+Why: `torch.compile` cannot trace into a Triton launcher, nor into an autograd.Function that calls one; each call
+broke the graph. As custom ops with fake implementations (what comes out: shapes, dtypes, strides), the compiler keeps
+each attention call as one node and AOTAutograd differentiates through the registered backward, so a compiled
+training step or decode step is one graph. Eager calls keep going straight to `attention.py` and `decode.py`.
+
+The dropout seed is a tensor here (drawn inside the compiled graph from torch's generator), not a Python int that
+would be a new constant, and a recompile, at every step. The implementations import the Triton modules when first
+run, so registering the ops never imports Triton.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .common import _layout_of, _on_device
+
+_FLASH = "(Tensor q, Tensor k, Tensor v, float dropout_p, float scale, Tensor seed) -> (Tensor, Tensor)"
+_FLASH_BACKWARD = ("(Tensor do, Tensor q, Tensor k, Tensor v, Tensor o, Tensor stats, float dropout_p, float scale, "
+                   "Tensor seed) -> (Tensor, Tensor, Tensor)")
+_DECODE = "(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_lens, float scale, int? max_len) -> Tensor"
+
+
+def _unit_last(t: torch.Tensor) -> torch.Tensor:
+    # As the kernels' launchers do: any strides but the head dim's, which must be 1.
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _like_q(q: torch.Tensor) -> torch.Tensor:
+    """An empty `(B, H, T, D)` tensor laid out as the kernels lay out their outputs: in q's memory order."""
+    shape, dtype, device, stride = _layout_of(_unit_last(q))
+    return torch.empty(shape, dtype=dtype, device=device) if stride is None else \
+        torch.empty_strided(shape, stride, dtype=dtype, device=device)
+
+
+def _flash(q, k, v, dropout_p, scale, seed):
+    from .attention import _forward  # deferred: imports Triton
+
+    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    with _on_device(q):
+        o, stats = _forward(q, k, v, scale, dropout_p, int(seed))
+    # Past the log-sum-exp the buffer is the backward's room for Δ, never written yet: zeros, so that the op's every
+    # output is a function of its inputs, as the compiler assumes.
+    stats[q.shape[0] * q.shape[1] * q.shape[2] :].zero_()
+    return o, stats
+
+
+def _flash_backward(do, q, k, v, o, stats, dropout_p, scale, seed):
+    from .attention import _backward  # deferred: imports Triton
+
+    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    # The kernels write Δ into the statistics buffer's second half. A copy keeps the op free of mutations (a saved
+    # forward output mutated in the backward is what AOTAutograd cannot express); it is 2·B·H·T floats, small beside
+    # the attention itself.
+    with _on_device(q):
+        return _backward(_unit_last(do), q, k, v, o, stats.clone(), scale, dropout_p, int(seed))
+
+
+def _decode(q, k_cache, v_cache, cache_lens, scale, max_len):
+    from .decode import decode_attention  # deferred: imports Triton
+
+    return decode_attention(q, k_cache, v_cache, cache_lens, scale=scale, max_len=max_len)
+
+
+flash_attention = torch.library.custom_op("gpt2tui::flash_attention", _flash, mutates_args=(), schema=_FLASH)
+flash_attention_backward = torch.library.custom_op(
+    "gpt2tui::flash_attention_backward", _flash_backward, mutates_args=(), schema=_FLASH_BACKWARD
+)
+decode_attention = torch.library.custom_op("gpt2tui::decode_attention", _decode, mutates_args=(), schema=_DECODE)
+
+
+@flash_attention.register_fake
+def _(q, k, v, dropout_p, scale, seed):
+    B, H, T, _ = q.shape
+    n = B * H * T
+    # attention._stats: the log-sum-exp (B·H·T), then room for the backward's Δ at a multiple of 16 floats
+    return _like_q(q), q.new_empty((-(-n // 16) * 16 + n,), dtype=torch.float32)
+
+
+@flash_attention_backward.register_fake
+def _(do, q, k, v, o, stats, dropout_p, scale, seed):
+    return _like_q(q), _like_q(q), _like_q(q)
+
+
+@decode_attention.register_fake
+def _(q, k_cache, v_cache, cache_lens, scale, max_len):
+    return _like_q(q)
+
+
+def _setup(ctx, inputs, output):
+    q, k, v, dropout_p, scale, seed = inputs
+    o, stats = output
+    ctx.save_for_backward(q, k, v, o, stats, seed)
+    ctx.dropout_p, ctx.scale = dropout_p, scale
+
+
+def _backward(ctx, do, _dstats):
+    q, k, v, o, stats, seed = ctx.saved_tensors
+    dq, dk, dv = torch.ops.gpt2tui.flash_attention_backward(do, q, k, v, o, stats, ctx.dropout_p, ctx.scale, seed)
+    return dq, dk, dv, None, None, None
+
+
+flash_attention.register_autograd(_backward, setup_context=_setup)
+
+
+def causal_attention(q, k, v, dropout_p: float, scale: float) -> torch.Tensor:
+    """The fused causal attention through the op: what `ops.causal_attention` calls while compiling."""
+    # Drawn in the graph from torch's default generator (CPU: no device sync), as the eager path draws its int.
+    seed = torch.randint(0, 2**31 - 1, (), dtype=torch.int64) if dropout_p > 0.0 else torch.zeros((), dtype=torch.int64)
+    return flash_attention(q, k, v, float(dropout_p), float(scale), seed)[0]
