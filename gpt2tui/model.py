@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gpt2tui.kernels import causal_attention, decode_attention, resolve_backend
+from gpt2tui.kernels.cross_entropy import linear_cross_entropy
 
 from .cache import KVCache
 from .config import GPT2Config
@@ -169,9 +170,35 @@ class GPT2(nn.Module):
             return wte.logits(h)
         return F.linear(h, wte.weight)
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, targets: torch.Tensor | None = None):
-        """Logits `(B, T, V)`; with `targets` `(B, T)` also the mean cross-entropy (positions marked -100 ignored)."""
-        logits = self.head(self.hidden(idx, cache))  # (B, T, V)
+    def head_loss(self, h: torch.Tensor, targets: torch.Tensor, reduction: str = "mean", return_argmax: bool = False):
+        """Cross-entropy of the head's logits of `h` `(B, T, C)` against `targets` `(B, T)` (-100 ignored): "mean",
+        "sum" or "none" (per token, `(B, T)`); with `return_argmax` also the predicted ids `(B, T)`. A float head
+        goes through the fused linear cross-entropy (`kernels/cross_entropy.py`), which never holds the `(B, T, V)`
+        logits; a packed head (`quant.py`) computes its logits and the plain loss."""
+        wte = self.transformer.wte
+        if not isinstance(wte, QuantEmbedding):
+            return linear_cross_entropy(h, wte.weight, targets, reduction=reduction, return_argmax=return_argmax)
+        logits = wte.logits(h)  # (B, T, V)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction=reduction)
+        loss = loss.view(targets.shape) if reduction == "none" else loss
+        return (loss, logits.argmax(-1)) if return_argmax else loss
+
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """Cross-entropy of the next-token predictions for `idx` `(B, T)` against `targets` `(B, T)`, without the
+        logits (`head_loss`). For a model wrapped in DDP or torch.compile, call the wrapper with
+        `targets=..., return_logits=False` instead: this method goes around the wrapper."""
+        return self.head_loss(self.hidden(idx), targets, reduction=reduction)
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, targets: torch.Tensor | None = None,
+                return_logits: bool = True):
+        """Logits `(B, T, V)`; with `targets` `(B, T)` also the mean cross-entropy (positions marked -100 ignored):
+        `(logits, loss)`. With targets and `return_logits=False`: `(predictions, loss)`, the argmax ids `(B, T)` in
+        place of the logits, the loss computed without them (`head_loss`): the training step's form."""
+        h = self.hidden(idx, cache)  # (B, T, C)
+        if targets is not None and not return_logits:
+            loss, predictions = self.head_loss(h, targets, return_argmax=True)
+            return predictions, loss
+        logits = self.head(h)  # (B, T, V)
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)

@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from safetensors.torch import load_file
@@ -217,24 +216,28 @@ def _available_memory() -> int | None:
     return None
 
 
-def check_batch_fits(batch_size: int, T: int, vocab_size: int, device: torch.device) -> None:
-    """On the CPU, refuse a micro-batch whose logits alone cannot fit in the free memory. There an allocation too big
-    for the machine is granted and the process killed when it touches the pages, with no error to catch (CUDA raises
-    one, which the step turns into a message). The estimate is a lower bound, so it never refuses a batch that fits: a
-    step holds the logits and their float32 log-softmax at once, at least 8 bytes per logit."""
+def check_batch_fits(batch_size: int, T: int, config, device: torch.device) -> None:
+    """On the CPU, refuse a micro-batch whose activations alone cannot fit in the free memory. There an allocation too
+    big for the machine is granted and the process killed when it touches the pages, with no error to catch (CUDA
+    raises one, which the step turns into a message). The estimate is a lower bound, so it never refuses a batch that
+    fits: each block keeps at least 14 float32 values per token and channel for its backward (both LayerNorms'
+    outputs, q, k and v, the attention's output, the MLP's 4C before and after GELU). The logits never exist whole:
+    the fused cross-entropy computes them a chunk at a time (kernels/cross_entropy.py)."""
     if device.type != "cpu":
         return
-    free, need = _available_memory(), 8 * batch_size * T * vocab_size
+    free, need = _available_memory(), 14 * 4 * batch_size * T * config.emb_dim * config.n_layers
     if free is not None and need > free:
         raise TrainingError(
-            f"a batch of {batch_size} sequences of {T} tokens needs at least {_size(need)} for its logits alone, and "
-            f"{_size(free)} of memory is free; lower --batch-size (raise --grad-accum to keep the same effective "
-            f"batch) or --context-length"
+            f"a batch of {batch_size} sequences of {T} tokens needs at least {_size(need)} for the activations its "
+            f"backward keeps, and {_size(free)} of memory is free; lower --batch-size (raise --grad-accum to keep the "
+            f"same effective batch) or --context-length"
         )
 
 
 def _size(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+    if n >= 2**30:
+        return f"{n / 2**30:.1f} GiB"
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
 def flops_per_token(model: torch.nn.Module, T: int) -> float:
@@ -264,10 +267,12 @@ def evaluate_batches(model, batches, device: torch.device, autocast_dtype=None, 
     for x, y in batches:
         x, y = x.to(device), y.to(device)  # (B, T)
         with ctx:
-            logits = model(x)  # (B, T, V)
+            # The fused cross-entropy, as in training: the (B, T, V) logits never exist; their argmax comes back.
+            predictions, loss = model(x, targets=y, return_logits=False)  # (B, T), () mean over kept tokens
         keep = y != -100  # (B, T)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100, reduction="sum")
-        sums += torch.stack([loss.double(), keep.sum().double(), ((logits.argmax(-1) == y) & keep).sum().double()])
+        n = keep.sum().double()
+        loss_sum = torch.where(n > 0, loss.double() * n, torch.zeros_like(n))  # a batch of only ignored targets adds 0
+        sums += torch.stack([loss_sum, n, ((predictions == y) & keep).sum().double()])
     if d is not None and d.on:
         dist.all_reduce(sums)
     model.train(was_training)
@@ -455,17 +460,18 @@ class Trainer:
         if not self._batch_checked:
             # Once, before the first forward, while the free memory still says what a step can take. (pretrain checks
             # before tokenising; a fine-tune's batches are only as long as their longest example, known from here.)
-            check_batch_fits(x.shape[0], x.shape[1], self.raw.config.vocab_size, self.device)
+            check_batch_fits(x.shape[0], x.shape[1], self.raw.config, self.device)
             self._batch_checked = True
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)  # (B, T)
         ctx = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
         with ctx:
-            logits, loss = model(x, targets=y)  # (B, T, V), ()
+            # The fused cross-entropy: the (B, T, V) logits never exist; their argmax comes back for the accuracy.
+            predictions, loss = model(x, targets=y, return_logits=False)  # (B, T), ()
         scaled = loss / self.cfg.grad_accum
         (self.scaler.scale(scaled) if self.scaler else scaled).backward()
         with torch.no_grad():
             keep = y != -100
-            correct = ((logits.argmax(-1) == y) & keep).sum()
+            correct = ((predictions == y) & keep).sum()
         return loss.detach(), torch.stack([correct, keep.sum()]).double(), x.numel()
 
     def evaluate(self, split: str) -> dict:

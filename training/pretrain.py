@@ -125,7 +125,7 @@ def run(args) -> int:
         if T > model.config.context_length:
             raise ConfigError(f"--context-length {T} is above the model's context length "
                               f"{model.config.context_length}; use at most {model.config.context_length}")
-        check_batch_fits(args.batch_size, T, model.config.vocab_size, d.device)  # before tokenising
+        check_batch_fits(args.batch_size, T, model.config, d.device)  # before tokenising
         tokenizer = Tokenizer()
         tokens_dir = Path(args.tokens_dir).expanduser() if args.tokens_dir else out / "tokens"
         if d.main:

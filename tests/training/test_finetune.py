@@ -36,16 +36,16 @@ def test_finetuning_makes_the_model_answer_its_examples(tmp_path, capsys):
     assert len(rows) == 2 and {"instruction", "input", "output", "model_response"} <= set(rows[0])
 
 
-def test_a_batch_whose_logits_cannot_fit_is_refused_before_the_first_step(tmp_path, capsys, monkeypatch):
+def test_a_batch_whose_activations_cannot_fit_is_refused_before_the_first_step(tmp_path, capsys, monkeypatch):
     from gpt2tui.training import loop
 
-    monkeypatch.setattr(loop, "_available_memory", lambda: 2**20)  # 1 MiB "free"
+    monkeypatch.setattr(loop, "_available_memory", lambda: 2**10)  # 1 KiB "free"
     base = tiny_model_dir(tmp_path / "base")
     data = write_jsonl(tmp_path / "clans.jsonl", instruction_records())
     code, _, err = run_cli(capsys, "finetune", "--data", data, "--base", base, "--out", tmp_path / "bot", "--epochs",
                            "1", "--batch-size", "8", "--max-new-tokens", "1")
     assert code == 1 and "Traceback" not in err
-    assert "a batch of 8 sequences of" in err and "for its logits alone, and 1 MiB of memory is free" in err
+    assert "a batch of 8 sequences of" in err and "for the activations its backward keeps, and 1 KiB of memory is free" in err
     assert not (tmp_path / "bot").exists()
 
 

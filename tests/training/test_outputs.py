@@ -177,6 +177,15 @@ def test_a_diverged_run_stops_without_saving_nan_weights(tmp_path, capsys, story
         return real(*args, **kwargs) * float("nan")
 
     monkeypatch.setattr(torch.nn.functional, "cross_entropy", nan_loss)
+    import gpt2tui.model  # the training step's loss is the fused one (kernels/cross_entropy.py)
+
+    real_fused = gpt2tui.model.linear_cross_entropy
+
+    def nan_fused(*args, **kwargs):
+        out = real_fused(*args, **kwargs)
+        return (out[0] * float("nan"), *out[1:]) if isinstance(out, tuple) else out * float("nan")
+
+    monkeypatch.setattr(gpt2tui.model, "linear_cross_entropy", nan_fused)
     code, _, err = run_cli(capsys, *pretrain_argv(story, out, "--max-steps", "4", "--resume"))
     one_line_error(code, err, "diverged at step 3", "Lower --lr")
     assert (out / CHECKPOINT / "model.safetensors").read_bytes() == saved

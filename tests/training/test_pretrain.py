@@ -124,12 +124,14 @@ def test_a_batch_too_large_for_memory_is_caught_with_advice(tmp_path, story, cap
     assert not (tmp_path / "run" / "checkpoint").exists()
 
 
-def test_a_batch_whose_logits_cannot_fit_is_refused_before_the_os_kills_the_run(tmp_path, story, capsys, monkeypatch):
-    # 4 sequences of 32 tokens over 50,257 ids: 51 MiB of logits at 8 bytes each, more than the 10 MiB "free" here.
-    monkeypatch.setattr(loop, "_available_memory", lambda: 10 * 2**20)
+def test_a_batch_whose_activations_cannot_fit_is_refused_before_the_os_kills_the_run(tmp_path, story, capsys,
+                                                                                      monkeypatch):
+    # 4 sequences of 32 tokens through the test preset: more activations than the 10 KiB "free" here.
+    monkeypatch.setattr(loop, "_available_memory", lambda: 10 * 2**10)
     code, _, err = run_cli(capsys, *pretrain_argv(story, tmp_path / "run", "--max-steps", "2"))
     assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert "a batch of 4 sequences of 32 tokens needs at least 49 MiB for its logits alone, and 10 MiB" in err
+    assert "a batch of 4 sequences of 32 tokens needs at least" in err
+    assert "for the activations its backward keeps, and 10 KiB" in err
     assert "--batch-size" in err and "--grad-accum" in err
     assert not (tmp_path / "run" / "checkpoint").exists()
     monkeypatch.setattr(loop, "_available_memory", lambda: None)  # a system that does not say: no check
