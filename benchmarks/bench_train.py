@@ -1,11 +1,17 @@
 """Tokens/s of one training step (forward, backward, AdamW) of a small GPT-2, through the project's own loop pieces.
 
-On the CPU: eager float32 against bf16 autocast (torch.compile's first compile takes longer than this whole suite
-should on two cores, so it is left to CUDA). On CUDA: the 124M preset at T=1024 in bf16, Triton attention against
-SDPA, with MFU in `extra_info`.
+On the CPU: eager float32 against bf16 autocast, the fused linear + cross-entropy (the training loop's loss,
+`kernels/cross_entropy.py`) against the plain loss over whole logits, with each step's peak RSS measured in a fresh
+process (torch.compile's first compile takes longer than this whole suite should on two cores, so it is left to
+CUDA). On CUDA: the 124M preset at T=1024 in bf16, Triton attention against SDPA, with MFU in `extra_info`.
 
     .venv/bin/python -m pytest benchmarks/bench_train.py --benchmark-only --benchmark-columns=min,median,mean,rounds
 """
+
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,9 +30,9 @@ def setup(config: GPT2Config, B: int, T: int, device: torch.device):
     return model, opt, x
 
 
-def step(model, opt, x, dtype):
+def step(model, opt, x, dtype, fused=True):
     with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
-        _, loss = model(x, targets=x)
+        _, loss = model(x, targets=x, return_logits=not fused)  # fused: the training loop's form
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
@@ -45,15 +51,39 @@ def record(benchmark, model, x):
         benchmark.extra_info["mfu"] = round(flops_per_token(model, x.shape[1]) * tokens / mean / peak, 4)
 
 
+CPU_CONFIG = dict(n_layers=4, n_heads=4, emb_dim=128, context_length=128, drop_rate=0.0)
+
+# One step in a fresh process: its peak RSS above what it held before the step (VmHWM, not ru_maxrss, which Linux
+# carries over fork and exec from pytest).
+_PEAK = r"""
+import json, sys, torch
+sys.path.insert(0, sys.argv[1])
+from bench_train import CPU_CONFIG, setup, step
+from gpt2tui import GPT2Config
+def hwm():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024
+model, opt, x = setup(GPT2Config(**CPU_CONFIG), B=8, T=128, device=torch.device("cpu"))
+before = hwm()
+step(model, opt, x, None, fused=sys.argv[2] == "fused")
+print(json.dumps({"peak_rss_mb": round(hwm(), 1), "step_peak_above_start_mb": round(hwm() - before, 1)}))
+"""
+
+
 @pytest.mark.skipif(CUDA, reason="the CUDA benchmark below measures the real size")
+@pytest.mark.parametrize("loss", ["fused", "plain"])
 @pytest.mark.parametrize("precision", ["float32", "bf16-autocast"])
-def test_cpu_train_step(benchmark, precision):
-    config = GPT2Config(n_layers=4, n_heads=4, emb_dim=128, context_length=128, drop_rate=0.0)
-    model, opt, x = setup(config, B=4, T=128, device=torch.device("cpu"))
+def test_cpu_train_step(benchmark, precision, loss):
+    model, opt, x = setup(GPT2Config(**CPU_CONFIG), B=8, T=128, device=torch.device("cpu"))
     dtype = torch.bfloat16 if precision == "bf16-autocast" else None
-    step(model, opt, x, dtype)  # warm-up: allocator, AdamW state
-    benchmark.pedantic(step, args=(model, opt, x, dtype), rounds=5, iterations=1)
+    fused = loss == "fused"
+    step(model, opt, x, dtype, fused)  # warm-up: allocator, AdamW state
+    benchmark.group = f"train-step-cpu-{precision}"
+    benchmark.pedantic(step, args=(model, opt, x, dtype, fused), rounds=5, iterations=1)
     record(benchmark, model, x)
+    if precision == "float32":
+        run = subprocess.run([sys.executable, "-c", _PEAK, str(Path(__file__).parent), loss], capture_output=True,
+                             text=True, check=True, timeout=600)
+        benchmark.extra_info.update(json.loads(run.stdout.strip().splitlines()[-1]))
 
 
 @pytest.mark.gpu

@@ -20,9 +20,10 @@ the forward pass:
 3. `grad_h[chunk] = grad_logits @ weight` and `grad_weight += grad_logits.T @ h_chunk` (accumulated in float32).
 
 So only one chunk's logits ever exist, and the backward pass has nothing left to do but scale the two saved gradients
-by `grad_output` (and by `1 / n_valid` for the mean). Step 2 is a Triton kernel on CUDA (one program per row: an online
-max and sum-exp over the row, then a second sweep writing the gradient in place, as Liger's), and plain PyTorch on the
-CPU (`_rows_torch`, which is also the kernel's readable twin). `linear_cross_entropy_ref` is the unfused oracle.
+by `grad_output` (and by `1 / n_valid` for the mean). Step 2 is plain PyTorch (`_rows_torch`) or a Triton kernel
+(`backend="triton"`: one program per row, an online max and sum-exp over the row, then a second sweep writing the
+gradient in place, as Liger's), whose readable twin `_rows_torch` is; auto takes PyTorch until the kernel has a GPU
+figure. `linear_cross_entropy_ref` is the unfused oracle.
 
 Under `torch.compile` the whole forward is one custom op, `torch.ops.gpt2tui.linear_cross_entropy`, with a fake
 implementation and its autograd registered, so the compiler sees one opaque node and never the chunk loop; eager calls
@@ -262,8 +263,10 @@ def _use_triton(device: torch.device, backend: str | None) -> bool:
     if backend == "torch":
         return False
     runs_here = device.type == "cuda" or (device.type == "cpu" and _interpreting())
-    if backend == "auto":  # as attention's rule: auto never picks the interpreter
-        return device.type == "cuda" and _triton_imports()
+    if backend == "auto":
+        # The Triton row pass has run only in the interpreter so far: until a GPU session has compiled and timed it
+        # (RESULTS.md), auto keeps the PyTorch rows on every device. An explicit "triton" runs it.
+        return False
     if not runs_here:
         raise ValueError(f"cross-entropy backend 'triton' cannot run on {device.type} (CUDA, or the CPU under "
                          "TRITON_INTERPRET=1); use auto or torch")
@@ -310,7 +313,7 @@ def linear_cross_entropy(
     "sum" or "none" (per-token losses shaped like `targets`). Under autocast the matmuls run in its dtype, as
     `F.linear`'s would; the softmax is float32 always. `return_argmax=True` also returns each position's argmax over
     the vocabulary `(...)` (the predicted token, for accuracy; no extra pass over the logits). `backend`: "auto"
-    (Triton on CUDA when it imports, else PyTorch), "triton" (raises where it cannot run), "torch".
+    (PyTorch rows for now: the Triton pass awaits a measured GPU run), "triton" (raises where it cannot run), "torch".
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; choose one of: {', '.join(REDUCTIONS)}")
