@@ -112,8 +112,6 @@ setup(
             "transformers>=4.40",
             # The attention kernels' tests run in Triton's interpreter on the CPU; CUDA builds of torch bring their own.
             'triton>=3.2; sys_platform == "linux"',
-            # A baseline benchmarks/bench_quant.py measures our int8 kernels against; nothing in gpt2tui imports it.
-            "torchao>=0.10",
         ],
     },
     entry_points={"console_scripts": ["gpt2tui=gpt2tui.cli:main"]},

@@ -1,8 +1,11 @@
 """One weight-only product, the 124M model's shapes, on the CPU: our packed int8 and bfloat16 kernels (`gpt2tui._quant`)
 beside float32 `F.linear` (the model's own layout), torch's `_weight_int8pack_mm` and torchao's int8 weight-only
 linear, for one row (a decode step) and 16 rows (a batch), in one run. torchao is a baseline to beat, not a
-dependency of the model: its cases skip where it is not installed.
+dependency: its cases skip where it is not installed. It is not among the dev dependencies because once installed,
+transformers imports it (and Triton with it) on every model import, which puts Triton's interpreter switch out of the
+kernel tests' reach; install it into the venv for a measuring run and uninstall it afterwards.
 
+    .venv/bin/pip install torchao==0.18.0   # the version RESULTS.md records
     .venv/bin/python -m pytest benchmarks/bench_quant.py --benchmark-only
 """
 

@@ -52,8 +52,12 @@ TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _triton_import: dict[str, str | None] = {}  # the answer, once asked
 
 
-@torch.compiler.assume_constant_result  # torch.compile takes the answer as a constant instead of tracing the import
 def _triton_import_error() -> str | None:
+    if torch.compiler.is_compiling():
+        # Tracing: the answer an eager call found, else "it imports" (the op then imports it when run). Tracing an
+        # import would break the graph, and torch.compiler.assume_constant_result, the tool for this, imports
+        # torch._dynamo, and with it Triton, when this module loads: before a test's interpreter switch, and 2 s.
+        return _triton_import.get("error")
     if "error" not in _triton_import:
         try:
             import triton  # noqa: F401  (deferred: only a request for Triton pays for importing it)

@@ -5,7 +5,11 @@ imports it back. Imports inside functions count, since a deferred import is stil
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
+
+from gpt2tui_testkit import child_env
 
 ROOT = Path(__file__).resolve().parents[1]
 # Source folder -> the package it installs as (setup.py's package_dir).
@@ -107,3 +111,13 @@ def test_the_walk_finds_a_circle():
 
 def test_no_import_circle_in_the_package():
     assert cycles(import_graph()) == []
+
+
+def test_loading_a_model_pulls_in_neither_triton_nor_dynamo():
+    """Importing the model (as every load does) must not import torch._dynamo or Triton: the first costs seconds and
+    memory on every `gpt2tui` run, and the second, once imported, fixes whether kernels run in the interpreter before
+    a test can choose (kernels/conftest.py). A fresh process, so nothing imported by other tests counts."""
+    code = ("import sys, gpt2tui.model, gpt2tui.weights, gpt2tui.generate; "
+            "print(sorted(m for m in ('triton', 'torch._dynamo') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), check=True)
+    assert run.stdout.strip() == "[]"
