@@ -171,10 +171,14 @@ class Decoder:
     def process(self, logits: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
         """Logits `(B, V)` as this decoder samples from them: padded vocabulary rows masked, then `process_logits`.
         The speculative decoder samples through this, so that it needs nothing from this module."""
+        return process_logits(self._mask_padding(logits, copy=True), self.params, seen)
+
+    def _mask_padding(self, logits: torch.Tensor, copy: bool = False) -> torch.Tensor:
+        """Padded vocabulary rows, which the tokenizer cannot decode, at -inf (in place unless `copy`)."""
         if self.n_vocab is not None and logits.shape[-1] > self.n_vocab:
-            logits = logits.clone()
+            logits = logits.clone() if copy else logits
             logits[:, self.n_vocab :] = float("-inf")
-        return process_logits(logits, self.params, seen)
+        return logits
 
     @torch.inference_mode()
     def __iter__(self) -> Iterator[dict[int, int]]:
@@ -205,9 +209,7 @@ class Decoder:
         decode = self._decode_step(cache)
         while rows:
             governor.tick()
-            if self.n_vocab is not None and logits.shape[-1] > self.n_vocab:
-                logits[:, self.n_vocab :] = float("-inf")  # padded vocabulary rows the tokenizer cannot decode
-            next_ids = sample_next(logits, params, seen, generator)  # (B,)
+            next_ids = sample_next(self._mask_padding(logits), params, seen, generator)  # (B,)
             step: dict[int, int] = {}
             for b, (r, t) in enumerate(zip(rows, next_ids.tolist(), strict=True)):
                 if params.stop_at_eos and t == self.eos_id:

@@ -21,6 +21,12 @@ from .config import GPT2Config
 from .quant import QuantEmbedding, QuantLinear
 
 
+def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """The plain loss over whole logits `(B, T, V)` in float32, -100 ignored; "none" gives `(B, T)`."""
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction=reduction)
+    return loss.view(targets.shape) if reduction == "none" else loss
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPT2Config, device=None):
         super().__init__()
@@ -179,8 +185,7 @@ class GPT2(nn.Module):
         if not isinstance(wte, QuantEmbedding):
             return linear_cross_entropy(h, wte.weight, targets, reduction=reduction, return_argmax=return_argmax)
         logits = wte.logits(h)  # (B, T, V)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction=reduction)
-        loss = loss.view(targets.shape) if reduction == "none" else loss
+        loss = _cross_entropy(logits, targets, reduction)
         return (loss, logits.argmax(-1)) if return_argmax else loss
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -201,5 +206,4 @@ class GPT2(nn.Module):
         logits = self.head(h)  # (B, T, V)
         if targets is None:
             return logits
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
-        return logits, loss
+        return logits, _cross_entropy(logits, targets)

@@ -204,7 +204,7 @@ def _unsupported_dtype(path: Path, name: str, dtype: str) -> CheckpointError:
                            "float16, bfloat16 or float64); convert the weights, or use another model")
 
 
-def _available_memory() -> int | None:
+def available_memory() -> int | None:
     """Bytes of memory a new allocation can have without swapping, where the system says (Linux's MemAvailable)."""
     try:
         with open("/proc/meminfo", encoding="ascii") as f:
@@ -217,7 +217,7 @@ def _available_memory() -> int | None:
 
 
 def _check_fits_in_memory(nbytes: int, what: str) -> None:
-    free = _available_memory()
+    free = available_memory()
     if free is not None and nbytes > free:
         raise CheckpointError(f"{what} needs {nbytes / 2**30:.1f} GiB of memory and {free / 2**30:.1f} GiB are free; "
                               "close other programs, or use a smaller model")

@@ -31,7 +31,17 @@ import triton
 import triton.language as tl
 
 from . import native
-from .common import _cdiv, _interpreting, _layout_of, _new_tensor, _next_power_of_2, _on_device
+from .common import (
+    _cdiv,
+    _delta_at,
+    _interpreting,
+    _layout_of,
+    _new_tensor,
+    _next_power_of_2,
+    _on_device,
+    _stats_layout,
+    _unit_last,
+)
 from .launch import Launcher, _aligned, _hooks_idle, _width
 
 LOG2E = 1.4426950408889634
@@ -418,17 +428,6 @@ def _empty(shape, dtype, device, stride=None) -> torch.Tensor:
     return _new_tensor(shape, dtype, device, stride)
 
 
-def _delta_at(n: int) -> int:
-    """Where Δ starts in the statistics buffer of `n` rows: past the n log-sum-exps, rounded up to a multiple of 16
-    floats. Triton specializes an int argument on divisibility by 16, so the kernels know Δ's loads are aligned."""
-    return -(-n // 16) * 16
-
-
-def _stats_layout(B: int, H: int, T: int, device) -> tuple:
-    n = B * H * T
-    return (_delta_at(n) + n,), torch.float32, device, None
-
-
 def _stats(B: int, H: int, T: int, device) -> torch.Tensor:
     """One float32 buffer for the forward's log-sum-exp `(B·H, T)` and, at `_delta_at`, the backward's Δ `(B·H, T)`,
     flat. One allocation where there were two: on a GPU machine's host each costs ~5 µs, and a lone training step there
@@ -436,11 +435,6 @@ def _stats(B: int, H: int, T: int, device) -> torch.Tensor:
     host time than the allocation it saves (autograd runs the backward on a worker thread, where creating a tensor is
     slower still)."""
     return _empty(*_stats_layout(B, H, T, device))
-
-
-def _unit_last(t: torch.Tensor) -> torch.Tensor:
-    # The kernels take any strides but the head dim's, which must be 1 for vector loads.
-    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 def _precision(dtype: torch.dtype) -> str:

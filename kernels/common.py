@@ -47,6 +47,22 @@ def _new_tensor(shape, dtype, device, stride=None) -> torch.Tensor:
     return torch.empty_strided(shape, stride, dtype=dtype, device=device)
 
 
+def _unit_last(t: torch.Tensor) -> torch.Tensor:
+    # The kernels take any strides but the head dim's, which must be 1 for vector loads.
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _delta_at(n: int) -> int:
+    """Where Δ starts in the statistics buffer of `n` rows: past the n log-sum-exps, rounded up to a multiple of 16
+    floats. Triton specializes an int argument on divisibility by 16, so the kernels know Δ's loads are aligned."""
+    return -(-n // 16) * 16
+
+
+def _stats_layout(B: int, H: int, T: int, device) -> tuple:
+    n = B * H * T
+    return (_delta_at(n) + n,), torch.float32, device, None
+
+
 def _layout_of(t: torch.Tensor) -> tuple:
     """(shape, dtype, device, stride) of an uninitialised `(B, H, T, D)` tensor like `t`, in `t`'s memory order (stride
     None: contiguous), for `_new_tensor`. A model's q is `(B, T, H, D)` in memory (heads viewed out of one projection);

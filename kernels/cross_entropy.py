@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from .common import _interpreting, _next_power_of_2, _on_device
+from .ops import _triton_import_error
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_ref"]
 
@@ -270,18 +271,8 @@ def _use_triton(device: torch.device, backend: str | None) -> bool:
     if not runs_here:
         raise ValueError(f"cross-entropy backend 'triton' cannot run on {device.type} (CUDA, or the CPU under "
                          "TRITON_INTERPRET=1); use auto or torch")
-    if not _triton_imports():
-        raise ValueError("cross-entropy backend 'triton' cannot run here: Triton does not import; pip install triton")
-    return True
-
-
-@functools.lru_cache(maxsize=1)
-def _triton_imports() -> bool:
-    try:
-        import triton  # noqa: F401  (deferred: only a request for Triton pays for importing it)
-        import triton.language  # noqa: F401
-    except Exception:
-        return False
+    if _triton_import_error() is not None:
+        raise ValueError(f"cross-entropy backend 'triton' cannot run here: {_triton_import_error()}")
     return True
 
 

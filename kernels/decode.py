@@ -38,7 +38,15 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import AttentionBackendError, _cdiv, _layout_of, _new_tensor, _next_power_of_2, _on_device
+from .common import (
+    AttentionBackendError,
+    _cdiv,
+    _layout_of,
+    _new_tensor,
+    _next_power_of_2,
+    _on_device,
+    _unit_last,
+)
 from .launch import Launcher, _aligned
 
 __all__ = ["decode_attention", "choose_num_splits"]
@@ -491,7 +499,7 @@ def decode_attention(
     if not q.shape[2] <= max_len <= S_max:
         raise ValueError(f"decode_attention: max_len {max_len} must lie in [{q.shape[2]} (n), {S_max} (S_max)]")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    q, k_cache, v_cache = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k_cache, v_cache))
+    q, k_cache, v_cache = _unit_last(q), _unit_last(k_cache), _unit_last(v_cache)
     # (No torch.no_grad(): the kernels record nothing for autograd, and the buffers they fill never require grad.)
     with _on_device(q):
         return _launch(q, k_cache, v_cache, cache_lens, scale, max_len, num_splits)

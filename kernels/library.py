@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .common import _layout_of, _on_device
+from .common import _layout_of, _new_tensor, _on_device, _stats_layout, _unit_last
 
 _FLASH = "(Tensor q, Tensor k, Tensor v, float dropout_p, float scale, Tensor seed) -> (Tensor, Tensor)"
 _FLASH_BACKWARD = ("(Tensor do, Tensor q, Tensor k, Tensor v, Tensor o, Tensor stats, float dropout_p, float scale, "
@@ -23,16 +23,9 @@ _FLASH_BACKWARD = ("(Tensor do, Tensor q, Tensor k, Tensor v, Tensor o, Tensor s
 _DECODE = "(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_lens, float scale, int? max_len) -> Tensor"
 
 
-def _unit_last(t: torch.Tensor) -> torch.Tensor:
-    # As the kernels' launchers do: any strides but the head dim's, which must be 1.
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
 def _like_q(q: torch.Tensor) -> torch.Tensor:
     """An empty `(B, H, T, D)` tensor laid out as the kernels lay out their outputs: in q's memory order."""
-    shape, dtype, device, stride = _layout_of(_unit_last(q))
-    return torch.empty(shape, dtype=dtype, device=device) if stride is None else \
-        torch.empty_strided(shape, stride, dtype=dtype, device=device)
+    return _new_tensor(*_layout_of(_unit_last(q)))
 
 
 def _flash(q, k, v, dropout_p, scale, seed):
@@ -74,9 +67,7 @@ decode_attention = torch.library.custom_op("gpt2tui::decode_attention", _decode,
 @flash_attention.register_fake
 def _(q, k, v, dropout_p, scale, seed):
     B, H, T, _ = q.shape
-    n = B * H * T
-    # attention._stats: the log-sum-exp (B·H·T), then room for the backward's Δ at a multiple of 16 floats
-    return _like_q(q), q.new_empty((-(-n // 16) * 16 + n,), dtype=torch.float32)
+    return _like_q(q), _new_tensor(*_stats_layout(B, H, T, q.device))
 
 
 @flash_attention_backward.register_fake

@@ -40,6 +40,7 @@ from torch.utils.checkpoint import checkpoint
 
 from gpt2tui.atomic import atomic_directory, naming_errors, recover, write_atomic
 from gpt2tui.errors import CheckpointError, ConfigError, TrainingError
+from gpt2tui.weights import available_memory as _available_memory  # looked up here: tests stand in for it
 from gpt2tui.weights import pick_device, write_model_files
 
 CHECKPOINT = "checkpoint"
@@ -202,18 +203,6 @@ def is_oom(e: BaseException) -> bool:
         return True
     text = str(e)
     return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
-
-
-def _available_memory() -> int | None:
-    """Bytes Linux says new allocations can take without swapping (MemAvailable), or None where it does not say."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def check_batch_fits(batch_size: int, T: int, config, device: torch.device) -> None:
