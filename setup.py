@@ -84,8 +84,7 @@ setup(
     python_requires=">=3.10",
     packages=["gpt2tui", "gpt2tui.tui", "gpt2tui.tui.screens", "gpt2tui.tui.widgets", "gpt2tui.kernels", "gpt2tui.training"],
     package_dir={"gpt2tui": "gpt2tui", "gpt2tui.kernels": "kernels", "gpt2tui.training": "training"},
-    package_data={"gpt2tui": ["assets/gpt2.tiktoken", "assets/LICENSE-gpt2-vocab.txt"], "gpt2tui.tui": ["app.tcss"],
-                  "gpt2tui.kernels": ["csrc/*.cpp"]},
+    package_data={"gpt2tui": ["assets/gpt2.tiktoken", "assets/LICENSE-gpt2-vocab.txt"], "gpt2tui.tui": ["app.tcss"]},
     ext_modules=[bpe, quant],
     cmdclass={"build_ext": build_ext, "build_py": build_py_with_inits},
     install_requires=[
@@ -100,8 +99,6 @@ setup(
         # The chat app. Tested with 8.2; it streams Markdown with Markdown.get_stream, and the SVG snapshots in
         # tests/tui are drawn by this version.
         "textual>=8.2",
-        # Builds the attention's C++ autograd node on a CUDA machine, on first use (kernels/native.py).
-        'ninja; sys_platform == "linux"',
     ],
     extras_require={
         "dev": [

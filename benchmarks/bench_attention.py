@@ -3,9 +3,9 @@
     make gpu-check      # CUDA tests, then this file (and the other benchmarks)
 
 Groups: causal forward and forward+backward at B=8, H=12, T=1024, D=64 in bfloat16 (GPT-2 124M training), the
-forward+backward also at 4× the batch against SDPA; "triton" is the public op (the C++ autograd node once warm,
-kernels/native.py), "triton-python" the same kernels through the Python `autograd.Function`; and decode (one new query against a KV cache of 128…1024 tokens, batch 1: one layer's call during generation), the
-Triton decode both with its splits merged by a second kernel (the default) and inside the one launch ("triton-fused").
+forward+backward also at 4× the batch against SDPA; "triton" is our kernels through their custom ops
+(`kernels/library.py`); and decode (one new query against a KV cache of 128…1024 tokens, batch 1: one layer's call
+during generation).
 
 pytest-benchmark's times are wall clock around a synchronised call, so they include Python and launch overhead. Each
 test also records GPU time in `extra_info`: `triton.testing.do_bench` (CUDA events over back-to-back calls) and
@@ -23,9 +23,8 @@ if not torch.cuda.is_available():
 import triton  # noqa: E402
 import triton.testing  # noqa: E402
 
-from gpt2tui.kernels import causal_attention_ref, decode, decode_attention_ref  # noqa: E402
-from gpt2tui.kernels.attention import causal_attention  # noqa: E402
-from gpt2tui.kernels.decode import decode_attention  # noqa: E402
+from gpt2tui.kernels import causal_attention_ref, decode_attention_ref  # noqa: E402
+from gpt2tui.kernels.library import causal_attention, decode_attention  # noqa: E402
 from gpt2tui.kernels.sdpa import causal_attention_sdpa, decode_attention_sdpa  # noqa: E402
 
 B, H, T, D = 8, 12, 1024, 64
@@ -34,23 +33,12 @@ DTYPE = torch.bfloat16
 FWD_FLOPS = 2 * B * H * T * T * D
 BWD_FLOPS = 2.5 * FWD_FLOPS  # five matmuls to the forward's two (FlashAttention-2's accounting)
 
-def causal_attention_python(q, k, v):
-    """Our kernels through the Python `autograd.Function`, never the C++ node: what the node saves the host."""
-    from gpt2tui.kernels import attention
 
-    return attention._apply_directly(q, k, v, 0.0, q.shape[-1] ** -0.5, 0)
-
-
-CAUSAL = {"triton": causal_attention, "triton-python": causal_attention_python, "sdpa": causal_attention_sdpa,
-          "reference": causal_attention_ref}
+CAUSAL = {"triton": causal_attention, "sdpa": causal_attention_sdpa, "reference": causal_attention_ref}
 
 
 @pytest.fixture(scope="module")
 def qkv():
-    from gpt2tui.kernels import native
-
-    if native.wanted() and native.load(timeout=600) is None:  # built once per torch version, then cached
-        pytest.fail(f"the C++ attention node did not build: {native.failure}")
     torch.manual_seed(0)
     return [torch.randn(B, H, T, D, device="cuda", dtype=DTYPE, requires_grad=True) for _ in range(3)]
 
@@ -116,7 +104,7 @@ def test_causal_forward_backward(benchmark, impl, qkv):
         _record_configs(benchmark)
 
 
-@pytest.mark.parametrize("impl", ["triton", "triton-python", "sdpa"])
+@pytest.mark.parametrize("impl", ["triton", "sdpa"])
 @pytest.mark.benchmark(group="attention-forward-backward-B32-H12-T1024-D64-bf16")
 def test_causal_forward_backward_four_times_the_batch(benchmark, impl):
     """The step above at 4× the batch: its kernels then take longer than a slow host needs to issue them, so `do_bench`
@@ -132,18 +120,8 @@ def test_causal_forward_backward_four_times_the_batch(benchmark, impl):
     _timed(benchmark, step, 4 * (FWD_FLOPS + BWD_FLOPS), rounds=5)
 
 
-def _decode_fused(q, k, v, lens, n):
-    """The Triton decode with the splits merged inside the one launch (GPT2TUI_DECODE_MERGE=fused)."""
-    decode.MERGE = "fused"
-    try:
-        return decode_attention(q, k, v, lens, max_len=n)
-    finally:
-        decode.MERGE = "kernel"
-
-
 DECODE = {
     "triton": lambda q, k, v, lens, n: decode_attention(q, k, v, lens, max_len=n),
-    "triton-fused": _decode_fused,
     "sdpa": lambda q, k, v, lens, n: decode_attention_sdpa(q, k, v, lens, max_len=n),
     "reference": lambda q, k, v, lens, n: decode_attention_ref(q, k, v, lens),
 }

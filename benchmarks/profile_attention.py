@@ -1,17 +1,14 @@
-"""Where a forward+backward step of the Triton attention spends its time, on a GPU: kernel time (torch.profiler) and
-host time (cProfile of the Python between launches). RESULTS.md's third attention run came from the first half.
+"""Where a forward+backward step of the Triton attention spends its GPU time (torch.profiler), and the block sizes
+the autotuner chose.
 
-    python3 benchmarks/profile_attention.py            # kernels, then the 25 costliest host functions
+    python3 benchmarks/profile_attention.py
 """
-
-import cProfile
-import pstats
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from gpt2tui.kernels import attention as A
-from gpt2tui.kernels.attention import causal_attention
+from gpt2tui.kernels.library import causal_attention
 
 B, H, T, D = 8, 12, 1024, 64
 
@@ -27,25 +24,13 @@ def main() -> None:
         step()
     torch.cuda.synchronize()
     for name in ("_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq"):
-        print(name, getattr(A, name).best_config)
+        print(name, getattr(getattr(A, name), "best_config", "not tuned (one config, or not run)"))
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(20):
             step()
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=8))
-
-    # The backward runs on autograd's device thread, which cProfile of this thread does not see; so the host side is
-    # also profiled with the backward called directly, as autograd would.
-    profiler = cProfile.Profile()
-    profiler.enable()
-    for _ in range(50):
-        step()
-        out = causal_attention(q, k, v)
-        A.FlashAttentionFunction.backward(out.grad_fn, do)  # a custom Function's grad_fn is its ctx
-    torch.cuda.synchronize()
-    profiler.disable()
-    pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 One layer's decode call at batch 1 (H=12, D=64, bfloat16, a 1024-position cache), timed as a generation loop captured
 in a CUDA graph runs it (`triton.testing.do_bench_cudagraph`: kernel time, no Python), for every combination of key
 block (`BLOCK_N`), smallest split (`MIN_BLOCKS_PER_SPLIT`), smallest cache to split (`MIN_BLOCKS_TO_SPLIT`), occupancy
-target (`PROGRAMS_PER_SM`) and merge (second kernel or fused), at 128…1024 cached tokens with `max_len` equal to the length, and at `max_len=None` (the whole cache:
+target (`PROGRAMS_PER_SM`), at 128…1024 cached tokens with `max_len` equal to the length, and at `max_len=None` (the whole cache:
 what the graphed decode loop passes). SDPA's call is timed beside them. Each setting's output is checked against the
 float32 reference first, so a fast but wrong setting shows as such.
 """
@@ -30,7 +30,6 @@ SETTINGS = {
     "MIN_BLOCKS_PER_SPLIT": (1, 2),
     "MIN_BLOCKS_TO_SPLIT": (1, 3),
     "PROGRAMS_PER_SM": (1, 2),
-    "MERGE": ("kernel", "fused"),
 }
 
 

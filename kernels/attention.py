@@ -1,8 +1,9 @@
 """Fused causal flash attention in Triton: forward, backward and attention dropout.
 
-Layers, as in flash-attention and Liger-Kernel: `@triton.jit` kernels → host launchers (`_forward`, `_backward`) →
-`FlashAttentionFunction(torch.autograd.Function)` → the public `causal_attention`. Its PyTorch twin is
-`reference.causal_attention_ref`.
+Layers, as in flash-attention and Liger-Kernel: `@triton.jit` kernels (here) → host launchers (`_forward`, `_backward`,
+here) → the custom ops `torch.ops.gpt2tui.flash_attention` with its autograd (`library.py`) → the public
+`causal_attention` (`library.py`, and `ops.py`'s dispatch). Its PyTorch twin is `reference.causal_attention_ref`.
+The launchers are plain `kernel[grid](...)` calls: what host time they cost, `torch.compile` and CUDA graphs remove.
 
 The algorithm (FlashAttention-2): one program owns a block of queries and streams the keys past it, keeping a running
 max `m` and sum `l` of the softmax (online softmax, in base 2: scores are pre-multiplied by `scale·log2(e)` so the
@@ -22,15 +23,12 @@ mask does not depend on block sizes. The softmax statistics are those of the und
 
 from __future__ import annotations
 
-import math
 import os
-import warnings
 
 import torch
 import triton
 import triton.language as tl
 
-from . import native
 from .common import (
     _cdiv,
     _delta_at,
@@ -40,12 +38,9 @@ from .common import (
     _next_power_of_2,
     _on_device,
     _stats_layout,
-    _unit_last,
 )
-from .launch import Launcher, _aligned, _hooks_idle, _width
 
 LOG2E = 1.4426950408889634
-HEAD_DIMS = (16, 32, 64, 128)
 
 
 # -- kernels ------------------------------------------------------------------------------------------------------------
@@ -346,80 +341,9 @@ _attn_bwd_dq = triton.autotune(
 # -- host launchers -----------------------------------------------------------------------------------------------------
 
 
-# (kernel name, T bucket, D, dropout, dtype) -> the launch settings of the config the autotuner chose. Triton's `Autotuner.run` rebuilds a
-# dict of every argument on each call, testing each name against a list of ~40: ~15 µs of host time per launch
-# (RESULTS.md), three times per training step and layer. After the first call of a key its config is launched directly.
-_TUNED: dict[tuple, dict] = {}
-
-
-def _launch(tuner, grid, key: tuple, *args, bind: bool = False, **kwargs):
-    """Launches. With `bind`, returns the same call bound (`Launcher.bind`) once the tuned kernel is compiled, for a
-    launch plan; else None."""
-    config = _TUNED.get(key)
-    if config is None:
-        tuner[grid](*args, **kwargs)
-        _TUNED[key] = tuner.best_config.all_kwargs()
-        return None
-    return _LAUNCHERS[tuner](grid(config), *args, bind=bind, **kwargs, **config)
-
-
-# Per-shape launch plans: (forward or backward, shapes, strides, dtype, device, scale, dropout, seed width) → the
-# arguments of that call's allocations (for `_empty`) and its bound launches. With them a step's Python is its
-# allocations and its bound launches: no layouts or strides to work out, no tuned-config or specialization key to
-# build and look up (RESULTS.md: on a GPU machine's host the lone forward+backward waits for Python). Everything a
-# kernel takes but its tensors and seed follows from the plan's key. The compiled kernels also assume every tensor is
-# 16-byte aligned: the caller's tensors (and the forward's, which a caller can hand `_backward` too) are checked on
-# each use; the buffers a plan allocates come from `_empty`, whose torch allocators align them to far more, and a
-# plan is only made where the first call's buffers were aligned.
-_PLANS: dict[tuple, tuple] = {}
-_MAX_PLANS = 256  # a run that keeps changing shapes starts over rather than growing without bound
-
-
-def _keep_plan(key: tuple, allocations: tuple, launches: tuple, cuda: bool) -> None:
-    if all(launch is not None for launch in launches):
-        if len(_PLANS) >= _MAX_PLANS:
-            _PLANS.clear()
-            _OFFERED.clear()  # offered plans the node did not take may be offered again once remade
-        _PLANS[key] = allocations, launches
-        if cuda:
-            native.start()  # the C++ node can take plans once it is built (in the background, the first time)
-
-
-# Plan keys already offered to the C++ node (native.py), taken or not.
-_OFFERED: set[tuple] = set()
-
-
-def _offer(plan_key: tuple, bwd_plan: tuple | None, do, q, k, v, o, sm_scale: float, dropout_p: float,
-           seed: int) -> None:
-    """Hands the C++ node this call shape's plans: the forward's alone (calls that need no gradient), or once the
-    backward's exists for a dO laid out as the output (as the node's backward hands it to the kernels), both."""
-    _OFFERED.add(plan_key)
-    fwd_plan = _PLANS.get(_forward_key(q, k, v, sm_scale, dropout_p, seed))
-    if fwd_plan is not None and (bwd_plan is None or do.stride() == o.stride()):
-        try:
-            native.register(q, k, v, dropout_p, sm_scale, seed, fwd_plan, bwd_plan)
-        except Exception as err:  # the node is an optimisation: whatever it refuses, this call and its shape run here
-            warnings.warn(f"gpt2tui: the C++ attention node refused a plan ({type(err).__name__}: {err}); that shape "
-                          "runs its Python path", RuntimeWarning, stacklevel=2)
-
-
-# The seed is the one argument that changes from call to call (with dropout): it is not specialized on (see launch.py).
-_LAUNCHERS = {tuner: Launcher(tuner.fn, volatile=("seed",)) for tuner in (_attn_fwd, _attn_bwd_dkdv, _attn_bwd_dq)}
-
-
-def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-    if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(
-            f"causal_attention wants q, k, v of one shape (B, H, T, D); got {tuple(q.shape)}, {tuple(k.shape)}, "
-            f"{tuple(v.shape)}"
-        )
-    if q.shape[-1] not in HEAD_DIMS:
-        raise ValueError(f"the Triton attention supports head dims {HEAD_DIMS}; got {q.shape[-1]}")
-    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"the Triton attention takes float32, float16 or bfloat16 q, k, v of one dtype; got "
-                         f"{q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError("q, k and v must be on one device")
+def _precision(dtype: torch.dtype) -> str:
+    # float32 in must mean float32 products: TF32 would make the kernel 10³× less exact than SDPA in float32.
+    return "ieee" if dtype == torch.float32 else "tf32"
 
 
 def _empty(shape, dtype, device, stride=None) -> torch.Tensor:
@@ -428,158 +352,41 @@ def _empty(shape, dtype, device, stride=None) -> torch.Tensor:
     return _new_tensor(shape, dtype, device, stride)
 
 
-def _stats(B: int, H: int, T: int, device) -> torch.Tensor:
-    """One float32 buffer for the forward's log-sum-exp `(B·H, T)` and, at `_delta_at`, the backward's Δ `(B·H, T)`,
-    flat. One allocation where there were two: on a GPU machine's host each costs ~5 µs, and a lone training step there
-    waits for its host (RESULTS.md). The kernels find Δ by that offset: a view made in the backward would cost more
-    host time than the allocation it saves (autograd runs the backward on a worker thread, where creating a tensor is
-    slower still)."""
-    return _empty(*_stats_layout(B, H, T, device))
-
-
-def _precision(dtype: torch.dtype) -> str:
-    # float32 in must mean float32 products: TF32 would make the kernel 10³× less exact than SDPA in float32.
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
-def _forward_key(q, k, v, sm_scale: float, dropout_p: float, seed: int) -> tuple:
-    return "fwd", q.shape, q.stride(), k.stride(), v.stride(), q.dtype, q.device, sm_scale, dropout_p, _width(seed)
-
-
 def _forward(q, k, v, sm_scale: float, dropout_p: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns the output and the statistics buffer (`_stats`) with the log-sum-exp written, in base 2."""
-    plan_key = _forward_key(q, k, v, sm_scale, dropout_p, seed)
-    plan = _PLANS.get(plan_key)
-    if plan is not None:
-        (o_layout, stats_layout), (launch,) = plan
-        if _aligned(q, k, v):
-            o, stats = _empty(*o_layout), _empty(*stats_layout)
-            launch(q, k, v, o, stats, seed)
-            if native.node is not None and plan_key not in _OFFERED:
-                _offer(plan_key, None, None, q, k, v, o, sm_scale, dropout_p, seed)
-            return o, stats
+    """The output `(B, H, T, D)`, in q's memory order, and one float32 statistics buffer: the log-sum-exp (base 2) of
+    the `B·H·T` rows, then room for the backward's Δ at `_delta_at(B·H·T)` (`_stats_layout`)."""
     B, H, T, D = q.shape
-    # The output in q's memory order, as SDPA's flash kernels return it: for the model's head views a (B, H, T, D)-
-    # contiguous result would cost a copy. The log-sum-exp (B·H, T) at the start of the statistics buffer, flat.
-    layouts = (_layout_of(q), _stats_layout(B, H, T, q.device))
-    o, stats = _empty(*layouts[0]), _empty(*layouts[1])
-    aligned = _aligned(q, k, v, o, stats)
-    grid = lambda meta: (B * H, _cdiv(T, meta["BLOCK_M"]))  # noqa: E731
+    # In q's memory order, as SDPA's flash kernels return it: for the model's head views a (B, H, T, D)-contiguous
+    # result would cost a copy.
+    o, stats = _empty(*_layout_of(q)), _empty(*_stats_layout(B, H, T, q.device))
     T_bucket, dropout = _next_power_of_2(T), dropout_p > 0.0
-    launch = _launch(
-        _attn_fwd, grid, ("fwd", T_bucket, D, dropout, q.dtype),
+    _attn_fwd[lambda meta: (B * H, _cdiv(T, meta["BLOCK_M"]))](
         q, k, v, o, stats,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
         H, T, T_bucket, sm_scale * LOG2E, seed, dropout_p,
-        D=D, DROPOUT=dropout, PRECISION=_precision(q.dtype), bind=aligned and plan is None,
-    )
-    _keep_plan(plan_key, layouts, (launch,), q.is_cuda)
+        D=D, DROPOUT=dropout, PRECISION=_precision(q.dtype),
+    )  # fmt: skip
     return o, stats
 
 
 def _backward(do, q, k, v, o, stats, sm_scale: float, dropout_p: float, seed: int):
-    """`stats` is the forward's statistics buffer (`_stats`): the log-sum-exp, and room for Δ."""
-    # o comes from the forward, laid out like q; do's strides are the caller's.
-    plan_key = ("bwd", q.shape, q.stride(), k.stride(), v.stride(), o.stride(), do.stride(), q.dtype, q.device,
-                sm_scale, dropout_p, _width(seed))
-    plan = _PLANS.get(plan_key)
-    if plan is not None and _aligned(q, k, v, o, do, stats):
-        layout, (launch_dq, launch_dkdv) = plan
-        # dQ is launched before dK and dV are allocated: a lone step on a slow host keeps the GPU waiting until its
-        # first backward launch, and the dK/dV launch overlaps dQ's run (RESULTS.md, fifth host-side run).
-        dq = _empty(*layout)
-        launch_dq(q, k, v, o, do, stats, dq, seed)
-        dk, dv = _empty(*layout), _empty(*layout)
-        launch_dkdv(q, k, v, do, stats, dk, dv, seed)
-        if native.node is not None and plan_key not in _OFFERED:
-            _offer(plan_key, plan, do, q, k, v, o, sm_scale, dropout_p, seed)
-        return dq, dk, dv
+    """dq, dk, dv in q's memory order. `stats` is the forward's statistics buffer; the dQ kernel writes Δ into it."""
     B, H, T, D = q.shape
-    layout = _layout_of(q)  # the gradients in q's memory order, as SDPA's flash kernels return them: one layout
+    layout = _layout_of(q)
     dq, dk, dv = _empty(*layout), _empty(*layout), _empty(*layout)  # 3 × (B, H, T, D)
     T_bucket, dropout = _next_power_of_2(T), dropout_p > 0.0
-    kwargs = dict(D=D, DROPOUT=dropout, PRECISION=_precision(q.dtype), COMPENSATE=q.dtype == torch.float32,
-                  bind=_aligned(q, k, v, o, do, stats, dq, dk, dv) and plan is None)
+    constexprs = dict(D=D, DROPOUT=dropout, PRECISION=_precision(q.dtype), COMPENSATE=q.dtype == torch.float32)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
     common = (*do.stride()[:3], *dq.stride()[:3], H, T, T_bucket, _delta_at(B * H * T), sm_scale * LOG2E, sm_scale,
               seed, dropout_p)
     # dQ first: it leaves Δ behind for dK/dV (kernels on one stream run in order).
-    launch_dq = _launch(
-        _attn_bwd_dq, lambda meta: (B * H, _cdiv(T, meta["BLOCK_M"])), ("dq", T_bucket, D, dropout, q.dtype),
-        q, k, v, o, do, stats, dq, *strides, *o.stride()[:3], *common, **kwargs,
+    _attn_bwd_dq[lambda meta: (B * H, _cdiv(T, meta["BLOCK_M"]))](
+        q, k, v, o, do, stats, dq, *strides, *o.stride()[:3], *common, **constexprs
     )
-    launch_dkdv = _launch(
-        _attn_bwd_dkdv, lambda meta: (B * H, _cdiv(T, meta["BLOCK_N"])), ("dkdv", T_bucket, D, dropout, q.dtype),
-        q, k, v, do, stats, dk, dv, *strides, *common, **kwargs,
+    _attn_bwd_dkdv[lambda meta: (B * H, _cdiv(T, meta["BLOCK_N"]))](
+        q, k, v, do, stats, dk, dv, *strides, *common, **constexprs
     )
-    _keep_plan(plan_key, layout, (launch_dq, launch_dkdv), q.is_cuda)
     return dq, dk, dv
-
-
-class FlashAttentionFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, dropout_p: float, sm_scale: float, seed: int):
-        q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
-        with _on_device(q):
-            o, stats = _forward(q, k, v, sm_scale, dropout_p, seed)
-        ctx.save_for_backward(q, k, v, o, stats)
-        ctx.sm_scale, ctx.dropout_p, ctx.seed = sm_scale, dropout_p, seed
-        return o
-
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, o, stats = ctx.saved_tensors
-        with _on_device(q):
-            dq, dk, dv = _backward(_unit_last(do), q, k, v, o, stats, ctx.sm_scale, ctx.dropout_p, ctx.seed)
-        return dq, dk, dv, None, None, None
-
-
-# `Function.apply` runs Python of its own before autograd's C++ (default-argument binding, then functorch's dead-wrapper
-# unwrapping as a generator over the arguments): ~3 µs a call on the CPU, more on a GPU machine's slower host, where a
-# lone step waits for its host. Outside functorch transforms and torch.compile, which need `apply` itself, the same
-# call goes straight to the C++ `apply`, unwrapping dead wrappers as `Function.apply` would.
-_apply_directly = super(torch.autograd.Function, FlashAttentionFunction).apply
-_unwrap_if_dead = torch._C._functorch.unwrap_if_dead
-
-
-def _new_seed() -> int:
-    # From torch's default (CPU) generator: `torch.manual_seed` makes a run repeatable, and no device sync is needed.
-    return int(torch.randint(0, 2**31 - 1, (), dtype=torch.int64).item())
-
-
-def causal_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    dropout_p: float = 0.0,
-    scale: float | None = None,
-    seed: int | None = None,
-) -> torch.Tensor:
-    """Causal self-attention of `(B, H, T, D)` tensors with the fused Triton kernels; differentiable.
-
-    D must be 16, 32, 64 or 128; any T. float32, float16 and bfloat16 inputs accumulate in float32 (float32 inputs
-    multiply in full float32, never TF32). `scale` defaults to `1/sqrt(D)`. `dropout_p` drops attention probabilities
-    inside the kernel; the mask comes from `seed` (drawn from torch's default generator when None), and the backward
-    regenerates the same mask. `attention_dropout_mask(seed, ...)` returns that mask for checking. The output and the
-    gradients come in q's memory order: for q viewed as `(B, H, T, D)` out of a `(B, T, ...)` projection, they are
-    `(B, T, H, D)` in memory, as SDPA's flash kernels return them.
-    """
-    _check(q, k, v)
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1); got {dropout_p}")
-    sm_scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    seed = _new_seed() if dropout_p > 0.0 and seed is None else int(seed or 0)
-    if torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling():
-        return FlashAttentionFunction.apply(q, k, v, float(dropout_p), sm_scale, seed)
-    q, k, v = _unwrap_if_dead(q), _unwrap_if_dead(k), _unwrap_if_dead(v)
-    node = native.node
-    # The C++ node, where this call shape has a plan there (it returns None otherwise), unless a profiler's launch hook
-    # must see every launch (the node's pass it by), a tracer records the call, or the seed does not fit its int64.
-    if node is not None and _hooks_idle() and -(2**63) <= seed < 2**63 and not torch._C._get_tracing_state():
-        o = node.attention(q, k, v, float(dropout_p), sm_scale, seed)
-        if o is not None:
-            return o
-    return _apply_directly(q, k, v, float(dropout_p), sm_scale, seed)
 
 
 def attention_dropout_mask(seed: int, B: int, H: int, T: int, dropout_p: float, device="cpu") -> torch.Tensor:

@@ -13,12 +13,32 @@ class AttentionBackendError(ValueError):
     """An attention backend was asked for by name and cannot run here."""
 
 
+HEAD_DIMS = (16, 32, 64, 128)  # what the Triton kernels take
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _check_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> None:
+    if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(
+            f"causal_attention wants q, k, v of one shape (B, H, T, D); got {tuple(q.shape)}, {tuple(k.shape)}, "
+            f"{tuple(v.shape)}"
+        )
+    if q.shape[-1] not in HEAD_DIMS:
+        raise ValueError(f"the Triton attention supports head dims {HEAD_DIMS}; got {q.shape[-1]}")
+    if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"the Triton attention takes float32, float16 or bfloat16 q, k, v of one dtype; got "
+                         f"{q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError("q, k and v must be on one device")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1); got {dropout_p}")
+
+
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-# Host-side block arithmetic for the launchers. `triton.cdiv` and `triton.next_power_of_2` are constexpr functions in
-# recent Triton, which cost ~2 µs a call on the host; a decode step made four such calls per layer.
+# Host-side block arithmetic for the launchers, without importing Triton for it.
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -29,9 +49,8 @@ def _next_power_of_2(n: int) -> int:
 
 def _on_device(t: torch.Tensor):
     """A context that makes `t`'s CUDA device current, for the launches inside it: Triton launches on the current
-    device, so with `t` on cuda:1 and cuda:0 current the kernels would run on cuda:0. Switching costs host time on
-    every call, so only when needed."""
-    if t.is_cuda and t.get_device() != torch.cuda.current_device():  # neither makes a torch.device: ~0.5 µs less
+    device, so with `t` on cuda:1 and cuda:0 current the kernels would run on cuda:0."""
+    if t.is_cuda and t.get_device() != torch.cuda.current_device():
         return torch.cuda.device(t.get_device())
     return _NO_SWITCH
 
@@ -67,8 +86,7 @@ def _layout_of(t: torch.Tensor) -> tuple:
     """(shape, dtype, device, stride) of an uninitialised `(B, H, T, D)` tensor like `t`, in `t`'s memory order (stride
     None: contiguous), for `_new_tensor`. A model's q is `(B, T, H, D)` in memory (heads viewed out of one projection);
     an output laid out the same way makes the model's `y.transpose(1, 2).contiguous().view(B, T, C)`, and autograd's
-    backward of those views, free. Strided in one call rather than allocated and transposed: ~2.5 µs less host time
-    per buffer, four buffers per training step."""
+    backward of those views, free."""
     B, H, T, D = shape = t.shape
     if t.stride(1) < t.stride(2):  # heads inside tokens
         return shape, t.dtype, t.device, (T * H * D, D, H * D, 1)

@@ -4,7 +4,7 @@
     out = decode_attention(q, k_cache, v_cache, cache_lens, max_len=max(lens))  # (B, H, n, D)
 
 Layout: kernels (`_decode_split_kernel`, `_decode_merge_kernel`) → host launcher (`_launch`) → public
-`decode_attention`. The plain PyTorch twin and oracle is `reference.decode_attention_ref`; the two share one convention:
+`decode_attention` (the custom op `torch.ops.gpt2tui.decode_attention` in `library.py` wraps it for `torch.compile`). The plain PyTorch twin and oracle is `reference.decode_attention_ref`; the two share one convention:
 the new queries' keys and values are already written to the cache and counted in `cache_lens`, and query i of n in row
 b sits at position `cache_lens[b] - n + i` and sees the keys at positions <= its own.
 
@@ -15,15 +15,8 @@ writes its normalised partial output (fp32) and its log-sum-exp (base 2) to scra
 splits: out = Σ_s 2^(lse_s − lse_max) · o_s / Σ_s 2^(lse_s − lse_max). A split that holds no key a query may see (its
 chunk starts beyond that row's length or beyond the query's position) writes lse = −inf and o = 0 and so weighs nothing;
 no NaN arises anywhere (every max is guarded before it is subtracted). With one split the first kernel writes the
-output directly and the merge is not launched.
-
-Fused merge (opt-in, `GPT2TUI_DECODE_MERGE=fused`): the splits of a query block merge themselves, in the same launch.
-Each split program, after its partial stores and a barrier, takes a ticket from a per-(row·head, query block) counter
-with an acquire/release atomic; the one that draws the last ticket reads every split's partials (past L1) and writes
-the output, then resets the counter for the next launch: the pattern of a grid-wide reduction. It saves the second
-launch. The interpreter, which runs programs one at a time, checks the counting, merging and reset; the memory order
-is checked in the PTX of an sm_90 build (a test compiles it on the CPU). It stays opt-in because it was not faster: on
-an H100 and an H200, in a CUDA graph, the ticket's round trip cost what the second launch did (RESULTS.md).
+output directly and the merge is not launched. (Merging in the same launch, by whichever split finishes last, was
+tried: on an H100 and an H200, in a CUDA graph, the ticket's atomic round trip cost what the second launch did.)
 
 Inference only: the output carries no autograd graph (no backward is defined), whatever `requires_grad` the inputs have.
 """
@@ -32,14 +25,14 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
 from .common import (
-    AttentionBackendError,
+    DTYPES,
+    HEAD_DIMS,
     _cdiv,
     _layout_of,
     _new_tensor,
@@ -47,12 +40,9 @@ from .common import (
     _on_device,
     _unit_last,
 )
-from .launch import Launcher, _aligned
 
 __all__ = ["decode_attention", "choose_num_splits"]
 
-_HEAD_DIMS = (16, 32, 64, 128)
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _LOG2E = 1.4426950408889634
 
 # Keys per inner step; a split is a whole number of these. Chosen by `benchmarks/tune_decode.py` on an H100 (RESULTS.md):
@@ -69,12 +59,6 @@ MIN_BLOCKS_PER_SPLIT = 1  # a split reads at least this many key blocks: fewer k
 MIN_BLOCKS_TO_SPLIT = 3
 MAX_SPLITS = 64
 MERGE_SPLITS = 32  # the merge reads up to this many splits' partials at once (a power of two)
-# How split results are merged: "kernel", a second launch (the default), or "fused", by the last split of each query
-# block to finish, in the same launch (one launch less per layer and token; needs atomics with acquire/release order,
-# as in a grid-wide reduction). $GPT2TUI_DECODE_MERGE chooses, read at import.
-MERGE = os.environ.get("GPT2TUI_DECODE_MERGE", "kernel")
-if MERGE not in ("kernel", "fused"):
-    raise AttentionBackendError(f"$GPT2TUI_DECODE_MERGE is {MERGE!r}; set it to 'kernel' or 'fused', or unset it")
 PROGRAMS_PER_SM = 2  # the split heuristic's target occupancy
 INTERPRETER_SMS = 4  # the "SM count" the heuristic assumes off CUDA (the interpreter runs programs one by one)
 
@@ -109,13 +93,10 @@ def _decode_split_kernel(
     stride_pbh, stride_ps, stride_pm,  # OPart (B·H, splits, n, D), fp32
     stride_lbh, stride_ls,  # LSE (B·H, splits, n), fp32
     H, N_Q, S_MAX, split_size,
-    Tickets,  # (B·H·query blocks,) int32 zeros: FUSED counts each (row·head, query block)'s finished splits here
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     DIRECT: tl.constexpr,  # one split: write the final output, no scratch, no merge
-    FUSED: tl.constexpr,  # several splits, merged by whichever of them finishes last: one launch instead of two
-    SPLITS: tl.constexpr,  # FUSED: how many partials the merge reads at once (see _merge_row)
     UPCAST_DOT: tl.constexpr,  # interpreter + bf16 only, see _dot
 ):  # fmt: skip
     bh = tl.program_id(0)
@@ -178,23 +159,6 @@ def _decode_split_kernel(
         lse = tl.where(has_keys, m_i + tl.log2(l_safe), float("-inf"))
         l_base = LSE + bh.to(tl.int64) * stride_lbh + split.to(tl.int64) * stride_ls
         tl.store(l_base + offs_m, lse, mask=m_valid)
-        if FUSED:
-            # Every thread's partial stores, then this program's ticket (release); the program that draws the last
-            # ticket (acquire) has all the splits' partials to read. It resets the ticket for the next launch.
-            tl.debug_barrier()
-            ticket_ptr = Tickets + bh * tl.num_programs(1) + pid_m
-            ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel")
-            if ticket == tl.num_programs(2) - 1:
-                p_base = OPart + bh.to(tl.int64) * stride_pbh
-                l_base = LSE + bh.to(tl.int64) * stride_lbh
-                o_base = Out + off_b.to(tl.int64) * stride_ob + off_h.to(tl.int64) * stride_oh
-                for i in range(0, tl.minimum(N_Q - pid_m * BLOCK_M, BLOCK_M)):  # this block's queries
-                    m = pid_m * BLOCK_M + i
-                    _merge_row(
-                        p_base + m * stride_pm, l_base + m, o_base + m * stride_om,
-                        stride_ps, stride_ls, tl.num_programs(2), SPLITS, HEAD_DIM,
-                    )  # fmt: skip
-                tl.atomic_xchg(ticket_ptr, 0)
 
 
 @triton.jit
@@ -208,8 +172,7 @@ def _merge_row(
 
     `SPLITS` partials at a time, loaded together, so the read's latency is paid once per `SPLITS` splits; usually all
     of them fit one step. (Read one split after another, the merge was a chain of dependent L2 reads: ~0.4 µs a split
-    on an H200, 8 splits the most of a batch-1 decode's 8 µs.) The partials are read past the SM's L1 (.cg): in the
-    fused launch other SMs wrote them moments ago."""
+    on an H200, 8 splits the most of a batch-1 decode's 8 µs.)"""
     offs_s = tl.arange(0, SPLITS)
     offs_d = tl.arange(0, HEAD_DIM)
     m_run = tl.full([], float("-inf"), dtype=tl.float32)
@@ -218,9 +181,8 @@ def _merge_row(
     for s0 in range(0, num_splits, SPLITS):
         split = s0 + offs_s
         s_valid = split < num_splits
-        lse = tl.load(l_row + split * stride_ls, mask=s_valid, other=float("-inf"), cache_modifier=".cg")  # (SPLITS,)
-        o = tl.load(p_row + split[:, None] * stride_ps + offs_d[None, :], mask=s_valid[:, None], other=0.0,
-                    cache_modifier=".cg")  # (SPLITS, HEAD_DIM)
+        lse = tl.load(l_row + split * stride_ls, mask=s_valid, other=float("-inf"))  # (SPLITS,)
+        o = tl.load(p_row + split[:, None] * stride_ps + offs_d[None, :], mask=s_valid[:, None], other=0.0)  # (S, D)
         m_new = tl.maximum(m_run, tl.max(lse, 0))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # every split so far empty: no -inf - -inf
         alpha = tl.exp2(m_run - m_safe)
@@ -300,63 +262,12 @@ def choose_num_splits(programs: int, max_len: int, sm_count: int, block_n: int =
     return max(1, min(_cdiv(target, programs), n_blocks // MIN_BLOCKS_PER_SPLIT, MAX_SPLITS))
 
 
-# Per device and stream, the fused merge's ticket counters, zero between launches (the merging program resets its
-# own), grown as needed. Per stream: two fused decodes running at once on two streams (a graph replaying in the chat
-# worker, an eager decode elsewhere) must not count into one set; launches on one stream run one after another.
-_TICKETS: dict[tuple, torch.Tensor] = {}
-# Outgrown counters are kept, never freed: a CUDA graph captured earlier still adds to and resets them on every
-# replay, and freed memory would be handed to another tensor. (They are small, and outgrowing 1024 takes a forced
-# num_splits or a batch large enough not to split.)
-_RETIRED_TICKETS: list[torch.Tensor] = []
-
-
-def _stream_id(device: torch.device) -> int | None:
-    return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else None
-
-
-def _tickets(device: torch.device, size: int) -> torch.Tensor | None:
-    key = (device, _stream_id(device))
-    buf = _TICKETS.get(key)
-    if buf is None or buf.numel() < size:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            return None  # a CUDA graph being captured cannot own them: this call takes the merge kernel
-        if buf is not None:
-            _RETIRED_TICKETS.append(buf)
-        buf = torch.zeros(max(size, 1024), dtype=torch.int32, device=device)
-        _TICKETS[key] = buf
-    return buf
-
-
-_launch_split, _launch_merge = Launcher(_decode_split_kernel), Launcher(_decode_merge_kernel)
-
-# Per-call-shape launch plans, as in attention.py: (shapes, strides, dtypes, device, scale, max_len, num_splits,
-# merge) → the layouts of the call's buffers and its bound launches. An eager decode step (no CUDA graph) then skips
-# the split arithmetic and both launch keys, most of its Python (RESULTS.md), which a host-bound generation loop waits
-# for. Only calls with the merge kernel or no split get one (the fused merge takes per-stream counters).
-_PLANS: dict[tuple, tuple] = {}
-_MAX_PLANS = 256  # a prefill of ever-new lengths starts over rather than growing without bound
-
-
 def _launch(q, k_cache, v_cache, cache_lens, scale, max_len, num_splits):
-    plan_key = (q.shape, q.stride(), k_cache.shape, k_cache.stride(), v_cache.stride(), cache_lens.dtype, q.dtype,
-                q.device, scale, max_len, num_splits, MERGE)
-    plan = _PLANS.get(plan_key)
-    if plan is not None and _aligned(q, k_cache, v_cache, cache_lens):
-        out_layout, part_layouts, split, merge = plan
-        out = _new_tensor(*out_layout)
-        if part_layouts is None:  # one split: the kernel writes the output itself
-            split(q, k_cache, v_cache, cache_lens, out, out, out, out)
-        else:
-            o_part, lse = _new_tensor(*part_layouts[0]), _new_tensor(*part_layouts[1])
-            split(q, k_cache, v_cache, cache_lens, out, o_part, lse, lse)
-            merge(o_part, lse, out)
-        return out
     B, H, n, D = q.shape
     S_max = k_cache.shape[2]
     # In q's memory order, as the fused forward's output: the model's view back to (B, n, C) is free for a chunked
     # prefill too.
-    out_layout = _layout_of(q)
-    out = _new_tensor(*out_layout)  # (B, H, n, D)
+    out = _new_tensor(*_layout_of(q))  # (B, H, n, D)
     if B == 0 or H == 0:
         return out
     block_m = _block_m(n)
@@ -370,57 +281,30 @@ def _launch(q, k_cache, v_cache, cache_lens, scale, max_len, num_splits):
     else:  # forced (tests): exactly this many programs per query block, even if some get no keys at all
         splits = num_splits
         split_size = _cdiv(n_blocks, splits) * block_n
-    merge_splits = min(_next_power_of_2(splits), MERGE_SPLITS)
-    qk_scale = scale * _LOG2E
     direct = splits == 1
-    tickets = _tickets(q.device, B * H * m_blocks) if not direct and MERGE == "fused" else None
     if direct:
-        part_layouts = None
         o_part = lse = out  # unused placeholders
         p_strides, l_strides = (0, 0, 0), (0, 0)
     else:
-        part_layouts = (
-            ((B * H, splits, n, D), torch.float32, q.device, None),  # (B·H, splits, n, D)
-            ((B * H, splits, n), torch.float32, q.device, None),  # (B·H, splits, n)
-        )
-        o_part, lse = _new_tensor(*part_layouts[0]), _new_tensor(*part_layouts[1])
+        o_part = _new_tensor((B * H, splits, n, D), torch.float32, q.device)  # (B·H, splits, n, D)
+        lse = _new_tensor((B * H, splits, n), torch.float32, q.device)  # (B·H, splits, n)
         p_strides, l_strides = o_part.stride()[:3], lse.stride()[:2]
     o_strides = out.stride()[:3]
-    # No plan for a fused merge, even one that fell back to the merge kernel (inside a capture, tickets are not grown).
-    bind = (direct or MERGE == "kernel") and _aligned(q, k_cache, v_cache, cache_lens, out, o_part, lse) and plan is None
-
-    split = _launch_split(
-        (B * H, m_blocks, splits), q, k_cache, v_cache, cache_lens, out, o_part, lse,
-        qk_scale,
-        *q.stride()[:3],
-        *k_cache.stride()[:3],
-        *v_cache.stride()[:3],
-        *o_strides,
-        *p_strides,
-        *l_strides,
+    _decode_split_kernel[(B * H, m_blocks, splits)](
+        q, k_cache, v_cache, cache_lens, out, o_part, lse,
+        scale * _LOG2E,
+        *q.stride()[:3], *k_cache.stride()[:3], *v_cache.stride()[:3], *o_strides, *p_strides, *l_strides,
         H, n, S_max, split_size,
-        lse if tickets is None else tickets,
-        HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, DIRECT=direct, FUSED=tickets is not None,
-        SPLITS=merge_splits if tickets is not None else 1,
+        HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n, DIRECT=direct,
         UPCAST_DOT=_INTERPRETED and q.dtype == torch.bfloat16,
-        num_warps=4, bind=bind,
+        num_warps=4,
     )  # fmt: skip
-    merge = None
-    if not direct and tickets is None:
-        merge = _launch_merge(
-            (B * H * n,), o_part, lse, out,
-            *p_strides,
-            *l_strides,
-            *o_strides,
-            H, n, splits,
-            HEAD_DIM=D, SPLITS=merge_splits,
+    if not direct:
+        _decode_merge_kernel[(B * H * n,)](
+            o_part, lse, out, *p_strides, *l_strides, *o_strides, H, n, splits,
+            HEAD_DIM=D, SPLITS=min(_next_power_of_2(splits), MERGE_SPLITS),
             num_warps=1 if D <= 64 else 2,  # one row of D values per program
-            bind=bind,
         )  # fmt: skip
-    if bind and split is not None and (direct or merge is not None):
-        if len(_PLANS) >= _MAX_PLANS:
-            _PLANS.clear()
-        _PLANS[plan_key] = out_layout, part_layouts, split, merge
     return out
 
 
@@ -436,9 +320,9 @@ def _check(q, k_cache, v_cache, cache_lens, num_splits) -> None:
         raise ValueError(f"decode_attention: cache {tuple(k_cache.shape)} does not match q {tuple(q.shape)} in B, H or D")
     if tuple(cache_lens.shape) != (B,):
         raise ValueError(f"decode_attention: cache_lens must have shape ({B},), got {tuple(cache_lens.shape)}")
-    if D not in _HEAD_DIMS:
-        raise ValueError(f"decode_attention: head dim {D} is not supported (choose one of {_HEAD_DIMS})")
-    if q.dtype not in _DTYPES or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
+    if D not in HEAD_DIMS:
+        raise ValueError(f"decode_attention: head dim {D} is not supported (choose one of {HEAD_DIMS})")
+    if q.dtype not in DTYPES or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
         raise ValueError(
             f"decode_attention: q, k_cache, v_cache must share one dtype of float32/float16/bfloat16, "
             f"got {q.dtype}, {k_cache.dtype}, {v_cache.dtype}"

@@ -5,8 +5,8 @@
 Backends:
 
 - ``"triton"``: the fused kernels in ``attention.py`` (training forward and backward, prefill) and ``decode.py``
-  (queries against a KV cache, split across programs). They run on CUDA, and on the CPU only in Triton's interpreter
-  (``TRITON_INTERPRET=1``), which is how CI tests them.
+  (queries against a KV cache, split across programs), reached through the custom ops of ``library.py``. They run on
+  CUDA, and on the CPU only in Triton's interpreter (``TRITON_INTERPRET=1``), which is how CI tests them.
 - ``"sdpa"``: PyTorch's ``scaled_dot_product_attention`` (``sdpa.py``).
 - ``"reference"``: the seed's explicit masked softmax (``reference.py``), the oracle of the other two.
 
@@ -16,20 +16,19 @@ Triton imports and the head dim and dtype are ones the kernels take; otherwise S
 explicit ``"triton"`` that cannot run raises ``AttentionBackendError`` saying why.
 
 The folder knows nothing of GPT-2, and has no ``__init__.py`` (README, "Layout", says why): setup.py writes the
-installed package's, which re-exports this module. The Triton modules are imported only when chosen (the deferred
-imports below), so importing the ops never pulls in Triton, and the interpreter switch, read when kernels are
-decorated, can still be set by then.
+installed package's, which re-exports this module. The Triton modules are imported only when a kernel first runs
+(``library.py``'s deferred imports), so importing the ops never pulls in Triton, and the interpreter switch, read when
+kernels are decorated, can still be set by then.
 """
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
 
 from . import library
-from .common import AttentionBackendError, _interpreting
+from .common import DTYPES, HEAD_DIMS, AttentionBackendError, _interpreting
 from .reference import causal_attention_ref, decode_attention_ref
 from .sdpa import causal_attention_sdpa, decode_attention_sdpa
 
@@ -45,8 +44,6 @@ __all__ = [
 
 BACKENDS = ("auto", "triton", "sdpa", "reference")
 ENV_VAR = "GPT2TUI_ATTENTION"
-TRITON_HEAD_DIMS = (16, 32, 64, 128)
-TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 _triton_import: dict[str, str | None] = {}  # the answer, once asked
@@ -74,9 +71,9 @@ def _triton_unavailable(device: torch.device | str | None, head_dim: int | None,
     kind = torch.device(device).type if device is not None else "cpu"
     if kind != "cuda" and not (kind == "cpu" and _interpreting()):
         return f"the tensors are on {kind}; the kernels run on CUDA (or on the CPU under TRITON_INTERPRET=1)"
-    if head_dim is not None and head_dim not in TRITON_HEAD_DIMS:
-        return f"head dim {head_dim} is not one of {TRITON_HEAD_DIMS}"
-    if dtype is not None and dtype not in TRITON_DTYPES:
+    if head_dim is not None and head_dim not in HEAD_DIMS:
+        return f"head dim {head_dim} is not one of {HEAD_DIMS}"
+    if dtype is not None and dtype not in DTYPES:
         return f"dtype {dtype} is not float32, float16 or bfloat16"
     return _triton_import_error()
 
@@ -125,12 +122,8 @@ def causal_attention(
     ``dropout_p`` drops attention probabilities (training only: pass 0.0 in eval).
     """
     chosen = _backend_for(q, backend)
-    if chosen == "triton" and torch.compiler.is_compiling():  # one node of the graph (library.py says why)
-        return library.causal_attention(q, k, v, dropout_p, 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
-    if chosen == "triton":
-        from .attention import causal_attention as triton_causal_attention  # deferred: imports Triton
-
-        return triton_causal_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+    if chosen == "triton":  # through the custom op: one node of a compiled graph (library.py says why)
+        return library.causal_attention(q, k, v, dropout_p=dropout_p, scale=scale)
     if chosen == "reference":
         return causal_attention_ref(q, k, v, dropout_p=dropout_p, scale=scale)
     return causal_attention_sdpa(q, k, v, dropout_p=dropout_p, scale=scale)
@@ -154,13 +147,8 @@ def decode_attention(
     captured in a CUDA graph uses, since its lengths change on the device between replays.
     """
     chosen = _backend_for(q, backend)
-    if chosen == "triton" and torch.compiler.is_compiling():
-        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-        return library.decode_attention(q, k_cache, v_cache, cache_lens, scale, max_len)
     if chosen == "triton":
-        from .decode import decode_attention as triton_decode_attention  # deferred: imports Triton
-
-        return triton_decode_attention(q, k_cache, v_cache, cache_lens, scale=scale, max_len=max_len)
+        return library.decode_attention(q, k_cache, v_cache, cache_lens, scale=scale, max_len=max_len)
     if chosen == "reference":
         return decode_attention_ref(q, k_cache, v_cache, cache_lens, scale=scale)
     return decode_attention_sdpa(q, k_cache, v_cache, cache_lens, scale=scale, max_len=max_len)

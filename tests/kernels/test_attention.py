@@ -19,7 +19,8 @@ from gpt2tui.kernels import (  # noqa: E402
     causal_attention_ref,
     resolve_backend,
 )
-from gpt2tui.kernels.attention import attention_dropout_mask, causal_attention  # noqa: E402
+from gpt2tui.kernels.attention import attention_dropout_mask  # noqa: E402
+from gpt2tui.kernels.library import causal_attention  # noqa: E402
 from gpt2tui_testkit.compiled import sm90  # noqa: E402
 
 ON_CUDA = torch.cuda.is_available()
@@ -262,60 +263,7 @@ def test_kernels_launch_on_the_tensors_device_not_the_current_one(monkeypatch):
     assert not isinstance(attention._on_device(torch.empty(1)), torch.cuda.device)
 
 
-def test_a_tuned_key_launches_its_config_directly(monkeypatch):
-    # The autotuner runs once per key; later calls of that key launch the kernel with the config it chose, through
-    # the kernel's direct launcher (launch.py), with the grid that config implies.
-    calls = []
-
-    class Config:
-        def all_kwargs(self):
-            return {"BLOCK_M": 64, "num_warps": 4}
-
-    class Tuner:
-        best_config = Config()
-
-        def __getitem__(self, grid):
-            return lambda *args, **kwargs: calls.append(("autotuner", grid, args, kwargs))
-
-    class Launcher:
-        def __call__(self, grid, *args, bind=False, **kwargs):  # as launch.Launcher's
-            calls.append(("kernel", grid, args, kwargs))
-            return self.bind(grid, args, kwargs) if bind else None
-
-        def bind(self, grid, args, kwargs):
-            return ("bound", grid, args, kwargs)
-
-    tuner = Tuner()
-    monkeypatch.setattr(attention, "_TUNED", {})
-    monkeypatch.setattr(attention, "_LAUNCHERS", {tuner: Launcher()})
-    grid = lambda meta: (3, meta["BLOCK_M"] // 16)  # noqa: E731
-    bound = [attention._launch(tuner, grid, key, 1, 2, D=16, bind=True) for key in ("a", "a", "b", "a")]
-    assert [c[0] for c in calls] == ["autotuner", "kernel", "autotuner", "kernel"]
-    tuned = {"D": 16, "BLOCK_M": 64, "num_warps": 4}
-    assert calls[1] == ("kernel", (3, 4), (1, 2), tuned)
-    # Asked to, a tuned launch hands back the same call bound, for the step's plan; the tuning call has none to give.
-    assert bound == [None, ("bound", (3, 4), (1, 2), tuned), None, ("bound", (3, 4), (1, 2), tuned)]
-    assert attention._launch(tuner, grid, "a", 1, 2, D=16) is None
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not ON_CUDA, reason="needs CUDA")
 def test_gpt2_shape_bf16_on_cuda():
     _assert_close_to_reference(*_qkv(4, 12, 1024, 64, torch.bfloat16, "cuda"))
-
-
-def test_functorch_transforms_and_torch_compile_get_the_function_s_own_apply(device, monkeypatch):
-    # A plain call skips `Function.apply`'s Python for the C++ `apply` beneath it (host time per step); under functorch
-    # transforms or while torch.compile traces, which both work through `Function.apply` itself, it must be that one.
-    q, k, v = _qkv(1, 2, 5, 16, torch.float32, device)
-    calls = []
-    real = attention.FlashAttentionFunction.apply
-    monkeypatch.setattr(attention.FlashAttentionFunction, "apply", lambda *a: calls.append(a) or real(*a))
-    plain = causal_attention(q, k, v)
-    assert calls == []
-    with pytest.raises(RuntimeError, match="setup_context"):  # what the Function itself says of vmap
-        torch.func.vmap(lambda x: causal_attention(x, k, v))(q.unsqueeze(0))
-    assert len(calls) == 1
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    assert torch.equal(causal_attention(q, k, v), plain)
-    assert len(calls) == 2

@@ -16,7 +16,6 @@ from gpt2tui.kernels import decode  # noqa: E402
 from gpt2tui.kernels.decode import choose_num_splits, decode_attention  # noqa: E402
 from gpt2tui.kernels.reference import decode_attention_ref  # noqa: E402
 from gpt2tui.kernels.sdpa import decode_attention_sdpa  # noqa: E402
-from gpt2tui_testkit.compiled import sm90  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # All three dtypes run in the interpreter too (bf16 products go through fp32 there; see kernels/decode.py `_dot`).
@@ -39,12 +38,9 @@ def _poison_buffers(monkeypatch):
     monkeypatch.setattr(decode.torch, "empty_strided", poison(torch.empty_strided))
 
 
-@pytest.fixture(params=["kernel", "fused"])
-def merge(request, monkeypatch):
-    """Both ways of merging the key splits: a second kernel, or the last split of each query block to finish."""
-    monkeypatch.setattr(decode, "MERGE", request.param)
+@pytest.fixture
+def poisoned(monkeypatch):
     _poison_buffers(monkeypatch)
-    return request.param
 
 
 def _inputs(B, H, n, S_max, D, lens, dtype, seed=0):
@@ -96,7 +92,7 @@ CASES = {
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", list(CASES))
-def test_matches_float64_reference(case, dtype, merge):
+def test_matches_float64_reference(case, dtype, poisoned):
     B, H, n, S_max, lens = CASES[case]
     q, k, v, L = _inputs(B, H, n, S_max, 32, lens, dtype)
     _assert_matches(decode_attention(q, k, v, L, max_len=max(lens)), q, k, v, L)
@@ -110,7 +106,7 @@ def test_head_dims(D, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_forced_splits_agree(dtype, merge):
+def test_forced_splits_agree(dtype, poisoned):
     """1, 2, 3 and 7 key splits (of 64-key blocks, over 300 keys: 7 leaves whole splits empty, and the short row is
     empty in all but its first) give the reference's answer and each other's."""
     lens = (5, 300, 170)
@@ -143,7 +139,7 @@ def test_choose_num_splits():
 
 @pytest.mark.parametrize("num_splits", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_strided_views(dtype, num_splits, merge):
+def test_strided_views(dtype, num_splits, poisoned):
     """The cache is layer 1 of an (L, B, H, S_max, D) tensor and q a transposed (B, n, H, D) tensor, as the model
     passes them: nothing but the last dim is contiguous."""
     B, H, n, S_max, D, lens = 2, 3, 4, 100, 32, (4, 90)
@@ -161,7 +157,7 @@ def test_strided_views(dtype, num_splits, merge):
 
 @pytest.mark.parametrize("num_splits", [1, 3])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_stale_cache_entries_never_leak(dtype, num_splits, merge):
+def test_stale_cache_entries_never_leak(dtype, num_splits, poisoned):
     """NaN and inf beyond each row's length (stale or never-written slots) must not reach the output."""
     lens = (2, 65, 150)
     q, k, v, L = _inputs(3, 2, 2, 192, 32, lens, dtype, seed=4)
@@ -172,69 +168,6 @@ def test_stale_cache_entries_never_leak(dtype, num_splits, merge):
         k[b, 0, n_valid:] = float("inf")
     out = decode_attention(q, k, v, L, max_len=max(lens), num_splits=num_splits)
     _assert_matches(out, q, k, v, L, clean_k=clean_k, clean_v=clean_v)
-
-
-def test_a_fused_merge_leaves_its_tickets_at_zero_and_agrees_with_the_merge_kernel(monkeypatch):
-    # The program that merges resets its ticket, so the next launch (or a CUDA graph's next replay) starts from zero.
-    q, k, v, L = _inputs(3, 5, 70, 300, 16, (70, 300, 170), torch.float32, seed=8)
-    _poison_buffers(monkeypatch)
-    outs = {}
-    for merge in ("kernel", "fused", "fused"):
-        monkeypatch.setattr(decode, "MERGE", merge)
-        outs[merge] = decode_attention(q, k, v, L, max_len=300, num_splits=3)
-        assert not any(t.any() for t in decode._TICKETS.values())
-    want = decode_attention_ref(q.double(), k.double(), v.double(), L, upcast=True)
-    assert (outs["fused"].double() - outs["kernel"].double()).abs().max().item() <= _tol(q, k, v, L, want)
-
-
-def test_outgrown_tickets_are_kept_for_graphs_that_captured_them(monkeypatch):
-    # A CUDA graph captured with the old counters goes on using them: freed, their memory would go to other tensors.
-    monkeypatch.setattr(decode, "_TICKETS", {})
-    monkeypatch.setattr(decode, "_RETIRED_TICKETS", [])
-    first = decode._tickets(torch.device(DEVICE), 10)
-    assert decode._tickets(torch.device(DEVICE), 1000) is first  # still big enough: the same counters
-    grown = decode._tickets(torch.device(DEVICE), 5000)
-    assert grown.numel() >= 5000 and not grown.any()
-    assert decode._RETIRED_TICKETS == [first]
-
-
-def test_each_stream_counts_its_own_tickets(monkeypatch):
-    # Two fused decodes in flight on two streams of one device would otherwise add into the same counters.
-    monkeypatch.setattr(decode, "_TICKETS", {})
-    stream = [1]
-    monkeypatch.setattr(decode, "_stream_id", lambda device: stream[0])
-    one = decode._tickets(torch.device(DEVICE), 10)
-    stream[0] = 2
-    two = decode._tickets(torch.device(DEVICE), 10)
-    stream[0] = 1
-    assert two is not one and decode._tickets(torch.device(DEVICE), 10) is one
-
-
-def test_the_fused_merge_compiles_to_a_barrier_then_an_acquire_release_ticket():
-    # What the interpreter cannot check: the order on a GPU. In the sm_90 build the ticket must be a gpu-scope acq_rel
-    # atomic after a CTA barrier (every thread's partial stores, then thread 0's ticket: a grid-wide reduction's
-    # pattern), and the merge must read the partials past L1.
-    types = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "Out": "*bf16", "OPart": "*fp32", "LSE": "*fp32",
-             "Lens": "*i32", "Tickets": "*i32", "qk_scale": "fp32"}
-    const = {"HEAD_DIM": 64, "BLOCK_M": 16, "BLOCK_N": 64, "DIRECT": False, "FUSED": True, "SPLITS": 8, "UPCAST_DOT": False}
-    ptx = sm90("decode", "_decode_split_kernel", types, const, "ptx")
-    ticket = ptx.find("atom.global.gpu.acq_rel.add")
-    assert ticket > 0, "the ticket is not an acquire/release atomic at gpu scope"
-    assert "bar.sync" in ptx[:ticket], "no CTA barrier before the ticket"
-    assert "ld.global.cg" in ptx[ticket:], "the merge reads the partials through L1"
-    assert "atom.global.gpu.acq_rel.exch" in ptx[ticket:], "the ticket is not reset"
-
-
-def test_an_unknown_merge_setting_is_a_clear_error():
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, GPT2TUI_DECODE_MERGE="atomic", TRITON_INTERPRET="1")
-    run = subprocess.run([sys.executable, "-c", "import gpt2tui.kernels.decode"], env=env, capture_output=True,
-                         text=True, timeout=120)
-    assert run.returncode != 0
-    assert "AttentionBackendError: $GPT2TUI_DECODE_MERGE is 'atomic'; set it to 'kernel' or 'fused'" in run.stderr
 
 
 def test_max_len_none_takes_the_whole_cache_and_int32_lengths():
@@ -308,7 +241,7 @@ def test_bad_options_raise_value_error(kwargs):
 @gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("n", [1, 64])
-def test_gpt2_small_batch_one_long_cache(n, dtype, merge):
+def test_gpt2_small_batch_one_long_cache(n, dtype, poisoned):
     """GPT-2 small shapes at batch 1 (the heuristic splits the 1000 keys) and a batch of uneven rows."""
     q, k, v, L = _inputs(1, 12, n, 1024, 64, (1000,), dtype, seed=6)
     _assert_matches(decode_attention(q, k, v, L, max_len=1000), q, k, v, L)

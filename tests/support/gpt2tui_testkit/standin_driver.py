@@ -1,21 +1,15 @@
 """A stand-in for Triton's CUDA driver: kernels compile for sm_90 (Triton ships ptxas) and "launch" into a list.
 
 With it, Triton's whole host path runs on a machine without a GPU, up to the C launcher, which it replaces by a
-recorder of the arguments it would have been given. That lets tests compare what our direct launches pass
-(`kernels/launch.py`) with what Triton's own `JITFunction.run` passes, and lets benchmarks time both. Only for a
-process whose kernels were not decorated for the interpreter (run it in a subprocess from the kernel tests).
+recorder of the arguments it would have been given. That lets the GPU-only benchmark scripts run here
+(`tests/kernels/test_gpu_scripts.py`). Only for a process whose kernels were not decorated for the interpreter (run
+it in a subprocess from the kernel tests).
 """
 
-import json
-import subprocess
-import sys
 
-import pytest
 import torch
 from triton.backends.compiler import GPUTarget
 from triton.runtime import driver
-
-from . import child_env
 
 
 class RecordingLauncher:
@@ -88,22 +82,3 @@ def install():
     previous = driver._active
     driver.set_active(StandInDriver())
     return previous
-
-
-def uninstall(previous) -> None:
-    driver._active = previous  # not reset_active(): on a machine without a GPU there is no real driver to reset to
-
-
-def run_report(script: str, root, timeout: int, unset: tuple[str, ...] = ()) -> dict:
-    """Runs a test's stand-in `script` in a fresh Python (kernels compiled for real, not interpreted; one config, as
-    the stand-in cannot time candidates) and returns the JSON report it prints last. Skips where Triton cannot compile
-    for sm_90 here."""
-    env = child_env(drop=("TRITON_INTERPRET", "GPT2TUI_TRITON_LAUNCH", *unset), GPT2TUI_TRITON_AUTOTUNE="0")
-    run = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True,
-                         timeout=timeout)
-    if run.returncode != 0:
-        tail = run.stderr.strip().splitlines()[-1:]
-        if "ptxas" in run.stderr or "GPUTarget" in run.stderr:
-            pytest.skip(f"cannot compile for sm_90 here: {tail}")
-        raise AssertionError(run.stderr[-4000:])
-    return json.loads(run.stdout.strip().splitlines()[-1])
