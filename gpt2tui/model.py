@@ -136,6 +136,21 @@ class GPT2(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    def pad_vocab_(self, multiple: int = 64) -> GPT2:
+        """Grows the token embedding, and with it the tied head, to a multiple of `multiple` rows (50,257 → 50,304),
+        for training: the head's product and the fused loss then run on shapes GPU kernels tile evenly (nanoGPT's
+        padding). The new rows start at zero and are never a target, so training pushes their logits down; `head`
+        leaves them out, and a saved checkpoint keeps only `config.vocab_size` rows (`weights.write_model_files`)."""
+        wte = self.transformer.wte
+        V = self.config.vocab_size
+        rows = -(-V // multiple) * multiple
+        if wte.weight.shape[0] != rows:
+            weight = wte.weight.new_zeros(rows, wte.weight.shape[1])  # (V_padded, C)
+            weight[:V] = wte.weight.detach()[:V]
+            wte.weight = nn.Parameter(weight, requires_grad=wte.weight.requires_grad)
+            wte.num_embeddings = rows
+        return self
+
     def num_params(self) -> int:
         packed = sum(m.n * m.k for m in self.modules() if isinstance(m, (QuantLinear, QuantEmbedding)))
         return sum(p.numel() for p in self.parameters()) + packed
@@ -174,7 +189,7 @@ class GPT2(nn.Module):
         wte = self.transformer.wte
         if isinstance(wte, QuantEmbedding):
             return wte.logits(h)
-        return F.linear(h, wte.weight)
+        return F.linear(h, wte.weight[: self.config.vocab_size])  # without the rows `pad_vocab_` may add
 
     def head_loss(self, h: torch.Tensor, targets: torch.Tensor, reduction: str = "mean", return_argmax: bool = False):
         """Cross-entropy of the head's logits of `h` `(B, T, C)` against `targets` `(B, T)` (-100 ignored): "mean",

@@ -649,6 +649,9 @@ def write_model_files(model: GPT2, directory: Path, chat_template: str | None = 
         meta["quantization"] = kind
     (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    wte = state.get("transformer.wte.weight")
+    if wte is not None and wte.shape[0] > model.config.vocab_size:  # rows a training run padded on (`pad_vocab_`)
+        state["transformer.wte.weight"] = wte[: model.config.vocab_size].clone()
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
 
 

@@ -69,6 +69,9 @@ def _add_loop_args(p: argparse.ArgumentParser, batch: int, lr: float | None, eva
                    help="autocast precision (default auto: bfloat16 on CUDA, float16 + grad scaler where bf16 is "
                         "missing, float32 on the CPU)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (slow start, faster steps)")
+    g.add_argument("--pad-vocab", action="store_true",
+                   help="train with the vocabulary padded to a multiple of 64 (50,257 -> 50,304: evenly tiled GPU "
+                        "products); the saved model keeps its own vocabulary")
     g.add_argument("--grad-checkpoint", action="store_true",
                    help="recompute activations in the backward pass: less memory, ~30%% more compute")
 

@@ -149,6 +149,7 @@ def run(args) -> int:
             warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, eval_every=eval_every,
             eval_batches=args.eval_batches, save_every=args.save_every, sample_every=args.sample_every,
             seed=args.seed, dtype=args.dtype, compile=args.compile, grad_checkpoint=args.grad_checkpoint,
+            pad_vocab=args.pad_vocab,
         )
         run_info = {"task": "finetune", "model": model.config.to_dict(), "base": str(base_path),
                     "context_length": ctx, "mask_prompt": args.mask_prompt, "lora": lora and asdict(lora),

@@ -82,6 +82,7 @@ class TrainConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     compile: bool = False
     grad_checkpoint: bool = False
+    pad_vocab: bool = False  # train with the vocabulary padded to a multiple of 64 (GPT2.pad_vocab_)
 
     @property
     def warmup(self) -> int:
@@ -230,9 +231,11 @@ def _size(n: int) -> str:
 
 
 def flops_per_token(model: torch.nn.Module, T: int) -> float:
-    """Training FLOPs per token: 6 per parameter (forward + backward) plus attention's 12·L·C·T (PaLM, appendix B)."""
+    """Training FLOPs per token, as nanoGPT and llm.c count them (PaLM, appendix B): 6 per parameter (forward and
+    backward) except the position embedding's (a lookup), plus attention's 12·L·C·T (full, not causal, T×T scores)."""
     c = model.config
-    return 6 * sum(p.numel() for p in model.parameters()) + 12 * c.n_layers * c.emb_dim * T
+    params = sum(p.numel() for p in model.parameters()) - model.transformer.wpe.weight.numel()
+    return 6 * params + 12 * c.n_layers * c.emb_dim * T
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -279,9 +282,11 @@ def save_training_checkpoint(model, optimizer, scaler, out_dir: Path, state: dic
     """Model, optimizer and trainer state into `out_dir/checkpoint`, atomically."""
     final = out_dir / CHECKPOINT
     with atomic_directory(final, CHECKPOINT_FILES) as tmp:
-        write_model_files(model, tmp, chat_template=chat_template)
-        torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None},
-                   tmp / "optimizer.pt")
+        write_model_files(model, tmp, chat_template=chat_template)  # the model's own vocabulary, padding left out
+        # Padded rows (`pad_vocab_`) go with the optimizer's state, which holds their moments: a resume is exact.
+        padding = model.transformer.wte.weight[model.config.vocab_size :].detach().cpu()
+        torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                    "wte_padding": padding}, tmp / "optimizer.pt")
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1) + "\n")
     return final
 
@@ -412,6 +417,13 @@ class Trainer:
         except Exception as e:
             why = (str(e).splitlines() or [type(e).__name__])[0][:120]
             raise CheckpointError(f"{ckpt} is damaged ({why}); start a new run") from None
+        padding, saved = opt.get("wte_padding"), weights.get("transformer.wte.weight")
+        pad_rows = 0 if padding is None else padding.shape[0]
+        if saved is not None and saved.shape[0] + pad_rows != self.raw.transformer.wte.weight.shape[0]:
+            raise CheckpointError(f"{ckpt} was trained {'with' if pad_rows else 'without'} --pad-vocab; resume it "
+                                  "the same way")
+        if pad_rows:
+            weights["transformer.wte.weight"] = torch.cat([saved, padding.to(saved.device)])
         missing, unexpected = self.raw.load_state_dict(weights, strict=False)
         if missing or unexpected:
             raise CheckpointError(f"{ckpt}: weights do not fit the model ({(missing + unexpected)[:3]})")
@@ -473,6 +485,8 @@ class Trainer:
         self.raw.to(self.device).train()
         if cfg.grad_checkpoint:
             checkpoint_blocks(self.raw)
+        if cfg.pad_vocab:
+            self.raw.pad_vocab_()
         self.optimizer = make_optimizer(self.raw, cfg, self.device)
         self.tokens_seen = 0
         if resume:
@@ -485,6 +499,8 @@ class Trainer:
         if d.on:
             model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.compile:
+            # Batches keep one shape (B, T) through a run, so the graph compiles once, during the first step.
+            self.log("torch.compile: the first step compiles the model (a minute or more); later steps run compiled")
             model = torch.compile(model)
         fpt, peak = flops_per_token(self.raw, getattr(self.data, "T", 0) or self.raw.config.context_length), \
             peak_flops(self.device)

@@ -141,6 +141,7 @@ def run(args) -> int:
             warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, eval_every=args.eval_every,
             eval_batches=args.eval_batches, save_every=args.save_every, sample_every=args.sample_every,
             seed=args.seed, dtype=args.dtype, compile=args.compile, grad_checkpoint=args.grad_checkpoint,
+            pad_vocab=args.pad_vocab,
         )
         run_info = {"task": "pretrain", "model": model.config.to_dict(), "context_length": T,
                     "val_fraction": args.val_fraction, "data_tokens": corpus.manifest["tokens"],
