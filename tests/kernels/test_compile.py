@@ -1,6 +1,7 @@
 """The attention under torch.compile: the Triton kernels are custom ops (`kernels/library.py`), so a training step
 and a KV-cached decode step compile as one graph with `attn_backend="triton"`, and give the eager results. On the CPU
-the kernels run in Triton's interpreter (conftest.py) and the graphs compile with the `aot_eager` backend."""
+the kernels run in Triton's interpreter (conftest.py) and the graphs compile with the `aot_eager` backend; one slow
+test compiles a training step with inductor, the default backend."""
 
 from __future__ import annotations
 
@@ -93,3 +94,21 @@ def test_a_decode_step_compiles_without_graph_breaks(device):
         assert explained.graph_break_count == 0, explained.break_reasons
         compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
         assert torch.allclose(compiled(nxt, compiled_cache), step(nxt, eager_cache), atol=1e-5)
+
+
+@pytest.mark.slow  # inductor generates and builds C++ for the forward and the backward: ~a minute on two cores
+def test_inductor_compiles_a_training_step_around_the_ops(device):
+    """The default backend, as `--compile` uses it: the ops stay extern calls, inductor fuses what lies between, and
+    the loss and gradients are the eager ones."""
+    torch._dynamo.reset()
+    eager, compiled_model = _model(device), _model(device)
+    ids = torch.randint(0, 97, (2, 12), device=device)
+    compiled = torch.compile(compiled_model, fullgraph=True)
+    losses = []
+    for model in (eager, compiled):
+        loss = model(ids, targets=ids, return_logits=False)[1]
+        loss.backward()
+        losses.append(loss.item())
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    for a, b in zip(eager.parameters(), compiled_model.parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-6)
