@@ -57,8 +57,8 @@ bench: $(STAMP)
 	$(BIN)/python -m pytest -q benchmarks --benchmark-only --benchmark-columns=min,median,mean,rounds
 
 # On a GPU machine (no network there): its system Python already has torch, triton, transformers and pytest, so
-# install this checkout into it without dependencies, then run the CUDA tests (gpu-test), the benchmarks, a profile
-# of where a training step's attention spends its time, on the GPU and on the host, and the decode settings' sweep
+# install this checkout into it without dependencies, then run the CUDA tests (gpu-test), the benchmarks (the 124M
+# training step first), a profile of where the attention spends its GPU time, and the decode settings' sweep
 # (gpu-bench). BENCH_JSON=path keeps the benchmarks' figures;
 # LOG_DIR=dir writes each step's output to dir/<step>.log as it runs (a run cut short by a time limit keeps what the
 # finished steps printed) and ends with each log's last lines.
