@@ -99,6 +99,12 @@ setup(
         # The chat app. Tested with 8.2; it streams Markdown with Markdown.get_stream, and the SVG snapshots in
         # tests/tui are drawn by this version.
         "textual>=8.2",
+        "markdown-it-py>=3",  # parses a reply's code blocks for copying (gpt2tui/tui/clipboard.py); Textual needs it too
+        # The plain chat's line editor: editing, history across runs, multi-line input (gpt2tui/repl_input.py).
+        "prompt-toolkit>=3.0.36",
+        # Writes the preferences file, config.toml (gpt2tui/prefs.py); Python's tomllib reads it.
+        "tomli-w>=1.0",
+        'tomli>=1.1; python_version < "3.11"',  # reads it where the standard library has no tomllib
     ],
     extras_require={
         "dev": [

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
+
+from .chat import ChatError
+from .setting_fields import FIELDS, MAX_SEED
 
 
 def _number(text: str, kind: type):
@@ -30,7 +34,23 @@ def non_empty(text: str) -> str:
     return text
 
 
-MAX_SEED = 2**63 - 1  # torch's generators take a signed 64-bit seed
+DEVICE_HELP = "cpu, cuda, cuda:N or mps"
+
+
+def device(text: str) -> str:
+    """A device name gpt2tui can run on. Whether a GPU is there is checked when the model loads (`weights.pick_device`,
+    which needs torch); a name no machine has (cpu:1, gpu, cuda:x) is refused here, before anything loads."""
+    name = text.strip().lower()
+    m = re.fullmatch(r"(cpu|cuda|mps)(?::(\d+))?", name)
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use {DEVICE_HELP}")
+    kind, index = m.groups()
+    if kind == "cpu" and index not in (None, "0"):
+        raise argparse.ArgumentTypeError(f"{text!r}: the CPU is one device, cpu (torch spreads work over its cores "
+                                         "itself)")
+    if kind == "mps" and index not in (None, "0"):
+        raise argparse.ArgumentTypeError(f"{text!r}: a Mac has one Apple GPU, mps")
+    return name
 
 
 def seed(text: str) -> int:
@@ -63,8 +83,30 @@ def positive_float(text: str) -> float:
     return value
 
 
-# Chat flags set what a *new* conversation starts with; unset ones keep ChatSettings' defaults, and a saved
-# conversation keeps its own settings.
+def port(text: str) -> int:
+    """A TCP port to listen on; 0 lets the system pick a free one."""
+    value = _number(text, int)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (0 to 65535)")
+    return value
+
+
+def setting(name: str):
+    """A chat setting's flag value, with the bounds and words of `setting_fields` (the dialog's and /set's)."""
+    field = FIELDS[name]
+
+    def parse(text: str):
+        try:
+            return field.parse(text)
+        except ChatError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = name  # argparse names the type in some messages
+    return parse
+
+
+# Chat flags win over everything else: a new conversation starts with them, and a saved one is continued with them
+# (precedence: flags, the conversation's own settings, config.toml, built-in defaults).
 CHAT_SETTINGS = ("system_prompt", "temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens", "seed")
 
 

@@ -238,10 +238,33 @@ def encode_conversation(
     return ids, learn
 
 
-def prompt_budget(context_length: int, max_new_tokens: int) -> int:
+# With no max_new_tokens set, a reply may take the room the prompt leaves in the window, up to this many tokens. A
+# fixed default fit no window: 256 was a small model's whole window, so each reply was cut off and half the
+# conversation left out.
+AUTO_REPLY_CAP = 512
+
+
+def reply_reserve(context_length: int, max_new_tokens: int | None) -> int:
+    """Tokens kept free for the reply when a prompt is fitted: `max_new_tokens` when set; otherwise a quarter of the
+    window, at most `AUTO_REPLY_CAP` (the reply then takes what the prompt leaves, see `reply_length`)."""
+    if max_new_tokens is not None:
+        return max_new_tokens
+    return min(AUTO_REPLY_CAP, context_length // 4)
+
+
+def prompt_budget(context_length: int, max_new_tokens: int | None) -> int:
     """Tokens a prompt may take: the window less the reply's room, but at least half the window (the rule of
-    `generate.fit_prompt`, so a long `max_new_tokens` shortens the reply rather than the conversation)."""
-    return max(context_length - max_new_tokens, context_length // 2, 1)
+    `generate.fit_prompt`, so a long `max_new_tokens` shortens the reply rather than the conversation). None: the
+    reply's length follows the room left (`reply_reserve`)."""
+    return max(context_length - reply_reserve(context_length, max_new_tokens), context_length // 2, 1)
+
+
+def reply_length(context_length: int, prompt_tokens: int, max_new_tokens: int | None) -> int:
+    """The most tokens a reply to a prompt of `prompt_tokens` may have: `max_new_tokens` when set, otherwise the room
+    left in the window, at most `AUTO_REPLY_CAP`."""
+    if max_new_tokens is not None:
+        return max_new_tokens
+    return max(1, min(AUTO_REPLY_CAP, context_length - prompt_tokens))
 
 
 @dataclass(frozen=True)
@@ -258,12 +281,20 @@ class Prompt:
         return self.cut_tokens > 0
 
 
+def turns_left_out(turns: int) -> str:
+    """The context policy's note in words, for the app and the REPL alike: "the oldest turn was left out", "the 3
+    oldest turns were left out"; "" for none."""
+    if turns <= 0:
+        return ""
+    return "the oldest turn was left out" if turns == 1 else f"the {turns} oldest turns were left out"
+
+
 def build_prompt(
     tokenizer: Tokenizer,
     template: ChatTemplate,
     messages: Sequence[Mapping],
     context_length: int,
-    max_new_tokens: int,
+    max_new_tokens: int | None,
 ) -> Prompt:
     """The ids to generate a reply to the last (user) message from, fitted to `prompt_budget`: the oldest whole turns
     go first; the header (system prompt or template preamble) always stays; if the last message alone is still too
@@ -287,8 +318,8 @@ def build_prompt(
     if cut and cut >= len(content):
         raise ChatError(
             f"the system prompt and template take {fixed} tokens, leaving no room for a message in the {budget} "
-            f"tokens a prompt may use ({context_length}-token window, {max_new_tokens} for the reply); "
-            f"shorten the system prompt or lower max_new_tokens"
+            f"tokens a prompt may use ({context_length}-token window, {reply_reserve(context_length, max_new_tokens)} "
+            f"kept for the reply); shorten the system prompt or lower max new tokens"
         )
     ids = header_ids + [i for turn in history[dropped:] for i in turn] + before + content[cut:] + after
     return Prompt(ids=ids, turns_dropped=dropped, cut_tokens=cut, budget=budget)

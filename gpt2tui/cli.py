@@ -6,21 +6,41 @@
     gpt2tui info [--model M]       config, parameters, memory, device, attention backend
     gpt2tui models                 models usable here without a download
     gpt2tui download NAME          fetch official GPT-2 weights into the Hugging Face cache
+    gpt2tui serve [--model M]      an OpenAI-compatible HTTP server (needs the serve extra: gpt2tui[serve])
 
-User errors print one line on stderr and exit 1; nothing prints a traceback for them.
+Usage errors (a mistyped command or flag, a bad flag value) print one line, with a "did you mean" where a known name
+is close, and exit 2; bad input (a missing model, a corrupt file, a path that cannot be written) prints one line and
+exits 1. Nothing prints a traceback for either.
+
+Start-up cost: `models` never imports torch (it reads config files and safetensors headers); `info` imports torch and
+the model's code, not the generation, chat or tokenizer modules.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import sys
 import warnings
 
 from . import __version__
-from .argtypes import chat_defaults, float_in, int_at_least, non_empty, seed
+from .argtypes import (
+    DEVICE_HELP,
+    chat_defaults,
+    device,
+    float_in,
+    int_at_least,
+    non_empty,
+    port,
+    seed,
+    setting,
+)
 from .errors import GPT2TUIError
+from .prefs import load_prefs, shown_path
+from .setting_fields import FIELDS
 from .training.cli import add_commands as add_training_commands
+from .transfer_cli import add_commands as add_transfer_commands
 
 DEFAULT_MODEL = "gpt2"
 
@@ -32,7 +52,10 @@ def _console(stderr: bool = True):
 
 
 def _fail(message: str) -> int:
-    _console().print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    from rich.markup import escape  # deferred, as in _console
+
+    # Escaped: a message quoting user input or `gpt2tui[serve]` must print as written, never as Rich markup.
+    _console().print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     return 1
 
 
@@ -44,11 +67,13 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--model", "-m", default=os.environ.get("GPT2TUI_MODEL") or DEFAULT_MODEL,
+        "--model", "-m", default=None,
         help="a model directory, a model saved in the gpt2tui models folder, or an official name "
-             "(gpt2, gpt2-medium, gpt2-large, gpt2-xl); default: $GPT2TUI_MODEL or gpt2",
+             "(gpt2, gpt2-medium, gpt2-large, gpt2-xl); default: $GPT2TUI_MODEL, else the model in "
+             f"{shown_path()}, else gpt2",
     )
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if present, else cpu)")
+    p.add_argument("--device", type=device, default=None,
+                   help=f"{DEVICE_HELP} (default: cuda if present, else cpu)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="weights' precision (default: bfloat16 on a GPU that has it, else float32); on the CPU, "
                         "bfloat16 stores the weights in bfloat16 and computes in float32")
@@ -79,17 +104,19 @@ def _add_chat_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("settings of new conversations (each conversation keeps its own; the app edits them)")
     g.add_argument("--system", dest="system_prompt", default=None, metavar="TEXT",
                    help="system prompt (default: the chat template's own)")
-    g.add_argument("--max-new-tokens", "-n", type=int_at_least(1), default=None, metavar="N",
-                   help="the longest reply, in tokens (default 256)")
-    g.add_argument("--temperature", "-t", type=float_in(0.0, 100.0), default=None, metavar="T",
-                   help="sampling temperature; 0 is greedy (default 0.7)")
-    g.add_argument("--top-k", type=int_at_least(0), default=None, metavar="K", help="0 is off (default 50)")
-    g.add_argument("--top-p", type=float_in(0.0, 1.0, low_open=True), default=None, metavar="P",
-                   help="1 is off (default 0.95)")
-    g.add_argument("--repetition-penalty", type=float_in(0.0, 100.0, low_open=True), default=None, metavar="R",
-                   help="1 is off (default 1.1)")
-    g.add_argument("--seed", type=seed, default=None, metavar="S",
-                   help="fixed seed: the same conversation gets the same reply (default: a fresh draw)")
+    # Bounds and words from setting_fields, as the app's settings dialog and /set have them.
+    for flags, name, metavar, default in [
+        (("--max-new-tokens", "-n"), "max_new_tokens", "N", "the room left in the window, at most 512"),
+        (("--temperature", "-t"), "temperature", "T", "0.7"),
+        (("--top-k",), "top_k", "K", "50"),
+        (("--top-p",), "top_p", "P", "0.95"),
+        (("--repetition-penalty",), "repetition_penalty", "R", "1.1"),
+        (("--seed",), "seed", "S", "a fresh draw each reply"),
+    ]:
+        field = FIELDS[name]
+        hint = f"; {field.hint}" if field.hint else ""
+        g.add_argument(*flags, type=setting(name), default=None, metavar=metavar,
+                       help=f"{field.label.lower()}, {field.range_text()}{hint} (default: {default})")
 
 
 def _run_app(args: argparse.Namespace) -> int:
@@ -108,23 +135,55 @@ def _run_app(args: argparse.Namespace) -> int:
             from huggingface_hub.utils import disable_progress_bars  # deferred: only for a first download
 
             disable_progress_bars()
-            app.call_from_thread(
-                app.notify, f"Downloading {official} from the Hugging Face Hub; it is cached for next time.",
-                title="First start", timeout=30,
-            )
+            # On the status line, beside the spinner: a toast would linger over the window after a failed download.
+            app.call_from_thread(app.chat.loading_state,
+                                 f"Downloading {official} from the Hugging Face Hub (once: it is cached)…")
         return chat_session(args, allow_download=True, leave_a_core=True)
 
-    app = ChatApp(args.model, loader=load, settings=chat_defaults(args))
+    # The model picker starts from the flags' device and weights, and loads a switched model the same way.
+    app = ChatApp(args.model, loader=load, settings=chat_defaults(args), device=args.device, dtype=args.dtype,
+                  quantize=args.quantize)
     app.run()
     return app.return_code or 0
 
 
+def _did_you_mean(word: str, known: list[str]) -> str:
+    near = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    return f"; did you mean {near[0]}?" if near else ""
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, with a bad flag answered in one line (argparse's own message, and where the flags are listed)
-    instead of the whole usage block above it. Subcommands' parsers are of this class too."""
+    """argparse, with a usage error answered in one line (what was wrong, the closest known name when one is close,
+    and where the flags are listed) instead of the whole usage block above it, exit code 2. Subcommands' parsers are
+    of this class too."""
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def _check_value(self, action, value):
+        # argparse's own check, reworded: "unknown command 'infp'; did you mean info?" (Python 3.14 has a
+        # suggest_on_error of its own; this runs on 3.10 to 3.13 too).
+        if action.choices is not None and value not in action.choices:
+            known = [str(c) for c in action.choices]
+            command = isinstance(action, argparse._SubParsersAction)
+            raise argparse.ArgumentError(
+                None if command else action,  # None: no "argument COMMAND:" before the message
+                f"unknown {'command' if command else 'value'} {value!r} (choose from {', '.join(known)})"
+                f"{_did_you_mean(str(value), known)}")
+        super()._check_value(action, value)
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            # The flags of the command that was given: a misspelt one is compared with those, not the top level's.
+            commands = getattr(self, "commands", {})
+            parser = commands.get(getattr(parsed, "command", None), self)
+            flag = extras[0].split("=", 1)[0]
+            known = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+            if flag.startswith("-"):
+                parser.error(f"unknown option {flag!r}{_did_you_mean(flag, known)}")
+            parser.error(f"unexpected argument {' '.join(extras)!r}")
+        return parsed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,8 +235,47 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Download official GPT-2 weights (config and safetensors) from the Hugging Face "
                                    "Hub into its local cache.")
     p.add_argument("name", choices=["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"], help="which size")
-    add_training_commands(sub)  # pretrain, finetune, evaluate: each parser's `run` is its handler
+
+    p = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API",
+                       description="Serve a model over an OpenAI-compatible HTTP API (/v1/models, /v1/completions, "
+                                   "/v1/chat/completions, /health, /metrics), batching concurrent requests. Listens "
+                                   "on 127.0.0.1 unless told otherwise. Needs the serve extra: "
+                                   "pip install 'gpt2tui[serve]'.")
+    _add_model_args(p)
+    g = p.add_argument_group("network and safety")
+    g.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for every interface, "
+                        "which wants --api-key)")
+    g.add_argument("--port", type=port, default=8000, help="port to listen on (default 8000)")
+    g.add_argument("--api-key", default=os.environ.get("GPT2TUI_API_KEY"), metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on every request (default: $GPT2TUI_API_KEY, which "
+                        "keeps the key out of the process list; none: no key)")
+    g.add_argument("--cors-origin", action="append", type=non_empty, default=[], metavar="ORIGIN",
+                   help="let web pages from this origin call the API (repeatable; default: none)")
+    g = p.add_argument_group("batching")
+    g.add_argument("--max-batch", type=int_at_least(1), default=16, metavar="N",
+                   help="requests decoded together in one step (default 16); each holds a window of KV cache")
+    g.add_argument("--max-queue", type=int_at_least(1), default=64, metavar="N",
+                   help="requests waiting for a place in the batch before new ones get 429 (default 64)")
+    g.add_argument("--prefill-chunk", type=int_at_least(1), default=256, metavar="T",
+                   help="prompt tokens prefilled per step, so a long prompt never stalls the replies in flight "
+                        "for long (default 256)")
+    add_training_commands(sub)  # pretrain, finetune, dpo, evaluate: each parser's `run` is its handler
+    add_transfer_commands(sub)  # export, import: the same
+    parser.commands = sub.choices  # for the "did you mean" of a misspelt flag (_Parser.parse_args)
     return parser
+
+
+def _apply_prefs(args: argparse.Namespace) -> list[str]:
+    """Fill in what config.toml sets and the command line does not: the model (after $GPT2TUI_MODEL). Returns the
+    file's problems, one line each. Chat settings from it are applied by the chat itself (app or plain), below the
+    flags and a conversation's own settings."""
+    if not hasattr(args, "model") or args.model is not None and args.command != "chat":
+        return []
+    prefs, problems = load_prefs()
+    if args.model is None:
+        args.model = os.environ.get("GPT2TUI_MODEL") or prefs.model or DEFAULT_MODEL
+    return problems
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,14 +285,32 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["chat", *argv]  # `gpt2tui` and `gpt2tui --model M` start a chat
     args = parser.parse_args(argv)
     warnings.showwarning = _show_warning
+    problems = _apply_prefs(args)
     if args.command == "chat" and not args.plain and sys.stdin.isatty() and sys.stdout.isatty():
-        return _run_app(args)
-    from .commands import COMMANDS  # imports torch: only after --help and bad flags have been answered
-    from .kernels import AttentionBackendError  # imports torch too
+        return _run_app(args)  # the app reads config.toml itself, and shows its problems in the window
+    for problem in problems:
+        _show_warning(problem, UserWarning, "", 0)
+    # Each command imports what it needs, after --help and bad flags have been answered: `models` no torch at all,
+    # `info` torch and the model's code but no generation or chat (start-up figures: benchmarks/bench_cli.py).
+    if args.command == "models":
+        from .listing import cmd_models
 
+        handler, user_errors = cmd_models, (GPT2TUIError,)
+    elif args.command in ("export", "import"):  # conversations only: no torch either
+        handler, user_errors = args.run, (GPT2TUIError,)
+    else:
+        from .kernels import AttentionBackendError  # imports torch
+
+        if args.command == "info":
+            from .model_info import cmd_info as handler
+        else:
+            from .commands import COMMANDS
+
+            handler = getattr(args, "run", None) or COMMANDS[args.command]
+        user_errors = (GPT2TUIError, AttentionBackendError)
     try:
-        return (getattr(args, "run", None) or COMMANDS[args.command])(args) or 0
-    except (GPT2TUIError, AttentionBackendError) as e:
+        return handler(args) or 0
+    except user_errors as e:
         return _fail(str(e))
     except KeyboardInterrupt:
         return 130

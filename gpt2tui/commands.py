@@ -8,27 +8,16 @@ from contextlib import contextmanager
 import torch
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from . import repl
 from .argtypes import chat_defaults
-from .config import GPT2Config
-from .errors import CheckpointError, ConfigError, ModelNotFoundError
+from .errors import ConfigError
 from .generate import stream
-from .kernels import AttentionBackendError, resolve_backend
+from .listing import cmd_models
+from .model_info import cmd_info
+from .prefs import load_prefs
 from .session import ChatSession, ChatSettings
-from .weights import (
-    OFFICIAL,
-    download,
-    load_model,
-    load_weights,
-    local_models,
-    models_dir,
-    pick_device,
-    read_config,
-    read_quantization,
-    resolve,
-)
+from .weights import OFFICIAL, download, load_model
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -50,10 +39,6 @@ def _status(message: str):
 def _load(args):
     with _status(f"Loading {escape(args.model)}…"):
         return load_model(args.model, device=args.device, dtype=_DTYPES.get(args.dtype), quantize=args.quantize)
-
-
-def _gib(n_bytes: float) -> str:
-    return f"{n_bytes / 2**30:.2f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.1f} MiB"
 
 
 def cmd_generate(args) -> int:
@@ -115,85 +100,14 @@ def chat_session(args, allow_download: bool = True, leave_a_core: bool = False):
 
 
 def cmd_chat(args) -> int:
-    """The line-by-line chat (`--plain`, or stdin/stdout not a terminal); `cli` starts the full-screen app itself."""
-    defaults = ChatSettings(**chat_defaults(args))  # a bad combination fails here, before the model loads
+    """The line-by-line chat (`--plain`, or stdin/stdout not a terminal); `cli` starts the full-screen app itself.
+    New conversations start with the flags over config.toml's [chat] over the built-in defaults; a saved one keeps
+    its own settings, under the flags (`cli` has shown config.toml's problems already)."""
+    flags = chat_defaults(args)
+    defaults = ChatSettings(**{**load_prefs()[0].chat, **flags})  # a bad combination fails here, before the load
     with _status(f"Loading {escape(args.model)}…"):
         session = chat_session(args)
-    return repl.run(session, defaults)
-
-
-def cmd_info(args) -> int:
-    path = resolve(args.model)
-    config, fmt = read_config(path)
-    stored = read_quantization(path)
-    device = pick_device(args.device)
-    n = config.n_params()
-    kv_per_token = 2 * config.n_layers * config.emb_dim  # keys and values, every layer
-    table = Table(title=f"{args.model}", show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("path", str(path))
-    formats = {"hf": "Hugging Face GPT-2", "lora": "LoRA adapter (merged into its base model when loaded)"}
-    table.add_row("format", formats.get(fmt, "gpt2tui checkpoint"))
-    for key, value in config.to_dict().items():
-        table.add_row(key, str(value))
-    table.add_row("head_dim", str(config.head_dim))
-    table.add_row("parameters", f"{n:,} ({n / 1e6:.1f}M, output head tied to wte)")
-    packed = config.n_layers * 12 * config.emb_dim**2 + config.vocab_size * config.emb_dim  # what quantisation packs
-    table.add_row("weights fp32 / bf16 / int8", f"{_gib(4 * n)} / {_gib(2 * n)} / {_gib(packed + 4 * (n - packed))}")
-    if stored:
-        table.add_row("stored as", f"{stored} (projections and token embedding; the rest float32)")
-    table.add_row(
-        "KV cache, full window fp32 / bf16",
-        f"{_gib(4 * kv_per_token * config.context_length)} / {_gib(2 * kv_per_token * config.context_length)} per sequence",
-    )
-    table.add_row("device", str(device))
-    try:
-        backend = resolve_backend(config.attn_backend, device, config.head_dim, torch.float32)
-    except AttentionBackendError as e:
-        backend = f"unavailable: {e}"
-    table.add_row("attention backend", f"{backend} (asked: {config.attn_backend})")
-    # The checks a load makes, on the weight files' headers only: a missing, truncated or mismatched file shows here,
-    # not first in the middle of a chat.
-    try:
-        load_weights(path, shapes_only=True)
-        if getattr(args, "check", False):
-            load_weights(path)  # every value read, and checked to be finite
-    except (CheckpointError, ModelNotFoundError, ConfigError):
-        table.add_row("weights", "[red]cannot be loaded[/] (below)")
-        Console(highlight=False).print(table)
-        raise
-    if getattr(args, "check", False):
-        table.add_row("weights", "every tensor present, with the config's shapes; every value read and finite")
-    else:
-        table.add_row("weights", "every tensor present, with the config's shapes (values not read: --check reads "
-                                 "them)")
-    Console(highlight=False).print(table)
-    return 0
-
-
-def cmd_models(args) -> int:
-    console = Console(highlight=False)
-    found = local_models()
-    if not found:
-        console.print(
-            f"No models yet. Download one with [bold]gpt2tui download gpt2[/], or save one to {escape(str(models_dir()))}."
-        )
-        return 0
-    table = Table(title="Local models", title_justify="left")
-    for col in ("name", "source", "parameters", "layers × width", "context", "path"):
-        table.add_column(col)
-    for m in found:
-        cfg: GPT2Config | None = m.get("config")
-        if cfg is None:
-            table.add_row(m["name"], m["source"], f"[red]unreadable: {escape(m['error'])}[/]", "", "", str(m["path"]))
-            continue
-        table.add_row(
-            m["name"], m["source"], f"{cfg.n_params() / 1e6:.1f}M", f"{cfg.n_layers} × {cfg.emb_dim}",
-            str(cfg.context_length), escape(str(m["path"])),
-        )
-    console.print(table)
-    return 0
+    return repl.run(session, defaults, overrides=flags)
 
 
 def cmd_download(args) -> int:
@@ -203,10 +117,38 @@ def cmd_download(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    """`gpt2tui serve`: load the model, then serve it under uvicorn until SIGTERM or Ctrl+C."""
+    try:
+        # Deferred: FastAPI and uvicorn are the serve extra, which no other command needs.
+        from .serve.engine import Engine, served_name
+        from .serve.server import run
+        from .serve.settings import ServeSettings
+    except ImportError as e:
+        raise ConfigError(f"gpt2tui serve needs the serve extra ({e.name} is not installed): "
+                          "pip install 'gpt2tui[serve]'") from None
+    settings = ServeSettings(host=args.host, port=args.port, api_key=args.api_key or None,
+                             cors_origins=tuple(args.cors_origin))
+    if settings.exposed_without_key:
+        _err().print(f"[yellow]warning:[/] listening on {escape(args.host)} without --api-key: anyone who can reach "
+                     "this address can use the model. The conversation history routes are off; pass --api-key KEY "
+                     "(or set $GPT2TUI_API_KEY) to require a key.", soft_wrap=True)
+    model, tokenizer = _load(args)
+    engine = Engine(model, tokenizer, model_id=served_name(args.model), max_batch=args.max_batch,
+                    max_queue=args.max_queue, prefill_chunk=args.prefill_chunk, model_name=args.model)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    _err().print(f"Serving {escape(engine.model_id)} at http://{escape(host)}:{settings.port}/v1 "
+                 f"({args.max_batch} rows per batch, {args.max_queue} waiting at most"
+                 f"{', key required' if settings.api_key else ''}). Ctrl+C stops it.", soft_wrap=True)
+    run(engine, settings)
+    return 0
+
+
 COMMANDS = {
     "chat": cmd_chat,
     "generate": cmd_generate,
     "info": cmd_info,
     "models": cmd_models,
     "download": cmd_download,
+    "serve": cmd_serve,
 }

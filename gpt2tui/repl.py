@@ -2,9 +2,10 @@
 app. Same `ChatSession`, same `ChatStore` (conversations started here show up in the app), same streaming.
 
 Replies go to stdout, one per message; everything else (the banner, notices, stats) goes to stderr, so
-`printf 'Hi\\nAnd then?\\n' | gpt2tui chat` prints just the replies. Each input line is one message; in a terminal,
-a line ending in a backslash continues on the next line. Ctrl+C stops a reply (it is kept, marked stopped),
-Ctrl+D or /quit leaves.
+`printf 'Hi\\nAnd then?\\n' | gpt2tui chat` prints just the replies. Each input line is one message; a message that
+opens with \"\"\" goes on until a line ends with \"\"\". In a terminal the prompt is a line editor (`repl_input.py`:
+history across runs, Alt+Enter for a new line, Ctrl+C clears the line), and a line ending in a backslash continues
+on the next line. Ctrl+C stops a reply (it is kept, marked stopped), Ctrl+D or /quit leaves.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from typing import TextIO
 from rich.console import Console
 from rich.markup import escape
 
-from .chat import ChatError
+from .chat import ChatError, turns_left_out
+from .repl_input import FENCE, LineEditor, history_path
 from .session import ChatSession, ChatSettings, ReplyStream
+from .setting_fields import FIELDS
 from .store import ChatStore, ExportFolderMissingError, StoreError, StoreWriteError, free_name
 
 TITLE_LENGTH = 48
@@ -35,7 +38,8 @@ Commands:
   /export [PATH]     write this conversation as Markdown (default: a file in the current directory)
   /help              this list
   /quit              leave (so does Ctrl+D)
-Ctrl+C stops a reply. A line ending in \\ continues on the next line."""
+Ctrl+C stops a reply; at the prompt it clears the line. Up and Down recall earlier messages (kept between runs).
+A new line: Alt+Enter, or end the line with \\. A message of many lines: start it with \"\"\" and end it with \"\"\"."""
 
 
 def _title(text: str) -> str:
@@ -45,19 +49,10 @@ def _title(text: str) -> str:
 
 def _parse_setting(settings: ChatSettings, assignment: str) -> ChatSettings:
     name, sep, text = assignment.partition("=")
-    name, text = name.strip().replace("-", "_"), text.strip()
-    fields = [f for f in settings.to_dict() if f != "system_prompt"]
-    if not sep or name not in fields:
-        raise ChatError(f"use /set NAME=VALUE with NAME one of {', '.join(fields)}")
-    if text.lower() in ("", "none", "off") and name in ("top_k", "top_p", "seed"):
-        value = None
-    else:
-        kind = int if name in ("top_k", "max_new_tokens", "seed") else float
-        try:
-            value = kind(text)
-        except ValueError:
-            raise ChatError(f"{name}: {text!r} is not {'a whole number' if kind is int else 'a number'}") from None
-    return settings.replace(**{name: value})
+    name = name.strip().replace("-", "_")
+    if not sep or name not in FIELDS:
+        raise ChatError(f"use /set NAME=VALUE with NAME one of {', '.join(FIELDS)}")
+    return settings.replace(**{name: FIELDS[name].parse(text)})  # bounds and words shared with the app's dialog
 
 
 class Repl:
@@ -69,10 +64,13 @@ class Repl:
         read: Callable[[str], str] = input,
         out: TextIO | None = None,
         interactive: bool = False,
+        overrides: dict | None = None,
     ) -> None:
+        """`overrides`: the chat flags, which win over a saved conversation's own settings when it is opened."""
         self.session = session
         self.store = store
         self.defaults = defaults
+        self.overrides = dict(overrides or {})
         self.read = read
         self.out = out or sys.stdout
         self.err = Console(stderr=True, highlight=False)
@@ -123,6 +121,15 @@ class Repl:
         while self.interactive and lines[-1].endswith("\\"):
             lines[-1] = lines[-1][:-1]
             lines.append(self.read("...  "))
+        if lines[0].lstrip().startswith(FENCE):
+            # A block: the line editor hands it over whole; read line by line, it goes on to the closing fence.
+            text = lines[0].lstrip()[len(FENCE) :]
+            while not text.rstrip().endswith(FENCE):
+                try:
+                    text += "\n" + self.read("...  " if self.interactive else "")
+                except EOFError:
+                    break  # input ended inside the block: what came is the message
+            lines = [text.rstrip().removesuffix(FENCE)]
         # Bytes that are not UTF-8 reach Python as lone surrogates (under a C locale's surrogateescape): they cannot be
         # tokenised or stored, so each becomes U+FFFD, as a terminal shows it.
         return "\n".join(lines).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
@@ -158,8 +165,8 @@ class Repl:
     def _stream(self, reply: ReplyStream) -> None:
         prompt = reply.prompt
         if prompt.turns_dropped:
-            self.err.print(f"[yellow]note: the {prompt.turns_dropped} oldest turn(s) no longer fit the "
-                           f"{self.session.context_length}-token window and were left out[/]")
+            self.err.print(f"[yellow]note: {turns_left_out(prompt.turns_dropped)} of the prompt (the conversation "
+                           f"outgrew the {self.session.context_length}-token window)[/]")
         if prompt.cut_tokens:
             self.err.print(f"[yellow]note: your message was too long: its first {prompt.cut_tokens} tokens were cut[/]")
         if self.interactive:
@@ -273,7 +280,9 @@ class Repl:
             self.err.print(f"[red]{escape(str(e))}[/]")
             return
         try:
-            settings = ChatSettings.from_dict(conversation.settings) if conversation.settings else self.defaults
+            # The flags win over the conversation's own settings, which win over config.toml and the defaults.
+            settings = ChatSettings.from_dict({**conversation.settings, **self.overrides}) if conversation.settings \
+                else self.defaults
             self.session.set_messages([m.to_chat() for m in conversation.messages if m.role != "system"])
         except (ChatError, TypeError) as e:
             self.err.print(f"[red]conversation {conversation.id} cannot be continued: {escape(str(e))}[/]")
@@ -296,9 +305,11 @@ class Repl:
             return
         if self.conversation_id is not None and self.unsaved is None:
             try:
-                if had_reply:
-                    self.store.delete_last_message(self.conversation_id)
-                self.store.append_message(self.conversation_id, "assistant", "")
+                if had_reply:  # the new reply is a sibling of the old one, which stays a branch (as in the app)
+                    parent = self.store.get(self.conversation_id).messages[-1].parent_id
+                    self.store.append_message(self.conversation_id, "assistant", "", parent_id=parent)
+                else:
+                    self.store.append_message(self.conversation_id, "assistant", "")
             except StoreWriteError as e:
                 self._not_saved(e)
         self._stream(reply)
@@ -355,7 +366,7 @@ class Repl:
 
 
 def run(session: ChatSession, defaults: ChatSettings, store_path: str | Path | None = None,
-        interactive: bool | None = None) -> int:
+        interactive: bool | None = None, overrides: dict | None = None) -> int:
     """The prompt loop on stdin/stdout until end of input or /quit. A corrupt chat database is moved aside with a
     warning (the caller shows warnings); with one that cannot be used at all, the chat goes on in memory and says so."""
     if interactive is None:
@@ -366,6 +377,7 @@ def run(session: ChatSession, defaults: ChatSettings, store_path: str | Path | N
         Console(stderr=True, highlight=False).print(
             f"[yellow]warning:[/] {escape(str(e))}; this chat is kept only until you quit", soft_wrap=True)
         store = ChatStore.temporary()
+    read = LineEditor(history_path()) if interactive else input
     with store:
-        return Repl(session, store, defaults, interactive=interactive).run()
+        return Repl(session, store, defaults, read=read, interactive=interactive, overrides=overrides).run()
 

@@ -16,7 +16,6 @@ stored text.
 from __future__ import annotations
 
 import dataclasses
-import math
 import threading
 import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
@@ -25,22 +24,15 @@ from typing import Any
 
 import torch
 
-from .chat import ChatError, ChatTemplate, EmptyMessageError, Prompt, build_prompt, template_for
+from .chat import ChatError, ChatTemplate, EmptyMessageError, Prompt, build_prompt, reply_length, template_for
 from .generate import SamplingParams, Stream
 from .model import GPT2
 from .quant import quantization_of
+from .setting_fields import FIELDS, check_system_prompt
 from .tokenizer import Tokenizer
 from .weights import load_model
 
 FINISH_REASONS = ("eos", "stop", "max_tokens", "context_full", "cancelled", "error")
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _whole(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -53,24 +45,14 @@ class ChatSettings:
     top_k: int | None = 50  # None or 0: off
     top_p: float | None = 0.95  # None or 1.0: off
     repetition_penalty: float = 1.1  # 1.0: off
-    max_new_tokens: int = 256
+    max_new_tokens: int | None = None  # None: the room the prompt leaves in the window, at most AUTO_REPLY_CAP
     seed: int | None = None  # a fixed seed makes each reply to the same conversation repeat
 
     def __post_init__(self) -> None:
-        checks = [
-            (isinstance(self.system_prompt, str), "system_prompt must be text"),
-            (_number(self.temperature) and self.temperature >= 0, "temperature must be a number >= 0 (0 is greedy)"),
-            (self.top_k is None or (_whole(self.top_k) and self.top_k >= 0), "top_k must be a whole number >= 0 (0 is off)"),
-            (self.top_p is None or (_number(self.top_p) and 0 < self.top_p <= 1), "top_p must be in (0, 1] (1 is off)"),
-            (_number(self.repetition_penalty) and self.repetition_penalty > 0,
-             "repetition_penalty must be a number > 0 (1 is off)"),
-            (_whole(self.max_new_tokens) and self.max_new_tokens >= 1, "max_new_tokens must be a whole number >= 1"),
-            (self.seed is None or (_whole(self.seed) and 0 <= self.seed < 2**63),
-             "seed must be a whole number >= 0, or empty for a fresh draw each time"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ChatError(message)
+        # The bounds and their wording live in setting_fields, shared with the dialog, /set, flags and config.toml.
+        check_system_prompt(self.system_prompt)
+        for name, field in FIELDS.items():
+            field.check(getattr(self, name))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -84,9 +66,15 @@ class ChatSettings:
     def replace(self, **changes: Any) -> ChatSettings:
         return dataclasses.replace(self, **changes)
 
-    def sampling(self, stop: Sequence[str] = ()) -> SamplingParams:
+    def sampling(self, stop: Sequence[str] = (), context_length: int | None = None,
+                 prompt_tokens: int = 0) -> SamplingParams:
+        """The sampling parameters of a reply to a prompt of `prompt_tokens` in a window of `context_length`: with no
+        max_new_tokens set, the reply may take the room left, at most AUTO_REPLY_CAP (`chat.reply_length`)."""
+        if self.max_new_tokens is None and context_length is None:
+            raise ValueError("the reply's length follows the room left in the window: pass context_length")
+        max_new = reply_length(context_length or 0, prompt_tokens, self.max_new_tokens)
         return SamplingParams(
-            max_new_tokens=self.max_new_tokens, temperature=float(self.temperature), top_k=self.top_k,
+            max_new_tokens=max_new, temperature=float(self.temperature), top_k=self.top_k,
             top_p=self.top_p, repetition_penalty=float(self.repetition_penalty), seed=self.seed, stop=tuple(stop),
         )
 
@@ -166,7 +154,7 @@ class ReplyStream:
         pending = ""  # trailing whitespace: emitted only once more text follows, so a reply never ends in it
         reason = None
         try:
-            params = session.settings.sampling(session.template.stop)
+            params = session.settings.sampling(session.template.stop, session.context_length, len(self.prompt.ids))
             stream = self._stream = Stream(session.model, session.tokenizer, self.prompt.ids, params, cancel=self._cancel)
             deltas = iter(stream)  # Stream.__iter__ is a generator: closing it stops the decoder
             # Checked before every token: once set, no further token is computed.

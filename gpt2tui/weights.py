@@ -1,4 +1,4 @@
-"""Loading and saving weights, and turning a model *name* into a directory.
+"""Loading and saving weights.
 
 Two directory formats load into `GPT2`:
 
@@ -12,6 +12,9 @@ Our checkpoints may also be quantised (`"quantization": "int8"` or `"bfloat16"` 
 each packed layer's `weight` holds its int8 (or bfloat16) values in `(out, in)` layout and, for int8, `weight_scale`
 its per-channel scales (`quant.py`). Loading a float model with `quantize=` packs it tensor by tensor as the file is
 read, so the whole float model is never in memory.
+
+Turning a name into a directory and reading config.json, without torch, is `model_files.py`'s; its names are
+re-exported here.
 
 Nothing arbitrary is unpickled: safetensors, or `torch.load(weights_only=True)`. Every tensor is read and checked
 before the model is built, so a bad file gives one clear error and never a half-loaded model.
@@ -31,165 +34,41 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from . import quant
-from .atomic import MODEL_DIR_FILES, atomic_directory, recover
+from .atomic import MODEL_DIR_FILES, atomic_directory
 from .config import GPT2Config
 from .errors import CheckpointError, ConfigError, ModelNotFoundError
 from .model import GPT2
-from .tokenizer import Tokenizer
 
-FORMAT = "gpt2tui"
-# 2: quantised checkpoints (`quantization`). A float checkpoint is still written as 1, which older releases read.
-FORMAT_VERSION = 2
-ADAPTER_FORMAT = "gpt2tui-lora"  # a LoRA adapter directory written by `gpt2tui finetune --lora`
-OFFICIAL = {
-    "gpt2": "openai-community/gpt2",
-    "gpt2-medium": "openai-community/gpt2-medium",
-    "gpt2-large": "openai-community/gpt2-large",
-    "gpt2-xl": "openai-community/gpt2-xl",
-}
-HF_FILES = ["config.json", "model.safetensors", "generation_config.json"]
+# Finding models and reading their configs needs no torch: it lives in model_files, and is re-exported here, where
+# callers have always found it.
+from .model_files import ADAPTER_FORMAT as ADAPTER_FORMAT
+from .model_files import FORMAT as FORMAT
+from .model_files import FORMAT_VERSION as FORMAT_VERSION
+from .model_files import (
+    GET_WEIGHTS_HINT,
+    _is_adapter,
+    _our_config,
+    _read_json,
+    adapter_base,
+    adapter_meta,
+    config_from_hf,
+    resolve,
+)
+from .model_files import HF_FILES as HF_FILES
+from .model_files import OFFICIAL as OFFICIAL
+from .model_files import cached_official as cached_official
+from .model_files import data_dir as data_dir
+from .model_files import download as download
+from .model_files import hf_cache_dir as hf_cache_dir
+from .model_files import hf_offline as hf_offline
+from .model_files import local_models as local_models
+from .model_files import models_dir as models_dir
+from .model_files import pending_download as pending_download
+from .model_files import read_config as read_config
+from .model_files import read_quantization as read_quantization
+
 _HF_TRANSPOSED = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
 _HF_BUFFER = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
-GET_WEIGHTS_HINT = "get weights with `gpt2tui download gpt2` (online), or pass the path of a model directory"
-
-
-# -- where things live -------------------------------------------------------------------------------------------
-
-
-def data_dir() -> Path:
-    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "gpt2tui"
-
-
-def models_dir() -> Path:
-    """Where `gpt2tui finetune` saves chat-ready models and where a bare name is looked up."""
-    return data_dir() / "models"
-
-
-def hf_cache_dir() -> Path:
-    # Read at call time (huggingface_hub reads its variables once at import).
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    return Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface") / "hub"
-
-
-def hf_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _has_weights(d: Path) -> bool:
-    names = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
-    return _is_adapter(d) or (d / "config.json").is_file() and any((d / n).is_file() for n in names)
-
-
-def _is_adapter(d: Path) -> bool:
-    return (d / "adapter_config.json").is_file()
-
-
-# -- resolving a name ----------------------------------------------------------------------------------------------
-
-
-def cached_official(name: str) -> Path | None:
-    """The snapshot directory of an official model in the Hugging Face cache, if its weights are there."""
-    from huggingface_hub import snapshot_download  # deferred (~0.3 s): only official names need the Hub
-
-    try:
-        path = Path(
-            snapshot_download(OFFICIAL[name], cache_dir=hf_cache_dir(), allow_patterns=HF_FILES, local_files_only=True)
-        )
-    except Exception:  # not cached: huggingface_hub's exception types vary across its versions
-        return None
-    return path if _has_weights(path) else None
-
-
-def download(name: str) -> Path:
-    """Fetch an official model's config and safetensors into the Hugging Face cache, with a progress bar."""
-    if name not in OFFICIAL:
-        raise ModelNotFoundError(f"{name!r} is not an official model; choose one of: {', '.join(OFFICIAL)}")
-    if hf_offline():
-        raise ModelNotFoundError(
-            f"cannot download {name}: HF_HUB_OFFLINE is set; unset it when online, or pass a model directory with --model PATH"
-        )
-    from huggingface_hub import snapshot_download  # deferred (~0.3 s): only official names need the Hub
-
-    try:
-        path = Path(snapshot_download(OFFICIAL[name], cache_dir=hf_cache_dir(), allow_patterns=HF_FILES))
-    except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelNotFoundError(
-            f"could not download {name} from the Hugging Face Hub ({reason[:160]}); check the network, "
-            f"or copy a GPT-2 directory here and pass it with --model PATH"
-        ) from None
-    if not _has_weights(path):
-        raise ModelNotFoundError(f"the download of {name} is incomplete (no weights in {path}); run it again")
-    return path
-
-
-def pending_download(name: str | os.PathLike) -> str | None:
-    """The official model that `resolve(name)` would download first (online, not cached, not shadowed by a path
-    or a saved model of that name), or None: so a caller can say so before it blocks."""
-    text = os.fspath(name)
-    if Path(text).expanduser().exists() or (os.sep not in text and (models_dir() / text).is_dir()):
-        return None
-    official = next((k for k, repo in OFFICIAL.items() if text in (k, repo)), None)
-    if official is None or cached_official(official) is not None or hf_offline():
-        return None
-    return official
-
-
-def resolve(name: str | os.PathLike, allow_download: bool = True) -> Path:
-    """A model name → a directory: an existing path; a model saved under `models_dir()`; an official name
-    (`gpt2`, `gpt2-medium`, ...) from the Hugging Face cache, downloaded when not there yet."""
-    text = os.fspath(name)
-    path = Path(text).expanduser()
-    recover(path)  # a save killed between its two renames left no `path`, but a complete new version beside it
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise ModelNotFoundError(f"{text} is a file; a model is a directory holding config.json and model.safetensors")
-    saved = models_dir() / text
-    if os.sep not in text:
-        recover(saved)
-    if os.sep not in text and saved.is_dir():
-        return saved
-    official = next((k for k, repo in OFFICIAL.items() if text in (k, repo)), None)
-    if official:
-        cached = cached_official(official)
-        if cached:
-            return cached
-        if allow_download and not hf_offline():
-            return download(official)
-        raise ModelNotFoundError(f"{official} is not downloaded and the Hub is offline; {GET_WEIGHTS_HINT}")
-    if os.sep in text or text.startswith((".", "~")):
-        raise ModelNotFoundError(f"no model directory at {text}; {GET_WEIGHTS_HINT}")
-    raise ModelNotFoundError(
-        f"unknown model {text!r}: not a directory, not saved in {models_dir()}, and not one of "
-        f"{', '.join(OFFICIAL)}; see `gpt2tui models`"
-    )
-
-
-# -- reading files -------------------------------------------------------------------------------------------------
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise ModelNotFoundError(
-            f"{path.parent} has no config.json; a model directory holds config.json and model.safetensors"
-        )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, and a number of thousands of digits
-        reason = "a number in it has thousands of digits" if "integer string conversion" in str(e) else _first_line(e)
-        raise CheckpointError(f"{path} is not valid JSON ({reason}); restore or re-download it") from None
-    except RecursionError:
-        raise CheckpointError(f"{path} is nested too deeply to be a config; restore or re-download it") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} must hold a JSON object")
-    return data
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:160]
 
 
 # safetensors' dtype names → torch's, for reading a file's header alone (`shapes_only`). The weights may be stored in
@@ -374,40 +253,6 @@ def read_state_dict(directory: Path, shapes_only: bool = False, lazy: bool = Fal
 # -- Hugging Face GPT-2 → our names --------------------------------------------------------------------------------
 
 
-def config_from_hf(hf: dict, source: str) -> GPT2Config:
-    """Our config from a Hugging Face `GPT2Config` dict, refusing variants this architecture does not compute."""
-    if hf.get("model_type") != "gpt2":
-        raise ConfigError(f"{source}: model_type is {str(hf.get('model_type'))[:40]!r}, but only GPT-2 ('gpt2') "
-                          "models load here")
-    try:  # the sizes first: the checks below compute with them
-        config = GPT2Config(
-            vocab_size=hf.get("vocab_size", 50257),
-            context_length=hf.get("n_positions", hf.get("n_ctx", 1024)),
-            emb_dim=hf.get("n_embd", 768),
-            n_heads=hf.get("n_head", 12),
-            n_layers=hf.get("n_layer", 12),
-            drop_rate=hf.get("resid_pdrop", 0.1),
-            qkv_bias=True,
-        )
-    except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
-    checks = {
-        "activation_function": (hf.get("activation_function", "gelu_new"), ("gelu_new", "gelu_pytorch_tanh")),
-        "n_inner": (hf.get("n_inner"), (None, 4 * config.emb_dim)),
-        "scale_attn_weights": (hf.get("scale_attn_weights", True), (True,)),
-        "scale_attn_by_inverse_layer_idx": (hf.get("scale_attn_by_inverse_layer_idx", False), (False,)),
-        "add_cross_attention": (hf.get("add_cross_attention", False), (False,)),
-        "tie_word_embeddings": (hf.get("tie_word_embeddings", True), (True,)),
-    }
-    for key, (value, allowed) in checks.items():
-        if value not in allowed:
-            raise ConfigError(f"{source}: {key}={repr(value)[:40]} is not supported (GPT-2 uses {allowed[0]!r})")
-    eps = hf.get("layer_norm_epsilon", 1e-5)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not abs(eps - 1e-5) <= 1e-12:
-        raise ConfigError(f"{source}: layer_norm_epsilon={str(eps)[:40]} is not supported (GPT-2 uses 1e-05)")
-    return config
-
-
 def _rename_hf(state: dict[str, torch.Tensor]) -> dict[str, tuple[str, torch.Tensor]]:
     """HF names → ours, each with the file's own name (for error messages) and the tensor in our layout."""
     out = {}
@@ -510,56 +355,6 @@ def _build(
     return model.eval()
 
 
-def adapter_meta(directory: Path) -> dict:
-    meta = _read_json(directory / "adapter_config.json")
-    if meta.get("format") != ADAPTER_FORMAT or not isinstance(meta.get("base"), str):
-        raise CheckpointError(f"{directory / 'adapter_config.json'} is not a gpt2tui LoRA adapter")
-    return meta
-
-
-MAX_ADAPTER_CHAIN = 8  # an adapter over an adapter over ... a model: deeper than this is a mistake
-
-
-def adapter_base(directory: Path) -> Path:
-    """The directory an adapter's base names, after checking that following bases from it ends at a model: an
-    adapter whose base is itself, or a cycle of them, would otherwise recurse until Python gives up."""
-    chain = [directory.resolve()]
-    base = resolve(adapter_meta(directory)["base"], allow_download=False)
-    current = base
-    while _is_adapter(current):
-        if current.resolve() in chain:
-            names = " → ".join(str(p) for p in [*chain, current.resolve()])
-            raise CheckpointError(f"{directory}: its adapters name each other as base ({names}); a LoRA adapter's "
-                                  "base must be a model")
-        chain.append(current.resolve())
-        if len(chain) > MAX_ADAPTER_CHAIN:
-            raise CheckpointError(f"{directory}: more than {MAX_ADAPTER_CHAIN} adapters on top of each other")
-        current = resolve(adapter_meta(current)["base"], allow_download=False)
-    return base
-
-
-def _our_config(meta: dict, source: str) -> tuple[GPT2Config, str | None, str | None]:
-    """The config, chat template and quantisation (None for float weights) of a gpt2tui checkpoint's config.json."""
-    meta = dict(meta)
-    fmt = meta.pop("format", FORMAT)
-    if fmt != FORMAT:
-        raise ConfigError(f"{source}: unknown format {str(fmt)[:40]!r}")
-    version = meta.pop("format_version", FORMAT_VERSION)
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ConfigError(f"{source}: format_version must be a positive integer, got {str(version)[:40]}")
-    if version > FORMAT_VERSION:
-        raise ConfigError(f"{source} was written by a newer gpt2tui (format_version {version}; this one reads up to "
-                          f"{FORMAT_VERSION}); upgrade gpt2tui")
-    chat_template = meta.pop("chat_template", None)
-    if chat_template is not None and not isinstance(chat_template, str):
-        raise ConfigError(f"{source}: chat_template must be a template's name")
-    quantization = meta.pop("quantization", None)
-    if quantization is not None and quantization not in quant.KINDS:
-        raise ConfigError(f"{source}: quantization is {str(quantization)[:40]!r}; this gpt2tui reads "
-                          f"{', '.join(quant.KINDS)} or none")
-    return GPT2Config.from_dict(meta, source=source), chat_template, quantization
-
-
 def _load_adapter(directory: Path, dtype: torch.dtype | None, shapes_only: bool = False,
                   quantize: str | None = None) -> GPT2:
     """The base model an adapter names with `(alpha / rank) · B A` added to each adapted weight: the same model
@@ -595,12 +390,14 @@ def _load_adapter(directory: Path, dtype: torch.dtype | None, shapes_only: bool 
 
 
 def load_weights(path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device | None = None,
-                 shapes_only: bool = False, quantize: str | None = None) -> GPT2:
+                 shapes_only: bool = False, quantize: str | None = None, stream: bool = False) -> GPT2:
     """A `GPT2` from a model directory (Hugging Face GPT-2, our own checkpoint, or a LoRA adapter over one), in eval
     mode. `shapes_only` runs every check of a load (files present and readable, names, shapes and dtypes against the
     config) on the weight files' headers, reading no values: the model comes back on the meta device. `quantize`
     ("int8" or "bfloat16") packs the weights as they are read (`quant.py`); a quantised checkpoint loads quantised
-    whatever is asked, and another quantisation of it is refused (its float weights are gone)."""
+    whatever is asked, and another quantisation of it is refused (its float weights are gone). `stream` reads the
+    file tensor by tensor, each copied and its pages dropped, as a quantising load does: the process then holds one
+    copy of the weights, never the file's pages beside them (for training, which keeps the model for long)."""
     if quantize is not None:
         quant.check_kind(quantize)
     directory = Path(path).expanduser()
@@ -611,7 +408,7 @@ def load_weights(path: str | os.PathLike, dtype: torch.dtype | None = None, devi
         model.name_or_path = str(directory)
         return model.to(device) if device is not None else model
     meta = _read_json(directory / "config.json")
-    lazy = quantize is not None
+    lazy = quantize is not None or stream
     if "model_type" in meta:
         config = config_from_hf(meta, str(directory / "config.json"))
         state, source = read_state_dict(directory, shapes_only, lazy)
@@ -655,46 +452,6 @@ def write_model_files(model: GPT2, directory: Path, chat_template: str | None = 
     save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
 
 
-def read_config(path: str | os.PathLike) -> tuple[GPT2Config, str]:
-    """The config of a model directory without reading its weights, and its format (`hf` or `gpt2tui`)."""
-    directory = Path(path)
-    if _is_adapter(directory):
-        return read_config(adapter_base(directory))[0], "lora"
-    meta = _read_json(directory / "config.json")
-    if "model_type" in meta:
-        return config_from_hf(meta, str(directory / "config.json")), "hf"
-    return _our_config(meta, str(directory / "config.json"))[0], FORMAT
-
-
-def read_quantization(path: str | os.PathLike) -> str | None:
-    """The kind a checkpoint's weights are stored in (`int8`, `bfloat16`), or None for float weights."""
-    directory = Path(path)
-    if _is_adapter(directory):
-        return None
-    meta = _read_json(directory / "config.json")
-    return None if "model_type" in meta else _our_config(meta, str(directory / "config.json"))[2]
-
-
-def local_models() -> list[dict]:
-    """Models usable without a download: saved under `models_dir()`, and official ones in the Hugging Face cache."""
-    found = []
-    root = models_dir()
-    if root.is_dir():
-        for d in sorted(root.iterdir()):
-            if d.is_dir() and _has_weights(d):
-                found.append({"name": d.name, "path": d, "source": "saved"})
-    for name in OFFICIAL:
-        cached = cached_official(name)
-        if cached:
-            found.append({"name": name, "path": cached, "source": "hugging face cache"})
-    for entry in found:
-        try:
-            entry["config"] = read_config(entry["path"])[0]
-        except Exception as e:  # listed anyway, with what is wrong, so the user can fix or delete it
-            entry["error"] = str(e)
-    return found
-
-
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -718,8 +475,12 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     elif d.type == "mps":
         if not torch.backends.mps.is_available():
             raise ConfigError(f"device {name}: no Apple GPU is usable here; use cpu")
+        if d.index not in (None, 0):
+            raise ConfigError(f"device {name}: a Mac has one Apple GPU, mps")
     elif d.type != "cpu":
         raise ConfigError(f"device {name}: gpt2tui runs on cpu, cuda or mps")
+    elif d.index not in (None, 0):  # torch accepts cpu:1 and then runs on the one CPU device as if it were cpu
+        raise ConfigError(f"device {name}: the CPU is one device, cpu (torch spreads work over its cores itself)")
     return d
 
 
@@ -746,6 +507,10 @@ def load_model(
     if quantize is None and dtype == torch.bfloat16 and device.type == "cpu":
         quantize = "bfloat16"
     model = load_weights(path, dtype=dtype, device=device, quantize=quantize)
+    # Deferred for start-up time: the tokenizer module brings the `regex` package (~0.1 s), which `gpt2tui info`, the
+    # one other user of this module on the command line, never needs.
+    from .tokenizer import Tokenizer
+
     tokenizer = Tokenizer()
     if model.config.vocab_size < tokenizer.n_vocab:
         raise ConfigError(

@@ -15,8 +15,9 @@ from gpt2tui_testkit.hf import write_hf_dir  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch):
-    """No test reads or writes the user's real models, Hugging Face cache, or the network."""
+    """No test reads or writes the user's real models, preferences, Hugging Face cache, or the network."""
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # config.toml: preferences (gpt2tui/prefs.py)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

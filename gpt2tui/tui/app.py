@@ -20,9 +20,10 @@ from textual.app import App
 from textual.message import Message
 
 from ..errors import GPT2TUIError, ModelNotFoundError
+from ..prefs import load_prefs
 from ..store import ChatStore, DatabaseMovedWarning, StoreError
 from .keys import APP_KEYS, bindings
-from .screens import ChatScreen, HelpScreen, NoModelScreen
+from .screens import ChatScreen, HelpScreen, ModelChoice, NoModelScreen
 
 if TYPE_CHECKING:
     from ..session import ChatSession
@@ -44,6 +45,18 @@ class ChatApp(App[None]):
             super().__init__()
             self.session = session
 
+    class Switched(Message):
+        def __init__(self, session: ChatSession, choice: ModelChoice) -> None:
+            super().__init__()
+            self.session = session
+            self.choice = choice
+
+    class SwitchFailed(Message):
+        def __init__(self, choice: ModelChoice, error: str) -> None:
+            super().__init__()
+            self.choice = choice
+            self.error = error
+
     class LoadFailed(Message):
         def __init__(self, error: str, missing: bool, saved: list[str], models_dir: str) -> None:
             super().__init__()
@@ -60,11 +73,19 @@ class ChatApp(App[None]):
         device: str | None = None,
         settings: dict | None = None,
         store_path: str | Path | None = None,
+        dtype: str | None = None,
+        quantize: str | None = None,
+        load_named: Callable[[ModelChoice], ChatSession] | None = None,
     ) -> None:
-        """`settings`: what a new conversation starts with (`ChatSettings` fields; the rest keep their defaults)."""
+        """`settings`: what a new conversation starts with (`ChatSettings` fields; the rest keep their defaults).
+        `dtype`/`quantize`: as `--dtype`/`--quantize`, the model picker's defaults. `load_named`: loads the model the
+        picker chose (default: `ChatSession.load` on `device`, never downloading)."""
         super().__init__()
         self.model = model
-        self.loader = loader or (lambda: _load_session(model, device))
+        self.loader = loader or (lambda: _load_session(model, device, dtype, quantize))
+        self.load_named = load_named or (lambda c: _load_session(c.name, device, c.dtype, c.quantize))
+        self.dtype = dtype
+        self.quantize = quantize
         self.defaults = dict(settings or {})
         self.store_path = store_path
         self.store: ChatStore | None = None
@@ -84,7 +105,17 @@ class ChatApp(App[None]):
         for w in caught:
             if issubclass(w.category, DatabaseMovedWarning):
                 self.notify(str(w.message), title="Chat database moved aside", severity="warning", timeout=30)
-        self.chat = ChatScreen(self.store, self.defaults, short_name(self.model))
+        # config.toml: below the flags (self.defaults) and a conversation's own settings, above the built-in defaults.
+        prefs, problems = load_prefs()
+        if prefs.theme is not None and prefs.theme not in self.available_themes:
+            problems.append(f"config.toml: theme {prefs.theme!r} is not one of Textual's themes "
+                            f"({', '.join(sorted(self.available_themes))}); the default applies")
+        elif prefs.theme is not None:
+            self.theme = prefs.theme
+        for problem in problems:
+            self.notify(problem, title="Preferences", severity="warning", timeout=20)
+        self.chat = ChatScreen(self.store, {**prefs.chat, **self.defaults}, short_name(self.model),
+                               overrides=self.defaults, sidebar=prefs.sidebar is not False)
         self.push_screen(self.chat)
         self.load_model()
 
@@ -109,6 +140,27 @@ class ChatApp(App[None]):
         self.session = event.session
         if self.chat is not None:
             self.chat.session_ready(event.session)
+
+    @work(thread=True, exit_on_error=False, name="switch model", group="load model", exclusive=True)
+    def switch_model(self, choice: ModelChoice) -> None:
+        """Load another model behind the chat; the chat screen shows the progress and refuses to send meanwhile."""
+        try:
+            session = self.load_named(choice)
+        except Exception as e:  # said in one line; the model before stays
+            message = str(e) if isinstance(e, GPT2TUIError) else f"{type(e).__name__}: {e}"
+            self.post_message(self.SwitchFailed(choice, message))
+        else:
+            self.post_message(self.Switched(session, choice))
+
+    def on_chat_app_switched(self, event: Switched) -> None:
+        self.session = event.session
+        self.dtype, self.quantize = event.choice.dtype, event.choice.quantize
+        if self.chat is not None:
+            self.chat.model_switched(event.session, short_name(event.choice.name))
+
+    def on_chat_app_switch_failed(self, event: SwitchFailed) -> None:
+        if self.chat is not None:
+            self.chat.model_switch_failed(event.choice, event.error)
 
     def on_chat_app_load_failed(self, event: LoadFailed) -> None:
         if self.chat is not None:
@@ -140,9 +192,12 @@ class ChatApp(App[None]):
             self.store.close()
 
 
-def _load_session(model: str, device: str | None) -> ChatSession:
+def _load_session(model: str, device: str | None, dtype: str | None = None, quantize: str | None = None) -> ChatSession:
     # This default never downloads (tests and embedders get the no-model screen instead); the `gpt2tui` command passes
     # a loader that fetches a missing official model once, with a notice (cli._run_app).
+    import torch  # deferred, as below
+
     from ..session import ChatSession  # deferred: imports torch, in the loading worker
 
-    return ChatSession.load(model, device=device, allow_download=False)
+    return ChatSession.load(model, device=device, dtype=getattr(torch, dtype) if dtype else None,
+                            allow_download=False, quantize=quantize)

@@ -198,7 +198,7 @@ def test_a_last_message_too_long_alone_is_cut_from_the_left(tok):
 
 def test_a_header_larger_than_the_window_is_an_error(tok):
     system = {"role": "system", "content": "word " * 200}
-    with pytest.raises(ChatError, match="shorten the system prompt or lower max_new_tokens"):
+    with pytest.raises(ChatError, match="shorten the system prompt or lower max new tokens"):
         build_prompt(tok, ALPACA, [system, user("hi")], context_length=128, max_new_tokens=28)
 
 

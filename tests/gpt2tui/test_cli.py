@@ -280,8 +280,6 @@ def test_user_errors_are_one_line_with_exit_1(capsys, argv, words):
 
 
 @pytest.mark.parametrize("device, words", [
-    ("foo", "'foo' is not a device"),
-    ("meta", "runs on cpu, cuda or mps"),
     pytest.param("cuda", "no CUDA GPU", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has CUDA")),
     pytest.param("mps", "no Apple GPU",
                  marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="has an Apple GPU")),
@@ -297,11 +295,52 @@ def test_a_device_this_machine_lacks_is_one_line(capsys, device, words):
 @pytest.mark.parametrize("argv, words", [
     (["generate", "hi", "--seed", str(2**70)], "--seed"),
     (["generate", "hi", "--stop", ""], "--stop: must not be empty"),
+    # Devices no machine has are usage errors, answered before torch loads; a GPU that this one lacks is bad input.
+    (["info", "--device", "foo"], "'foo' is not a device; use cpu, cuda, cuda:N or mps"),
+    (["info", "--device", "meta"], "'meta' is not a device"),
+    (["generate", "hi", "--device", "cpu:1"], "'cpu:1': the CPU is one device, cpu"),
+    (["chat", "--device", "mps:1"], "a Mac has one Apple GPU"),
+    # The chat flags have the settings dialog's bounds and words.
+    (["chat", "-t", "100000"], "Temperature must be 0 to 2; got 100,000"),
+    (["chat", "--top-k", "-1"], "Top-k must be 0 to 50,257, or empty for off"),
+    (["chat", "-n", "0"], "Max new tokens must be 1 to 65,536"),
 ])
 def test_impossible_values_are_refused_by_the_parser(capsys, argv, words):
     with pytest.raises(SystemExit) as e:
         main(argv)
-    assert e.value.code == 2 and words in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_device_index_the_cpu_lacks_is_refused_by_the_loader_too():
+    from gpt2tui.errors import ConfigError
+    from gpt2tui.weights import pick_device
+
+    assert pick_device("cpu:0").type == "cpu"
+    with pytest.raises(ConfigError, match="the CPU is one device"):
+        pick_device("cpu:1")
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["infp"], "); did you mean info?"),
+    (["infp"], "unknown command 'infp' (choose from chat, generate, info, models, download, "),
+    (["modles"], "did you mean models?"),
+    (["generate", "hi", "--tempreture", "1"], "gpt2tui generate: error: unknown option '--tempreture'; did you mean "
+                                              "--temperature?"),
+    (["chat", "--sytem=be brief"], "unknown option '--sytem'; did you mean --system?"),
+    (["--modle", "x"], "gpt2tui chat: error: unknown option '--modle'; did you mean --model?"),
+    (["generate", "hi", "--dtype", "bf16"], "unknown value 'bf16' (choose from float32, bfloat16, float16); did you "
+                                            "mean bfloat16?"),
+    (["info", "extra"], "unexpected argument 'extra'"),
+    (["zzz"], "unknown command 'zzz' (choose from"),
+])
+def test_usage_errors_are_one_line_with_a_suggestion_and_exit_2(capsys, argv, words):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+    assert "see gpt2tui" in err and "usage:" not in err and ("did you mean" in err) == (argv[0] != "zzz" and
+                                                                                       argv[0] != "info")
 
 
 def test_generate_says_when_the_context_window_ends_it_early(capsys):
@@ -310,11 +349,52 @@ def test_generate_says_when_the_context_window_ends_it_early(capsys):
     assert code == 0 and out.strip() and "context window of 16 tokens is full" in err
 
 
-def test_an_empty_model_variable_means_the_default(monkeypatch):
-    from gpt2tui.cli import build_parser
+def _model_of(argv):
+    from gpt2tui.cli import _apply_prefs, build_parser
 
+    args = build_parser().parse_args(argv)
+    _apply_prefs(args)
+    return args.model
+
+
+def test_an_empty_model_variable_means_the_default(monkeypatch):
     monkeypatch.setenv("GPT2TUI_MODEL", "")
-    assert build_parser().parse_args(["generate", "hi"]).model == "gpt2"
+    assert _model_of(["generate", "hi"]) == "gpt2"
+
+
+def test_the_model_comes_from_the_flag_then_the_variable_then_the_config_file(monkeypatch, isolated_home):
+    from gpt2tui.prefs import Prefs, save_prefs
+
+    save_prefs(Prefs(model="from-config"))
+    assert _model_of(["generate", "hi"]) == _model_of(["info"]) == "from-config"
+    monkeypatch.setenv("GPT2TUI_MODEL", "from-variable")
+    assert _model_of(["chat"]) == "from-variable"
+    assert _model_of(["chat", "--model", "from-flag"]) == "from-flag"
+
+
+def test_a_config_file_problem_is_a_warning_line_and_the_command_goes_on(capsys, isolated_home):
+    from gpt2tui.prefs import config_path
+
+    save_checkpoint(GPT2(GPT2Config(context_length=64, emb_dim=64, n_heads=4, n_layers=2)), models_dir() / "tiny")
+    config_path().parent.mkdir(parents=True)
+    config_path().write_text('model = "tiny"\ncolour = "blue"\n')
+    code, out, err = run(capsys, "info")
+    assert code == 0 and "tiny" in out
+    assert "warning:" in err and "config.toml: 'colour' is not a preference" in " ".join(err.split())
+
+
+def test_models_never_imports_torch_and_info_not_the_chat(tmp_path):
+    from gpt2tui_testkit import child_env
+
+    save_checkpoint(GPT2(GPT2Config(context_length=64, emb_dim=64, n_heads=4, n_layers=2)), tmp_path / "m")
+    code = ("import sys; from gpt2tui.cli import main; main(sys.argv[1:]); "
+            "print(sorted(m for m in ('torch', 'gpt2tui.session', 'gpt2tui.generate', 'gpt2tui.tokenizer', "
+            "'gpt2tui.repl', 'regex') if m in sys.modules), file=sys.stderr)")
+    models = subprocess.run([sys.executable, "-c", code, "models"], capture_output=True, text=True, env=child_env())
+    assert models.returncode == 0 and models.stderr.strip().splitlines()[-1] == "[]", models.stderr
+    info = subprocess.run([sys.executable, "-c", code, "info", "--model", str(tmp_path / "m")], capture_output=True,
+                          text=True, env=child_env())
+    assert info.returncode == 0 and info.stderr.strip().splitlines()[-1] == "['torch']", info.stderr
 
 
 def test_bad_flag_is_rejected_by_the_parser(capsys):

@@ -7,8 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from gpt2tui import GPT2, GPT2Config
-from gpt2tui.weights import load_weights, save_checkpoint
 from gpt2tui.training import data as data_module
+from gpt2tui.weights import load_weights, save_checkpoint
 from gpt2tui_testkit.training import metrics, pretrain_argv, run_cli, write_story
 
 

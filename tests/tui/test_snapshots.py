@@ -46,7 +46,10 @@ def test_new_chat(snap_compare, make_app):
     assert snap_compare(make_app(), terminal_size=SIZE, run_before=loaded)
 
 
-def test_settings_screen(snap_compare, make_app, conversations):
+def test_settings_screen(snap_compare, make_app, conversations, monkeypatch):
+    # The dialog shows where config.toml lives: one path on every run (nothing is written there).
+    monkeypatch.setenv("XDG_CONFIG_HOME", "/home/user/.config")
+
     async def open_settings(pilot):
         await loaded(pilot)
         await pilot.press("ctrl+s")
@@ -54,7 +57,12 @@ def test_settings_screen(snap_compare, make_app, conversations):
     assert snap_compare(make_app(seed=7), terminal_size=SIZE, run_before=open_settings)
 
 
-def test_help_screen(snap_compare, make_app):
+def test_help_screen(snap_compare, make_app, monkeypatch):
+    # The help screen names the terminal it runs in: pin it, so the picture is the same in tmux or kitty.
+    monkeypatch.setenv("TERM", "xterm-256color")
+    for name in ("TMUX", "STY", "TERM_PROGRAM", "KITTY_WINDOW_ID"):
+        monkeypatch.delenv(name, raising=False)
+
     async def open_help(pilot):
         await loaded(pilot)
         await pilot.press("f1")

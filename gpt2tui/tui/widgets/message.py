@@ -8,6 +8,8 @@ from textual.containers import Vertical
 from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
+from .code_block import ReplyMarkdown
+
 FINISH_NOTES = {
     "cancelled": "stopped",
     "max_tokens": "cut off: max new tokens reached (Ctrl+S to raise it)",
@@ -19,31 +21,59 @@ FINISH_NOTES = {
 class MessageView(Vertical):
     """A user message (plain text, exactly as typed) or a reply (Markdown with highlighted code blocks)."""
 
-    def __init__(self, role: str, content: str = "", finish_reason: str | None = None, author: str = "") -> None:
+    def __init__(
+        self, role: str, content: str = "", finish_reason: str | None = None, author: str = "",
+        message_id: int | None = None, branch: tuple[int, int] | None = None,
+    ) -> None:
         super().__init__(classes=role)
+        self.message_id = message_id  # in the store; None while it is not saved
+        self.branch = branch  # (n, of): this message is alternative n of its siblings
         self.role = role
         self.content = content
         self.finish_reason = finish_reason
         self.author = author or ("You" if role == "user" else "Assistant")
+        # What generating it measured, when it was generated in this run: its speed, and (prompt, reply) tokens.
+        self.tokens_per_s: float | None = None
+        self.generated: tuple[int, int] | None = None
         self._stream: MarkdownStream | None = None
 
     def compose(self) -> ComposeResult:
-        yield Static(self.author, classes="author", markup=False)
+        yield Static(self._author_line(), classes="author", markup=False)
         yield Static("", classes="notice", markup=False)
         if self.role == "user":
             yield Static(self.content, classes="body", markup=False)
         else:
-            yield Markdown(self.content, classes="body")
+            yield ReplyMarkdown(self.content, classes="body")
         yield Static("", classes="finish", markup=False)
+        numbers = Static("", classes="numbers", markup=False)
+        numbers.display = False  # until the counts are known
+        yield numbers
 
     def on_mount(self) -> None:
         self.query_one(".notice", Static).display = False
         self._show_finish()
 
+    def _author_line(self) -> str:
+        if self.branch is None or self.branch[1] < 2:
+            return self.author
+        return f"{self.author}  ‹ {self.branch[0]}/{self.branch[1]} ›"
+
+    def set_branch(self, message_id: int | None, branch: tuple[int, int] | None) -> None:
+        """Which stored message this is, and which of its alternatives ("2/3" beside the author)."""
+        self.message_id, self.branch = message_id, branch
+        if self.is_mounted:
+            self.query_one(".author", Static).update(self._author_line())
+
     def set_notice(self, text: str) -> None:
         notice = self.query_one(".notice", Static)
         notice.update(text)
         notice.display = bool(text)
+
+    def set_numbers(self, text: str) -> None:
+        """The message's token counts (and a reply's speed), under it."""
+        numbers = self.query_one(".numbers", Static)
+        numbers.update(text)
+        numbers.display = bool(text)
 
     # -- streaming -------------------------------------------------------------------------------------------------
 

@@ -11,10 +11,12 @@ NEWLINE_KEYS = {"shift+enter", "ctrl+j", "alt+enter", "newline"}
 
 class PromptInput(TextArea):
     class Submitted(Message):
-        def __init__(self, prompt_input: PromptInput, text: str) -> None:
+        def __init__(self, prompt_input: PromptInput, text: str, pressed_at: float | None = None) -> None:
             super().__init__()
             self.prompt_input = prompt_input
             self.text = text
+            # When Enter was pressed (the key event's time): a screen that became ready after it refuses the message.
+            self.pressed_at = pressed_at
 
         @property
         def control(self) -> PromptInput:
@@ -28,7 +30,7 @@ class PromptInput(TextArea):
         if event.key == "enter":
             event.stop()
             event.prevent_default()
-            self.post_message(self.Submitted(self, self.text))
+            self.post_message(self.Submitted(self, self.text, event.time))
             return
         if event.key in NEWLINE_KEYS or NEWLINE_KEYS.intersection(event.aliases):
             event.stop()
