@@ -16,11 +16,12 @@ PIP    := $(BIN)/python -m pip install -q -c $(CONSTRAINTS)
 # and gpt2tui.training; the default mode cannot map folders without __init__.py (setup.py says why they have none).
 EDITABLE := --config-settings editable_mode=strict
 
-.PHONY: chat test test-asan bench gpu-check install upgrade-deps clean FORCE
+.PHONY: chat test test-asan bench gpu-check install upgrade-deps clean browser FORCE
 
 # The link tree has a link per file, so adding or removing a package file needs a new install, while editing one does
 # not: the stamp depends on the list of files, which is rewritten only when it changes.
 PACKAGE_FILES = $(sort $(wildcard gpt2tui/*.py gpt2tui/*/*.py gpt2tui/*/*/*.py gpt2tui/assets/* gpt2tui/tui/*.tcss \
+                                  gpt2tui/serve/static/* \
                                   kernels/*.py training/*.py))
 FILE_LIST := $(VENV)/.package-files
 
@@ -39,7 +40,11 @@ install: $(STAMP)
 chat: $(STAMP)
 	$(BIN)/gpt2tui chat $(if $(MODEL),--model $(MODEL))
 
-test: $(STAMP)
+# The chat page's tests drive Debian's chromium: installed here when missing and apt-get can (as root, or sudo -n).
+browser:
+	@sh tools/ensure_chromium.sh
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q tests
 
 # The tokenizer tests against the C++ encoder built with AddressSanitizer and UBSan; any report fails the run.
@@ -77,11 +82,11 @@ gpu-install:
 	$(if $(LOG_DIR),mkdir -p $(LOG_DIR))
 
 gpu-test: gpu-install
-	@# Every step runs even if an earlier one fails; the exit says. tests/tui is left out: the GPU machine has no Textual
-	@# (its import would stop collection) and no TUI test uses the GPU.
+	@# Every step runs even if an earlier one fails; the exit says. tests/tui and tests/serve are left out: the GPU
+	@# machine has neither Textual nor FastAPI (their imports would stop collection), and none of their tests uses the GPU.
 	status=0; \
 	$(PYTHON) -m pytest -q tests/kernels $(call log,kernels) || status=1; \
-	GPT2TUI_TRITON_AUTOTUNE=0 $(PYTHON) -m pytest -q -m gpu tests --ignore=tests/kernels --ignore=tests/tui \
+	GPT2TUI_TRITON_AUTOTUNE=0 $(PYTHON) -m pytest -q -m gpu tests --ignore=tests/kernels --ignore=tests/tui --ignore=tests/serve \
 		$(call log,gpu-marked) \
 		|| [ $$? -eq 5 ] || status=1; \
 	$(call logs_tail,kernels gpu-marked) exit $$status

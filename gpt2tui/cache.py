@@ -6,6 +6,13 @@ prompts of different lengths never attends to padding: each row writes its next 
 
 The model drives it: `begin(n)` before a forward of `n` new tokens per row, `write(layer, k, v)` in each layer,
 `commit()` after. Lengths live on the host as well as the device, so no step needs a device sync to know them.
+
+Rows as slots (the server's continuous batching, `gpt2tui/serve/scheduler.py`): a row joins by being `clear_row`ed,
+prefills and decodes through `rows(start, stop)` (a view of a run of rows that shares this cache's storage and lengths,
+so one forward serves only the rows that have work of that kind), and leaves by being overwritten with `move_row`.
+Views take contiguous runs because a slice is a view and costs nothing, while a gather of scattered rows would copy
+the whole cache every layer; the scheduler keeps its rows packed with `move_row` / `swap_rows` instead, which copy
+only the filled positions of one or two rows.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ class KVCache:
         self.max_len = max_len
         self.lens: list[int] = [0] * batch_size  # valid entries per row, host copy
         self._step: tuple[int, list[int]] | None = None  # (n, lengths before) while a forward is in flight
+        self._parent: tuple[KVCache, int] | None = None  # (cache, first row) for a view made by `rows`
 
     @classmethod
     def for_model(cls, model, batch_size: int, max_len: int | None = None) -> KVCache:
@@ -47,12 +55,58 @@ class KVCache:
 
     def reset(self) -> None:
         self.lens = [0] * self.batch_size
+        self._write_back()
 
     def set_lengths(self, lens: list[int]) -> None:
         """Declare how many entries of each row are valid (for example the real lengths after a padded prefill)."""
         if len(lens) != self.batch_size or any(not 0 <= n <= self.max_len for n in lens):
             raise ValueError(f"lengths {lens} do not fit a cache of {self.batch_size} rows × {self.max_len} positions")
         self.lens = list(lens)
+        self._write_back()
+
+    def rows(self, start: int, stop: int) -> KVCache:
+        """Rows `start..stop-1` as a cache of their own for one forward: the same storage (what the forward writes
+        lands here) and, after `commit` or `set_lengths`, the same lengths."""
+        if not 0 <= start < stop <= self.batch_size:
+            raise ValueError(f"rows {start}..{stop - 1} are not rows of a cache of {self.batch_size}")
+        view = KVCache.__new__(KVCache)
+        view.k = self.k[:, start:stop]  # (L, b, H, T_max, D), a view
+        view.v = self.v[:, start:stop]  # (L, b, H, T_max, D), a view
+        view.max_len = self.max_len
+        view.lens = self.lens[start:stop]
+        view._step = None
+        view._parent = (self, start)
+        return view
+
+    def clear_row(self, row: int) -> None:
+        """Empty one row for a new sequence; the others are untouched (stale entries past a length are never read)."""
+        self.lens[row] = 0
+        self._write_back()
+
+    def move_row(self, src: int, dst: int) -> None:
+        """Copy row `src` (its filled positions and its length) over row `dst`, which leaves; `src` is then free."""
+        if src != dst:
+            n = self.lens[src]
+            self.k[:, dst, :, :n] = self.k[:, src, :, :n]
+            self.v[:, dst, :, :n] = self.v[:, src, :, :n]
+            self.lens[dst] = n
+            self._write_back()
+
+    def swap_rows(self, a: int, b: int) -> None:
+        """Exchange two rows, contents and lengths."""
+        if a != b:
+            n = max(self.lens[a], self.lens[b])
+            self.k[:, [a, b], :, :n] = self.k[:, [b, a], :, :n]  # the right side is a copy (advanced indexing)
+            self.v[:, [a, b], :, :n] = self.v[:, [b, a], :, :n]
+            self.lens[a], self.lens[b] = self.lens[b], self.lens[a]
+            self._write_back()
+
+    def _write_back(self) -> None:
+        """A view's lengths are its parent's: copy them back after they change."""
+        if self._parent is not None:
+            parent, start = self._parent
+            parent.lens[start : start + len(self.lens)] = self.lens
+            parent._write_back()
 
     def select_rows(self, rows: list[int]) -> None:
         """Keep only these rows, in this order (finished rows leave the batch, so the rest decode faster)."""
@@ -100,3 +154,4 @@ class KVCache:
         n, before = self._step
         self.lens = [x + n for x in before]
         self._step = None
+        self._write_back()
