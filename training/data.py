@@ -1,14 +1,12 @@
-"""Training data: text corpora as memory-mapped uint16 token shards, and instruction sets as rendered conversations.
+"""Training data: batches of pretraining token windows, and instruction sets as rendered conversations.
 
-Text (pretraining). Files, folders (searched for `TEXT_SUFFIXES`) and globs are read as UTF-8, each file one document
-followed by `<|endoftext|>`, tokenised in parallel native threads (`Tokenizer.encode_ordinary_batch`) and written once
-as uint16 shards with a `manifest.json` naming the sources (path, size, mtime). A later run with the same sources
-reuses them; any change re-tokenises. The stream is split by position: the first `1 - val_fraction` of the tokens
-train, the rest validate (the seed's 90/10 split of one text).
+Text (pretraining). `--data` is read by `sources.py` (text, JSON lines, Parquet, compressed, Hugging Face datasets)
+and written once as memory-mapped uint16 token shards by `corpus.py`; `PretrainData` cuts windows from them.
 
 Instructions (fine-tuning). JSON (a list) or JSON lines of either the seed's `{"instruction", "input", "output"}` or
-`{"messages": [{"role", "content"}, ...]}`, rendered by `gpt2tui.chat.encode_conversation` — the chat app's own code —
-so training and chatting agree token for token. A seeded shuffle splits them 85/5/10 into train/val/test.
+`{"messages": [{"role", "content"}, ...]}`, or the same records from a Hugging Face dataset (`hf:NAME`), rendered by
+`gpt2tui.chat.encode_conversation` — the chat app's own code — so training and chatting agree token for token. A
+seeded shuffle splits them 85/5/10 into train/val/test.
 
 Batches are pure functions of a global micro-batch index `k` (plus rank and world size), so a run's data position is
 just its step, and a resumed run reads exactly the batches the uninterrupted one would have.
@@ -16,70 +14,39 @@ just its step, and a resumed run reads exactly the batches the uninterrupted one
 
 from __future__ import annotations
 
-import glob as globlib
 import json
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from gpt2tui.atomic import atomic_directory
 from gpt2tui.chat import TEMPLATES, ChatError, encode_conversation
 from gpt2tui.errors import DataError
 from gpt2tui.tokenizer import Tokenizer
 
-TEXT_SUFFIXES = (".txt", ".md", ".text", ".rst")
-SHARD_TOKENS = 1 << 27  # 128M tokens (256 MB) per shard file
-CHUNK_CHARS = 1 << 20  # long documents are cut into ~1 MB pieces so one big file still tokenises in parallel
-BATCH_CHARS = 16 << 20  # characters handed to the native encoder at once
-MANIFEST_VERSION = 1
+# The corpus's and the sources' names that pretraining, evaluation and the tests have always imported from here.
+from .corpus import (
+    SHARD_TOKENS,
+    Corpus,
+    TokenStream,
+    is_token_file,
+    open_corpus,
+    prepare_corpus,
+    tokenize_in_memory,
+)
+from .sources import HF_PREFIX, TEXT_SUFFIXES, expand_paths, hf_records, split_exact
+
+__all__ = ["SHARD_TOKENS", "TEXT_SUFFIXES", "Corpus", "TokenStream", "expand_paths", "is_token_file", "open_corpus",
+           "prepare_corpus", "split_exact", "tokenize_in_memory"]
+
 IGNORE_INDEX = -100
 
 
-def is_token_file(entry: Path) -> bool:
-    """What a tokens directory holds: its manifest and shards (the rest is not ours to replace)."""
-    return entry.name == "manifest.json" or (entry.name.startswith("tokens-") and entry.name.endswith(".bin"))
-
-
 # -- text corpora --------------------------------------------------------------------------------------------------
-
-
-def expand_paths(patterns: Sequence[str | os.PathLike]) -> list[Path]:
-    """Files named directly, text files under folders (recursively, hidden ones skipped), and glob matches."""
-    files: list[Path] = []
-    for pattern in patterns:
-        text = os.path.expanduser(os.fspath(pattern))
-        path = Path(text)
-        if path.is_dir():
-            found = sorted(
-                f for f in path.rglob("*")
-                if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES
-                and not any(part.startswith(".") for part in f.relative_to(path).parts)
-            )
-            if not found:
-                raise DataError(f"{text}: folder holds no text files ({', '.join(TEXT_SUFFIXES)})")
-        elif path.is_file():
-            found = [path]
-        elif globlib.has_magic(text):
-            found = sorted(Path(m) for m in globlib.glob(text, recursive=True) if Path(m).is_file())
-            if not found:
-                raise DataError(f"{text}: the pattern matches no files")
-        elif path.exists():
-            raise DataError(f"{text}: not a regular file or folder (a device or a pipe?); pass text files or folders")
-        else:
-            raise DataError(f"{text}: no such file or folder")
-        files.extend(found)
-    seen, unique = set(), []
-    for f in files:
-        key = f.resolve()
-        if key not in seen:
-            seen.add(key)
-            unique.append(f)
-    return unique
 
 
 def read_text(path: Path) -> str:
@@ -89,186 +56,6 @@ def read_text(path: Path) -> str:
         raise DataError(f"{path}: not UTF-8 text (invalid byte at offset {e.start}); convert it to UTF-8") from None
     except OSError as e:
         raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
-
-
-def split_exact(text: str, size: int = CHUNK_CHARS) -> list[str]:
-    """Pieces of about `size` characters whose tokens, concatenated, equal the tokens of the whole text. A piece
-    ends with a single newline that follows a non-space and precedes a non-space: GPT-2's pre-tokenizer always
-    breaks there, so cutting there changes nothing (a run of newlines or spaces could merge differently)."""
-    pieces, start = [], 0
-    while len(text) - start > size:
-        cut = start + size
-        while cut < len(text) - 1:
-            cut = text.find("\n", cut)
-            if cut < 0 or cut >= len(text) - 1:
-                cut = -1
-                break
-            if cut > 0 and not text[cut - 1].isspace() and not text[cut + 1].isspace():
-                break
-            cut += 1
-        if cut < 0 or cut >= len(text) - 1:
-            break
-        pieces.append(text[start : cut + 1])
-        start = cut + 1
-    pieces.append(text[start:])
-    return pieces
-
-
-def tokenize_documents(files: Sequence[Path], tokenizer: Tokenizer, num_threads: int) -> Iterator[np.ndarray]:
-    """Each file's tokens then `<|endoftext|>`, as uint16 arrays in file order, encoded in parallel batches."""
-    batch: list[str] = []
-    ends: list[bool] = []  # whether each piece ends its document (gets the end-of-text token)
-    chars = 0
-
-    def flush():
-        # As numpy arrays straight from the encoder: a Python int per token, and numpy's reading of them, would cost
-        # as much again as the encoding.
-        for ids, end in zip(tokenizer.encode_ordinary_batch_to_numpy(batch, num_threads=num_threads), ends,
-                            strict=False):
-            out = np.empty(len(ids) + end, dtype=np.uint16)
-            out[: len(ids)] = ids
-            if end:
-                out[-1] = tokenizer.eot_token
-            yield out
-        batch.clear()
-        ends.clear()
-
-    for f in files:
-        text = read_text(f)
-        if not text.strip():
-            continue
-        pieces = split_exact(text)
-        for i, piece in enumerate(pieces):
-            batch.append(piece)
-            ends.append(i == len(pieces) - 1)
-            chars += len(piece)
-        if chars >= BATCH_CHARS:
-            yield from flush()
-            chars = 0
-    if batch:
-        yield from flush()
-
-
-class TokenStream:
-    """A read-only view `[start, end)` of the tokens of a corpus's memory-mapped shards, as one array."""
-
-    def __init__(self, shards: list[np.ndarray], start: int, end: int):
-        self.shards, self.start, self.end = shards, start, end
-        self.offsets = np.cumsum([0] + [len(s) for s in shards])  # global index of each shard's first token
-
-    def __len__(self) -> int:
-        return self.end - self.start
-
-    def slice(self, a: int, b: int) -> np.ndarray:
-        """Tokens `[a, b)` of this view (may cross shard boundaries)."""
-        a, b = self.start + a, self.start + b
-        out, i = [], int(np.searchsorted(self.offsets, a, side="right")) - 1
-        while a < b:
-            shard, base = self.shards[i], int(self.offsets[i])
-            take = min(b, base + len(shard))
-            out.append(shard[a - base : take - base])
-            a, i = take, i + 1
-        return out[0] if len(out) == 1 else np.concatenate(out)
-
-
-@dataclass
-class Corpus:
-    manifest: dict
-    train: TokenStream
-    val: TokenStream
-
-
-def _sources(files: Sequence[Path]) -> list[dict]:
-    out = []
-    for f in files:
-        st = f.stat()
-        out.append({"path": str(f.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
-    return out
-
-
-def _split_point(total: int, val_fraction: float) -> int:
-    return total - int(round(total * val_fraction))
-
-
-def open_corpus(directory: Path, val_fraction: float) -> Corpus:
-    try:
-        manifest = json.loads((directory / "manifest.json").read_text())
-        listed = [s for s in manifest["shards"] if s["tokens"]]
-        total = manifest["tokens"]
-    except (ValueError, KeyError, TypeError, RecursionError, OSError) as e:
-        raise DataError(f"{directory / 'manifest.json'} is damaged ({type(e).__name__}); delete {directory} and run "
-                        "again to tokenise the data anew") from None
-    shards = []
-    for s in listed:
-        path = directory / s["file"]
-        # A shard cut short (a full disk, a kill while copying) is found here, by its size, not as a crash later.
-        if not path.is_file() or path.stat().st_size != 2 * s["tokens"]:
-            raise DataError(f"token shard {path} is missing or has the wrong size (expected {s['tokens']} tokens); "
-                            f"delete {directory} and run again to tokenise the data anew")
-        shards.append(np.memmap(path, dtype=np.uint16, mode="r"))
-    split = _split_point(total, val_fraction)
-    return Corpus(manifest, TokenStream(shards, 0, split), TokenStream(shards, split, total))
-
-
-def prepare_corpus(
-    patterns: Sequence[str | os.PathLike],
-    directory: Path,
-    tokenizer: Tokenizer,
-    val_fraction: float = 0.1,
-    num_threads: int | None = None,
-    log=None,
-) -> Corpus:
-    """Tokenise the corpus into `directory` once (reused while its sources are unchanged) and open it."""
-    files = expand_paths(patterns)
-    sources = _sources(files)
-    directory = Path(directory)
-    manifest_path = directory / "manifest.json"
-    if manifest_path.is_file():
-        try:
-            old = json.loads(manifest_path.read_text())
-            if old.get("version") == MANIFEST_VERSION and old.get("sources") == sources:
-                return open_corpus(directory, val_fraction)
-        except (json.JSONDecodeError, OSError, KeyError):
-            pass  # unreadable: tokenise again
-    num_threads = num_threads or max(1, min(16, os.cpu_count() or 1))
-    if log:
-        log(f"tokenising {len(files)} file(s) with {num_threads} thread(s) into {directory}")
-    with atomic_directory(directory, is_token_file) as tmp:
-        shards, total, fh, in_shard = [], 0, None, 0
-        try:
-            for ids in tokenize_documents(files, tokenizer, num_threads):
-                while len(ids):
-                    if fh is None:
-                        shards.append({"file": f"tokens-{len(shards):05d}.bin", "tokens": 0})
-                        fh, in_shard = open(tmp / shards[-1]["file"], "wb"), 0
-                    take = min(len(ids), SHARD_TOKENS - in_shard)
-                    fh.write(ids[:take].tobytes())
-                    shards[-1]["tokens"] += take
-                    in_shard, total, ids = in_shard + take, total + take, ids[take:]
-                    if in_shard == SHARD_TOKENS:
-                        fh.close()
-                        fh = None
-        finally:
-            if fh is not None:
-                fh.close()
-        if total == 0:
-            raise DataError(f"the corpus is empty: {', '.join(str(f) for f in files[:3])}"
-                            f"{' and more' if len(files) > 3 else ''} hold no text")
-        manifest = {"version": MANIFEST_VERSION, "tokenizer": "gpt2", "dtype": "uint16", "tokens": total,
-                    "documents": len(files), "sources": sources, "shards": shards}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    return open_corpus(directory, val_fraction)
-
-
-def tokenize_in_memory(patterns, tokenizer: Tokenizer, val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-    """The same tokens and split as `prepare_corpus`, without writing shards (for evaluation)."""
-    files = expand_paths(patterns)
-    parts = list(tokenize_documents(files, tokenizer, max(1, os.cpu_count() or 1)))
-    ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
-    if not len(ids):
-        raise DataError(f"the corpus is empty: {', '.join(str(f) for f in files[:3])} hold no text")
-    split = _split_point(len(ids), val_fraction)
-    return ids[:split], ids[split:]
 
 
 class PretrainData:
@@ -432,16 +219,26 @@ def record_messages(record: object, where: str) -> list[dict]:
     return TEMPLATES["alpaca"].instruction_messages(instruction, _field(record, "input", where, required=False), output)
 
 
-def load_examples(path: str | os.PathLike, tokenizer: Tokenizer, template: str = "alpaca") -> list[Example]:
-    """Every record of an instruction file, checked and rendered with the chat template."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        raise DataError(f"{path} is a folder; pass one instruction file (.json or .jsonl)")
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
+def load_examples(path: str | os.PathLike, tokenizer: Tokenizer, template: str = "alpaca",
+                  config: str | None = None, split: str = "train") -> list[Example]:
+    """Every record of an instruction file, or of a Hugging Face dataset named `hf:NAME` (its `config` and
+    `split`), checked and rendered with the chat template."""
+    if os.fspath(path).startswith(HF_PREFIX):
+        name = os.fspath(path)[len(HF_PREFIX):].strip()
+        if not name:
+            raise DataError(f"{path}: name a dataset after hf:, e.g. hf:tatsu-lab/alpaca")
+        records = hf_records(name, config, split)
+    else:
+        if config is not None:
+            raise DataError("--data-config chooses a Hugging Face dataset's configuration; it needs an hf: name")
+        path = Path(path).expanduser()
+        if path.is_dir():
+            raise DataError(f"{path} is a folder; pass one instruction file (.json or .jsonl)")
+        if not path.is_file():
+            raise DataError(f"{path}: no such file")
+        records = ((f"{path}:{line}", record) for line, record in _json_records(path))
     examples = []
-    for line, record in _json_records(path):
-        where = f"{path}:{line}"
+    for where, record in records:
         messages = record_messages(record, where)
         ids, learn = encode_conversation(tokenizer, messages, template)
         examples.append(Example(ids, learn, messages, where, record))

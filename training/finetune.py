@@ -1,12 +1,14 @@
 """`gpt2tui finetune`: instruction-tune a model into a chatbot, fully or with LoRA adapters.
 
     gpt2tui finetune --data instructions.json --base gpt2 --out my-bot --epochs 2
+    gpt2tui finetune --data hf:tatsu-lab/alpaca --base gpt2-medium --out my-bot   # a Hugging Face instruction set
     gpt2tui --model my-bot                      # chat with it
 
 The final model goes to `--out`: a bare name lands in the gpt2tui models folder (where `--model NAME` finds it), a
 path is used as is. It is saved with the `alpaca` chat template, the one it was trained on. `--lora` without `--merge`
-saves only the adapter (`adapter_config.json` + `adapter.safetensors`, naming its base), which `evaluate` loads; the
-chat app loads plain checkpoints, so chat-ready LoRA models need `--merge`.
+saves only the adapter (`adapter_config.json` + `adapter.safetensors`, naming its base), which the chat, `generate` and
+`evaluate` load by folding it into that base (so the base must stay where it was); `--merge` writes a standalone
+checkpoint instead.
 
 The run directory (`--run-dir`, default `<data folder>/runs/NAME`) holds the training checkpoint (for `--resume`),
 `metrics.jsonl` and `test-responses.json` (each test example with the model's greedy response).
@@ -115,7 +117,8 @@ def run(args) -> int:
         if ctx > model.config.context_length:
             raise ConfigError(f"--context-length {ctx} is above {args.base}'s context length "
                               f"{model.config.context_length}; use at most {model.config.context_length}")
-        examples = load_examples(args.data, tokenizer, TEMPLATE)
+        examples = load_examples(args.data, tokenizer, TEMPLATE, config=args.data_config,
+                                 split=args.data_split)
         splits = split_examples(examples, args.seed)
         had_train = bool(splits["train"])
         cut_total = 0
@@ -153,7 +156,8 @@ def run(args) -> int:
         )
         run_info = {"task": "finetune", "model": model.config.to_dict(), "base": str(base_path),
                     "context_length": ctx, "mask_prompt": args.mask_prompt, "lora": lora and asdict(lora),
-                    "data": str(Path(args.data).expanduser().resolve()), "examples": len(examples)}
+                    "data": args.data if args.data.startswith("hf:") else str(Path(args.data).expanduser().resolve()),
+                    "examples": len(examples)}
         sample_example = (splits["val"] or splits["train"])[0]
 
         def sampler(m, step):
@@ -182,8 +186,10 @@ def run(args) -> int:
                 con.print(f"test responses: {run_dir / 'test-responses.json'}", highlight=False)
             if lora and not args.merge:
                 save_adapter(model, dest, base=str(base_path.resolve()), chat_template=TEMPLATE)
-                con.print(f"[green]saved[/] LoRA adapter in {dest} (evaluate it with `gpt2tui evaluate --model "
-                          f"{dest}`; add --merge for a model the chat loads)", highlight=False, soft_wrap=True)
+                name = dest.name if dest.parent == destination(dest.name).parent else str(dest)
+                con.print(f"[green]saved[/] LoRA adapter in {dest}; chat with it: gpt2tui --model {name} (it is "
+                          f"folded into its base, {base_path}, when loaded: keep that base where it is, or add "
+                          "--merge for a standalone checkpoint)", highlight=False, soft_wrap=True)
             else:
                 if lora:
                     merge_lora(model)

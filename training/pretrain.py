@@ -1,6 +1,7 @@
 """`gpt2tui pretrain`: a GPT-2 trained on text files, from scratch or continued from weights.
 
     gpt2tui pretrain --data story.txt --out runs/story --preset tiny --max-steps 500
+    gpt2tui pretrain --data hf:roneneldan/TinyStories --out runs/tiny-stories --preset mini
 
 `OUT` holds `checkpoint/` (see `loop.py`), `metrics.jsonl`, `samples.txt`, the token shards in `tokens/`, and
 `config.json` / `model.safetensors` links into the checkpoint, so `gpt2tui generate --model OUT` loads the model.
@@ -23,7 +24,7 @@ from gpt2tui.quant import refuse_training
 from gpt2tui.tokenizer import Tokenizer
 from gpt2tui.weights import load_weights, resolve
 
-from .data import PretrainData, expand_paths, is_token_file, prepare_corpus
+from .data import PretrainData, is_token_file, prepare_corpus
 from .loop import (
     CHECKPOINT,
     TrainConfig,
@@ -37,6 +38,7 @@ from .loop import (
     teardown_distributed,
 )
 from .presets import TRAIN_PRESETS
+from .sources import Options, source_names
 
 
 def console():
@@ -112,7 +114,7 @@ def run(args) -> int:
         # Before tokenising: other data would replace the run's token shards, and then be refused by the resume.
 
         trained_on = read_trainer_state(out)["run"].get("data_sources")
-        given = [str(f.resolve()) for f in expand_paths(args.data)]
+        given = source_names(args.data)
         if trained_on is not None and trained_on != given:
             raise TrainingError(f"--resume continues a run on its own data ({', '.join(trained_on[:2])}"
                                 f"{', ...' if len(trained_on) > 2 else ''}), and --data names other files; pass the "
@@ -128,13 +130,16 @@ def run(args) -> int:
         check_batch_fits(args.batch_size, T, model.config, d.device)  # before tokenising
         tokenizer = Tokenizer()
         tokens_dir = Path(args.tokens_dir).expanduser() if args.tokens_dir else out / "tokens"
+        options = Options(text_field=args.text_field, config=args.data_config, split=args.data_split,
+                          strict=args.strict)
         if d.main:
             out.mkdir(parents=True, exist_ok=True)
             corpus = prepare_corpus(args.data, tokens_dir, tokenizer, args.val_fraction,
-                                    log=lambda m: con.print(m, highlight=False))
+                                    log=lambda m: con.print(m, highlight=False, soft_wrap=True), options=options,
+                                    console=con)
         barrier(d)
-        if not d.main:
-            corpus = prepare_corpus(args.data, tokens_dir, tokenizer, args.val_fraction)  # reuses rank 0's shards
+        if not d.main:  # reuses rank 0's shards
+            corpus = prepare_corpus(args.data, tokens_dir, tokenizer, args.val_fraction, options=options)
         data = PretrainData(corpus.train, corpus.val, T, args.batch_size, args.seed)
         cfg = TrainConfig(
             max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
@@ -145,7 +150,7 @@ def run(args) -> int:
         )
         run_info = {"task": "pretrain", "model": model.config.to_dict(), "context_length": T,
                     "val_fraction": args.val_fraction, "data_tokens": corpus.manifest["tokens"],
-                    "data_sources": [s["path"] for s in corpus.manifest["sources"]]}
+                    "data_sources": [s["path"] if "path" in s else f"hf:{s['hf']}" for s in corpus.manifest["sources"]]}
         prompt = args.sample_prompt
         if prompt is None:
             head = corpus.val if len(corpus.val) >= 8 else corpus.train

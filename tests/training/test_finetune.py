@@ -82,8 +82,10 @@ def test_lora_command_saves_adapter_or_merged_model_and_evaluate_reports(tmp_pat
     data = write_jsonl(tmp_path / "clans.jsonl", instruction_records())
     common = ["--data", data, "--base", base, "--epochs", "1", "--lora", "--lora-rank", "2", "--batch-size", "8",
               "--test-responses", "1", "--max-new-tokens", "3"]
-    code, _, err = run_cli(capsys, "finetune", *common, "--out", tmp_path / "adapter")
+    code, out, err = run_cli(capsys, "finetune", *common, "--out", tmp_path / "adapter")
     assert code == 0, err
+    said = " ".join((out + err).split())  # the chat loads an adapter: the message says so, not "needs --merge"
+    assert "chat with it: gpt2tui --model" in said and "for a model the chat loads" not in said
     assert {p.name for p in (tmp_path / "adapter").iterdir()} >= {"adapter_config.json", "adapter.safetensors"}
     code, _, err = run_cli(capsys, "finetune", *common, "--merge", "--out", tmp_path / "merged")
     assert code == 0, err
