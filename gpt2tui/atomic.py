@@ -23,6 +23,8 @@ from .errors import OutputError, OutputInTheWayError
 MODEL_DIR_FILES = frozenset({
     "config.json", "model.safetensors", "adapter_config.json", "adapter.safetensors", "metrics.jsonl",
     "evaluation.json", "sample_generations.txt", "loss-plot.pdf", "loss-plot.png", "accuracy-plot.pdf",
+    # Preference tuning's: the reference and beta, and the plots `evaluate` draws of preference data.
+    "dpo.json", "margin-plot.pdf", "margin-plot.png", "preference-accuracy-plot.pdf", "preference-accuracy-plot.png",
 })
 
 

@@ -210,13 +210,15 @@ class GPT2(nn.Module):
         return self.head_loss(self.hidden(idx), targets, reduction=reduction)
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None, targets: torch.Tensor | None = None,
-                return_logits: bool = True):
+                return_logits: bool = True, reduction: str = "mean"):
         """Logits `(B, T, V)`; with `targets` `(B, T)` also the mean cross-entropy (positions marked -100 ignored):
         `(logits, loss)`. With targets and `return_logits=False`: `(predictions, loss)`, the argmax ids `(B, T)` in
-        place of the logits, the loss computed without them (`head_loss`): the training step's form."""
+        place of the logits, the loss computed without them (`head_loss`): the training step's form; there
+        `reduction="none"` gives per-token losses `(B, T)` (preference tuning's log-probabilities, through a DDP or
+        compiled wrapper)."""
         h = self.hidden(idx, cache)  # (B, T, C)
         if targets is not None and not return_logits:
-            loss, predictions = self.head_loss(h, targets, return_argmax=True)
+            loss, predictions = self.head_loss(h, targets, reduction=reduction, return_argmax=True)
             return predictions, loss
         logits = self.head(h)  # (B, T, V)
         if targets is None:

@@ -83,6 +83,7 @@ class TrainConfig:
     compile: bool = False
     grad_checkpoint: bool = False
     pad_vocab: bool = False  # train with the vocabulary padded to a multiple of 64 (GPT2.pad_vocab_)
+    eval_at_start: bool = False  # a step-0 evaluation: where the validation curves start (a new run only)
 
     @property
     def warmup(self) -> int:
@@ -275,6 +276,39 @@ def evaluate_batches(model, batches, device: torch.device, autocast_dtype=None, 
     return {"loss": loss, "ppl": math.exp(min(loss, 80.0)), "acc": correct / n, "tokens": int(n)}
 
 
+class NextToken:
+    """The objective of pretraining and fine-tuning: the mean cross-entropy of the next token, with next-token accuracy.
+
+    The Trainer asks its objective for each micro-batch's loss and for each evaluation, so another objective (preference
+    tuning's, `dpo.py`) runs through this same loop. `micro` returns the loss, a float64 vector of `n_stats` sums
+    (summed over micro-batches and ranks, then turned into record fields by `train_fields`) and the tokens it read."""
+
+    n_stats = 2  # correct predictions, scored tokens
+
+    def batch_shape(self, batch) -> tuple[int, int]:
+        return tuple(batch[0].shape)  # (B, T): the rows the memory check counts
+
+    def micro(self, model, batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
+        x, y = (t.to(device, non_blocking=True) for t in batch)  # (B, T)
+        # The fused cross-entropy: the (B, T, V) logits never exist; their argmax comes back for the accuracy.
+        predictions, loss = model(x, targets=y, return_logits=False)  # (B, T), ()
+        with torch.no_grad():
+            keep = y != -100
+            correct = ((predictions == y) & keep).sum()
+        return loss, torch.stack([correct, keep.sum()]).double(), x.numel()
+
+    def train_fields(self, stats: torch.Tensor) -> dict:
+        return {"train_acc": (stats[0] / stats[1].clamp(min=1)).item()}
+
+    def evaluate(self, model, batches, device: torch.device, autocast_dtype=None, d: Dist | None = None) -> dict:
+        ev = evaluate_batches(model, batches, device, autocast_dtype, d)
+        return {"val_loss": ev["loss"], "val_ppl": ev["ppl"], "val_acc": ev["acc"]}
+
+    def describe(self, fields: dict) -> str:
+        return (f"val loss {fields['val_loss']:.4f}, val perplexity {fields['val_ppl']:.2f}, "
+                f"val accuracy {fields['val_acc']:.3f}")
+
+
 # -- checkpoints ---------------------------------------------------------------------------------------------------
 
 
@@ -350,10 +384,12 @@ class Trainer:
     """Trains `model` on `data` (see `data.py`'s `train_batch` / `eval_batches` / `splits`) into `out_dir`.
 
     `run_info` is what must not change across a resume (model config, batch geometry, data); `sampler(model, step)`
-    returns sample text for the log (rank 0 only)."""
+    returns sample text for the log (rank 0 only); `objective` computes each micro-batch's loss and each evaluation
+    (default `NextToken`)."""
     def __init__(self, model, data, cfg: TrainConfig, out_dir: Path, run_info: dict, d: Dist,
-                 sampler=None, console=None, chat_template=None, extra_state: dict | None = None):
+                 sampler=None, console=None, chat_template=None, extra_state: dict | None = None, objective=None):
         self.raw, self.data, self.cfg, self.out, self.d = model, data, cfg, Path(out_dir), d
+        self.objective = objective or NextToken()
         self.run_info = {**run_info, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
                          "seed": cfg.seed, "world_size": d.world}
         self.sampler, self.chat_template, self.extra_state = sampler, chat_template, extra_state or {}
@@ -457,28 +493,24 @@ class Trainer:
         self.log("[yellow]Ctrl+C: finishing at this step and saving a checkpoint (press again to abort)[/]")
 
     def _micro(self, model, k: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        x, y = self.data.train_batch(k, self.d.rank, self.d.world)
+        batch = self.data.train_batch(k, self.d.rank, self.d.world)
         if not self._batch_checked:
             # Once, before the first forward, while the free memory still says what a step can take. (pretrain checks
             # before tokenising; a fine-tune's batches are only as long as their longest example, known from here.)
-            check_batch_fits(x.shape[0], x.shape[1], self.raw.config, self.device)
+            check_batch_fits(*self.objective.batch_shape(batch), self.raw.config, self.device)
             self._batch_checked = True
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)  # (B, T)
         ctx = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
         with ctx:
-            # The fused cross-entropy: the (B, T, V) logits never exist; their argmax comes back for the accuracy.
-            predictions, loss = model(x, targets=y, return_logits=False)  # (B, T), ()
+            loss, stats, tokens = self.objective.micro(model, batch, self.device)  # (), (n_stats,)
         scaled = loss / self.cfg.grad_accum
         (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-        with torch.no_grad():
-            keep = y != -100
-            correct = ((predictions == y) & keep).sum()
-        return loss.detach(), torch.stack([correct, keep.sum()]).double(), x.numel()
+        return loss.detach(), stats, tokens
 
     def evaluate(self, split: str) -> dict:
-        return evaluate_batches(self.raw, self.data.eval_batches(split, self.cfg.eval_batches, self.d.rank,
-                                                                 self.d.world), self.device, self.autocast_dtype,
-                                self.d)
+        """The objective's `val_*` record fields on `split`."""
+        return self.objective.evaluate(self.raw, self.data.eval_batches(split, self.cfg.eval_batches, self.d.rank,
+                                                                        self.d.world), self.device,
+                                       self.autocast_dtype, self.d)
 
     def fit(self, resume: bool = False) -> dict:
         cfg, d = self.cfg, self.d
@@ -504,6 +536,11 @@ class Trainer:
             model = torch.compile(model)
         fpt, peak = flops_per_token(self.raw, getattr(self.data, "T", 0) or self.raw.config.context_length), \
             peak_flops(self.device)
+        if cfg.eval_at_start and cfg.eval_every and not resume and self.data.splits():
+            start = self.evaluate("val")
+            if d.main:
+                self._write_metrics({"step": 0, **start})
+            self.log(f"step 0: {self.objective.describe(start)}")
         handler_set = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGINT, self._on_sigint) if handler_set else None
         progress = self._progress()
@@ -519,7 +556,8 @@ class Trainer:
                     lr = cfg.lr_at(self.step)
                     for group in self.optimizer.param_groups:
                         group["lr"] = lr
-                    losses, counts, tokens = [], torch.zeros(2, dtype=torch.float64, device=self.device), 0
+                    losses, tokens = [], 0
+                    counts = torch.zeros(self.objective.n_stats, dtype=torch.float64, device=self.device)
                     for micro in range(cfg.grad_accum):
                         k = self.step * cfg.grad_accum + micro
                         sync = micro == cfg.grad_accum - 1 or not d.on
@@ -558,7 +596,7 @@ class Trainer:
                     self.tokens_seen += tokens
                     dt = time.perf_counter() - t0
                     record = {"step": self.step, "train_loss": stats[0].item(),
-                              "train_acc": (stats[1] / stats[2].clamp(min=1)).item(), "lr": lr,
+                              **self.objective.train_fields(stats[1:]), "lr": lr,
                               "grad_norm": float(norm), "tokens": self.tokens_seen,
                               "tokens_per_s": round(tokens / dt, 1)}
                     if peak:
@@ -574,9 +612,9 @@ class Trainer:
                     last_step = self.step == cfg.max_steps
                     if cfg.eval_every and (self.step % cfg.eval_every == 0 or last_step) and self.data.splits():
                         ev = self.evaluate("val")
-                        record.update(val_loss=ev["loss"], val_ppl=ev["ppl"], val_acc=ev["acc"])
-                        self.log(f"step {self.step}: train loss {record['train_loss']:.4f}, val loss {ev['loss']:.4f}, "
-                                 f"val perplexity {ev['ppl']:.2f}, val accuracy {ev['acc']:.3f}")
+                        record.update(ev)
+                        self.log(f"step {self.step}: train loss {record['train_loss']:.4f}, "
+                                 f"{self.objective.describe(ev)}")
                     if d.main:
                         self._write_metrics(record)
                     last = record

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -50,8 +52,11 @@ class LoRALinear(nn.Module):
         self.lora_A = nn.Parameter(torch.empty(config.rank, base.in_features, device=base.weight.device))  # (r, in)
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, config.rank, device=base.weight.device))  # (out, r)
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear's own init, and the LoRA paper's code
+        self.enabled = True  # off: the frozen base alone (`adapters_disabled`)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return self.base(x)
         update = F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B)  # (..., out)
         return self.base(x) + self.scale * update
 
@@ -90,6 +95,21 @@ def apply_lora(model: nn.Module, config: LoRAConfig) -> nn.Module:
         setattr(parent, name, LoRALinear(linear, config))
     model.lora_config = config
     return model
+
+
+@contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """The model with every adapter switched off: its base, without a second copy of the weights (preference
+    tuning's reference model). A model without adapters is itself."""
+    layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    before = [m.enabled for m in layers]
+    for m in layers:
+        m.enabled = False
+    try:
+        yield model
+    finally:
+        for m, was in zip(layers, before, strict=True):
+            m.enabled = was
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

@@ -89,3 +89,20 @@ def accuracy_plot(history: list[dict] | None, results: dict[str, dict], out_dir:
     path = out_dir / "accuracy-plot.pdf"
     fig.savefig(path)
     return path
+
+
+def preference_plots(history: list[dict] | None, results: dict[str, dict], out_dir: Path) -> list[Path]:
+    """`margin-plot.pdf`/`.png` and `preference-accuracy-plot.pdf`/`.png`: a DPO run's reward margin and preference
+    accuracy over its steps (from its metrics.jsonl), or per split without such a history."""
+    paths = []
+    for stem, key, label, title in (("margin-plot", "margin", "Reward margin", "Reward margin (chosen − rejected)"),
+                                    ("preference-accuracy-plot", "pref_acc", "Preference accuracy",
+                                     "Preference accuracy (chosen reward higher)")):
+        if history and any(f"train_{key}" in r for r in history):
+            fig = _curves(history, f"train_{key}", f"val_{key}", label, title)
+        else:
+            fig = _bars(results, key, label, f"{title} per split")
+        for suffix in (".pdf", ".png"):
+            paths.append(out_dir / f"{stem}{suffix}")
+            fig.savefig(paths[-1], dpi=150)
+    return paths
