@@ -74,6 +74,12 @@ quant = Pybind11Extension(
     extra_link_args=["-pthread"],
 )
 
+SERVE = ["fastapi>=0.110", "uvicorn>=0.30"]
+DATA = ["zstandard>=0.22", "pyarrow>=14", "datasets>=2.18"]  # datasets 2.18: IterableDataset.state_dict, to resume
+# The lm-evaluation-harness adapter (gpt2tui/evals/lm_eval_adapter.py, `evaluate --harness`), written against 0.4.13's
+# TemplateLM and TaskManager(include_defaults=).
+EVAL = ["lm-eval>=0.4.13"]
+
 setup(
     name="gpt2tui",
     version=VERSION,
@@ -82,9 +88,10 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=["gpt2tui", "gpt2tui.tui", "gpt2tui.tui.screens", "gpt2tui.tui.widgets", "gpt2tui.kernels", "gpt2tui.training"],
+    packages=["gpt2tui", "gpt2tui.tui", "gpt2tui.tui.screens", "gpt2tui.tui.widgets", "gpt2tui.serve", "gpt2tui.evals", "gpt2tui.kernels", "gpt2tui.training"],
     package_dir={"gpt2tui": "gpt2tui", "gpt2tui.kernels": "kernels", "gpt2tui.training": "training"},
-    package_data={"gpt2tui": ["assets/gpt2.tiktoken", "assets/LICENSE-gpt2-vocab.txt"], "gpt2tui.tui": ["app.tcss"]},
+    package_data={"gpt2tui": ["assets/gpt2.tiktoken", "assets/LICENSE-gpt2-vocab.txt"], "gpt2tui.tui": ["app.tcss"],
+                  "gpt2tui.serve": ["static/*.html", "static/*.css", "static/*.js"]},  # the chat page at /
     ext_modules=[bpe, quant],
     cmdclass={"build_ext": build_ext, "build_py": build_py_with_inits},
     install_requires=[
@@ -107,12 +114,27 @@ setup(
         'tomli>=1.1; python_version < "3.11"',  # reads it where the standard library has no tomllib
     ],
     extras_require={
+        # `gpt2tui serve`, the OpenAI-compatible server (gpt2tui/serve/): only that command imports these.
+        "serve": SERVE,
+        # `pretrain --data` beyond text files (training/readers.py): .zst, .parquet and hf: datasets; `finetune --data
+        # hf:...`. Only the reader of each format imports its package.
+        "data": DATA,
+        # `evaluate --harness`: lm-evaluation-harness tasks through gpt2tui's model (gpt2tui/evals/lm_eval_adapter.py).
+        "eval": EVAL,
         "dev": [
+            *SERVE,
+            *DATA,
+            *EVAL,  # also the oracle of the evals' tests (tests/evals)
+            "openai>=1.40",  # the official client: the server's tests talk to it through this
+            "httpx>=0.27",
+            # Drives the chat page in Debian's chromium (tests/serve/test_page.py); its own browser download is not used.
+            "playwright>=1.40",
             "pytest>=8",
             "pytest-benchmark>=4",
             "pytest-textual-snapshot>=1.1",
             "hypothesis>=6",
             "transformers>=4.40",
+            "trl>=1.0",  # the oracle of `gpt2tui dpo`'s loss (tests/training/test_dpo.py); never imported by gpt2tui
             # The attention kernels' tests run in Triton's interpreter on the CPU; CUDA builds of torch bring their own.
             'triton>=3.2; sys_platform == "linux"',
         ],
