@@ -83,6 +83,9 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+_FEW_ROWS = 64  # up to this many rows of hidden states, the CPU head multiplies W by them (`GPT2.head`)
+
+
 class GPT2(nn.Module):
     def __init__(self, config: GPT2Config, device: torch.device | str | None = None):
         """`device="meta"` builds the shapes alone, for a loader to fill: no memory, and no initialisation run (the
@@ -189,7 +192,13 @@ class GPT2(nn.Module):
         wte = self.transformer.wte
         if isinstance(wte, QuantEmbedding):
             return wte.logits(h)
-        return F.linear(h, wte.weight[: self.config.vocab_size])  # without the rows `pad_vocab_` may add
+        w = wte.weight[: self.config.vocab_size]  # (V, C), without the rows `pad_vocab_` may add
+        rows = h.numel() // h.shape[-1]
+        if h.device.type == "cpu" and 1 < rows <= _FEW_ROWS and not torch.is_grad_enabled():
+            # A batched decode step on the CPU: torch's GEMM for a few rows against the (V, C) head packs all of W
+            # first, ~4x slower than multiplying W by the rows (benchmarks/RESULTS.md, serving). Same sums.
+            return (w @ h.reshape(rows, -1).T).T.reshape(*h.shape[:-1], -1)  # (..., V), a transposed view
+        return F.linear(h, w)
 
     def head_loss(self, h: torch.Tensor, targets: torch.Tensor, reduction: str = "mean", return_argmax: bool = False):
         """Cross-entropy of the head's logits of `h` `(B, T, C)` against `targets` `(B, T)` (-100 ignored): "mean",
