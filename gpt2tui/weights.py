@@ -349,6 +349,9 @@ def _build(
     if packed:
         state = {k: v for k, v in state.items() if k.removesuffix(".weight") not in packed}
     model.load_state_dict(state, assign=True, strict=not packed)
+    # The model holds them now. Cleared before the layout change, which copies each Linear weight: with the dict's
+    # references gone each old copy is freed as its new one is made, so a load never holds 1.6 models.
+    state.clear()
     model.conv1d_layout_()
     if layers:
         quant.install(model, layers)
