@@ -20,8 +20,12 @@ def cmd_models(args) -> int:
         )
         return 0
     table = Table(title="Local models", title_justify="left")
-    for col in ("name", "source", "parameters", "layers × width", "context", "path"):
+    # The name (what --model takes) and the path stay whole, over several lines if they must: cut short, they are
+    # useless; the figures take what room is left.
+    table.add_column("name", overflow="fold")
+    for col in ("source", "parameters", "layers × width", "context"):
         table.add_column(col)
+    table.add_column("path", overflow="fold")
     for m in found:
         cfg: GPT2Config | None = m.get("config")
         if cfg is None:
