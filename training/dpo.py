@@ -28,23 +28,21 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from gpt2tui.atomic import MODEL_DIR_FILES, check_replaceable, ensure_writable, recover, write_atomic
+from gpt2tui.atomic import write_atomic
 from gpt2tui.chat import encode_conversation, template_for
-from gpt2tui.errors import ConfigError, DataError, TrainingError
+from gpt2tui.errors import ConfigError, DataError
 from gpt2tui.generate import generate
 from gpt2tui.quant import refuse_training
 from gpt2tui.tokenizer import Tokenizer
 from gpt2tui.weights import load_weights, resolve, save_checkpoint
 
 from .data import split_examples
-from .finetune import console, default_run_dir, destination, set_dropout
+from .finetune import console, destination, prepare_outputs, set_dropout
 from .loop import (
-    CHECKPOINT,
     Dist,
     TrainConfig,
     Trainer,
     barrier,
-    is_run_entry,
     precision,
     setup_distributed,
     teardown_distributed,
@@ -230,19 +228,7 @@ def plain_layout(model: torch.nn.Module) -> None:
 def run(args) -> int:
     if args.merge and not args.lora:
         raise ConfigError("--merge folds LoRA adapters into the weights; it needs --lora")
-    dest = destination(args.out)
-    run_dir = Path(args.run_dir).expanduser() if args.run_dir else default_run_dir(dest)
-    recover(run_dir / CHECKPOINT)
-    if not args.resume and (run_dir / CHECKPOINT).exists():
-        raise TrainingError(
-            f"{run_dir} already holds a training run; add --resume to continue it, or pass another "
-            "--out or --run-dir"
-        )
-    check_replaceable(dest, MODEL_DIR_FILES, "--out")
-    if not args.resume:
-        check_replaceable(run_dir, is_run_entry, "--run-dir")
-    ensure_writable(dest.parent, "--out")
-    ensure_writable(run_dir, "--run-dir")
+    dest, run_dir = prepare_outputs(args, "preference-tuning")
     d = setup_distributed(args.device)
     con = console()
     try:

@@ -65,6 +65,23 @@ def default_run_dir(dest: Path) -> Path:
     return data_dir() / "runs" / dest.name
 
 
+def prepare_outputs(args, kind: str) -> tuple[Path, Path]:
+    """The model's destination and the run directory of `--out`/`--run-dir`, checked before any work: the model may
+    replace only a model directory, the run only a run (a second one needs --resume), and both can be written."""
+    dest = destination(args.out)
+    run_dir = Path(args.run_dir).expanduser() if args.run_dir else default_run_dir(dest)
+    recover(run_dir / CHECKPOINT)  # a save killed between its two renames: its new checkpoint is put back
+    if not args.resume and (run_dir / CHECKPOINT).exists():
+        raise TrainingError(f"{run_dir} already holds a {kind} run; add --resume to continue it, or pass another "
+                            "--out or --run-dir")
+    check_replaceable(dest, MODEL_DIR_FILES, "--out")
+    if not args.resume:
+        check_replaceable(run_dir, is_run_entry, "--run-dir")
+    ensure_writable(dest.parent, "--out")
+    ensure_writable(run_dir, "--run-dir")
+    return dest, run_dir
+
+
 def set_dropout(model: torch.nn.Module, p: float) -> None:
     model.config.drop_rate = p
     for m in model.modules():
@@ -93,18 +110,7 @@ def test_responses(model, tokenizer, examples, max_new_tokens: int, batch: int =
 def run(args) -> int:
     if args.merge and not args.lora:
         raise ConfigError("--merge folds LoRA adapters into the weights; it needs --lora")
-    dest = destination(args.out)
-    run_dir = Path(args.run_dir).expanduser() if args.run_dir else default_run_dir(dest)
-    recover(run_dir / CHECKPOINT)  # a save killed between its two renames: its new checkpoint is put back
-    if not args.resume and (run_dir / CHECKPOINT).exists():
-        raise TrainingError(f"{run_dir} already holds a fine-tuning run; add --resume to continue it, or pass "
-                            f"another --out or --run-dir")
-    # Before any work: the model may replace only a model directory, the run only a run, and both can be written.
-    check_replaceable(dest, MODEL_DIR_FILES, "--out")
-    if not args.resume:
-        check_replaceable(run_dir, is_run_entry, "--run-dir")
-    ensure_writable(dest.parent, "--out")
-    ensure_writable(run_dir, "--run-dir")
+    dest, run_dir = prepare_outputs(args, "fine-tuning")
     d = setup_distributed(args.device)
     con = console()
     try:
