@@ -288,24 +288,7 @@ def run(args) -> int:
         eval_every = (
             args.eval_every if args.eval_every is not None else max(1, steps_per_epoch // 4, max_steps // 50)
         )
-        cfg = TrainConfig(
-            max_steps=max_steps,
-            batch_size=args.batch_size,
-            grad_accum=args.grad_accum,
-            lr=lr,
-            warmup_steps=args.warmup_steps,
-            weight_decay=args.weight_decay,
-            eval_every=eval_every,
-            eval_batches=args.eval_batches,
-            save_every=args.save_every,
-            sample_every=args.sample_every,
-            seed=args.seed,
-            dtype=args.dtype,
-            compile=args.compile,
-            grad_checkpoint=args.grad_checkpoint,
-            pad_vocab=args.pad_vocab,
-            eval_at_start=True,
-        )
+        cfg = TrainConfig.from_args(args, max_steps=max_steps, lr=lr, eval_every=eval_every, eval_at_start=True)
         run_info = {
             "task": "dpo",
             "model": model.config.to_dict(),

@@ -153,13 +153,7 @@ def run(args) -> int:
             apply_lora(model, lora)
         lr = args.lr or (5e-4 if args.lora else 5e-5)
         eval_every = args.eval_every if args.eval_every is not None else max(1, steps_per_epoch // 4, max_steps // 50)
-        cfg = TrainConfig(
-            max_steps=max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=lr,
-            warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, eval_every=eval_every,
-            eval_batches=args.eval_batches, save_every=args.save_every, sample_every=args.sample_every,
-            seed=args.seed, dtype=args.dtype, compile=args.compile, grad_checkpoint=args.grad_checkpoint,
-            pad_vocab=args.pad_vocab,
-        )
+        cfg = TrainConfig.from_args(args, max_steps=max_steps, lr=lr, eval_every=eval_every)
         run_info = {"task": "finetune", "model": model.config.to_dict(), "base": str(base_path),
                     "context_length": ctx, "mask_prompt": args.mask_prompt, "lora": lora and asdict(lora),
                     "data": args.data if args.data.startswith("hf:") else str(Path(args.data).expanduser().resolve()),

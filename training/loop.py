@@ -85,6 +85,13 @@ class TrainConfig:
     pad_vocab: bool = False  # train with the vocabulary padded to a multiple of 64 (GPT2.pad_vocab_)
     eval_at_start: bool = False  # a step-0 evaluation: where the validation curves start (a new run only)
 
+    @classmethod
+    def from_args(cls, args, **given) -> TrainConfig:
+        """The config the training commands' shared flags (`training/cli.py`) ask for; `given` sets what a command
+        works out itself (the steps of an epoch, its own default learning rate...)."""
+        flags = {f: getattr(args, f) for f in cls.__dataclass_fields__ if f not in given and hasattr(args, f)}
+        return cls(**flags, **given)
+
     @property
     def warmup(self) -> int:
         return self.warmup_steps if self.warmup_steps is not None else min(100, self.max_steps // 10)

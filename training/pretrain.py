@@ -141,13 +141,7 @@ def run(args) -> int:
         if not d.main:  # reuses rank 0's shards
             corpus = prepare_corpus(args.data, tokens_dir, tokenizer, args.val_fraction, options=options)
         data = PretrainData(corpus.train, corpus.val, T, args.batch_size, args.seed)
-        cfg = TrainConfig(
-            max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-            warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, eval_every=args.eval_every,
-            eval_batches=args.eval_batches, save_every=args.save_every, sample_every=args.sample_every,
-            seed=args.seed, dtype=args.dtype, compile=args.compile, grad_checkpoint=args.grad_checkpoint,
-            pad_vocab=args.pad_vocab,
-        )
+        cfg = TrainConfig.from_args(args)
         run_info = {"task": "pretrain", "model": model.config.to_dict(), "context_length": T,
                     "val_fraction": args.val_fraction, "data_tokens": corpus.manifest["tokens"],
                     "data_sources": [s["path"] if "path" in s else f"hf:{s['hf']}" for s in corpus.manifest["sources"]]}
