@@ -73,6 +73,18 @@ def is_instruction_file(paths: list[str]) -> bool:
     return len(paths) == 1 and Path(paths[0]).suffix.lower() in (".json", ".jsonl")
 
 
+
+def _write_outputs(out: Path, report: dict, samples: list[str], history, results: dict, plot) -> None:
+    """evaluation.json, the loss plot and `plot`'s (accuracy or preference plots), and the sample generations."""
+    with naming_errors(out / "evaluation.json"):
+        (out / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
+    with naming_errors(out):
+        plots.loss_plot(history, results, out)
+        plot(history, results, out)
+        (out / "sample_generations.txt").write_text(
+            "\n".join(f"=== sample {i + 1} ===\n{s}" for i, s in enumerate(samples)), encoding="utf-8")
+
+
 def run(args) -> int:
     con = Console(stderr=True, highlight=False)
     out = ensure_writable(Path(args.out).expanduser(), "--out")  # before the evaluation, not after it
@@ -126,14 +138,8 @@ def run(args) -> int:
     report = {"model": str(model_dir), "data": args.data, "quantization": quantization_of(model),
               "scored_on": "response tokens" if is_instruction_file(args.data) else "all tokens",
               "splits": {k: {**v, "loss": _finite(v["loss"]), "ppl": _finite(v["ppl"])} for k, v in results.items()}}
-    with naming_errors(out / "evaluation.json"):
-        (out / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
     history = given_history if args.metrics else find_history(model_dir)
-    with naming_errors(out):
-        plots.loss_plot(history, results, out)
-        plots.accuracy_plot(history, results, out)
-        (out / "sample_generations.txt").write_text(
-            "\n".join(f"=== sample {i + 1} ===\n{s}" for i, s in enumerate(samples)), encoding="utf-8")
+    _write_outputs(out, report, samples, history, results, plots.accuracy_plot)
     con.print(f"wrote evaluation.json, loss-plot.pdf/.png, accuracy-plot.pdf and sample_generations.txt to {out}"
               + ("" if history else " (no metrics.jsonl found: plots show the evaluated splits)"))
     return 0
@@ -207,14 +213,8 @@ def run_preferences(args, model, tokenizer, model_dir: Path, out: Path, given_hi
               "scored_on": "preference pairs (the replies' tokens)", "beta": beta, "reference": str(reference_name),
               "splits": {k: {n: _finite(v) if isinstance(v, float) else v for n, v in r.items()}
                          for k, r in results.items()}}
-    with naming_errors(out / "evaluation.json"):
-        (out / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
     history = given_history if args.metrics else find_history(model_dir)
-    with naming_errors(out):
-        plots.loss_plot(history, results, out)
-        plots.preference_plots(history, results, out)
-        (out / "sample_generations.txt").write_text(
-            "\n".join(f"=== sample {i + 1} ===\n{s}" for i, s in enumerate(samples)), encoding="utf-8")
+    _write_outputs(out, report, samples, history, results, plots.preference_plots)
     con.print(f"wrote evaluation.json, loss-plot, margin-plot and preference-accuracy-plot (.pdf/.png) and "
               f"sample_generations.txt to {out}" + ("" if history else " (no metrics.jsonl found: plots show the "
                                                                         "evaluated splits)"))
