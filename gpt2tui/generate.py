@@ -291,7 +291,7 @@ def generate_ids_nocache(
 # -- text ----------------------------------------------------------------------------------------------------------
 
 
-class _TextAssembler:
+class TextAssembler:
     """One row's ids → text deltas: UTF-8 held back until whole, stop strings held back until ruled out."""
 
     def __init__(self, tokenizer: Tokenizer, stop: Sequence[str]):
@@ -371,7 +371,7 @@ class Stream:
         self.prompt_tokens = len(self._decoder.prompts[0])
         self.dropped_tokens = self._decoder.dropped[0]
         _warn_dropped(self.dropped_tokens, self.prompt_tokens, model.config.context_length)
-        self._text = _TextAssembler(tokenizer, params.stop)
+        self._text = TextAssembler(tokenizer, params.stop)
         self.token_ids: list[int] = []
         self.text = ""
         self.finish_reason: str | None = None
@@ -438,7 +438,7 @@ def generate(model: GPT2, tokenizer: Tokenizer, prompt: str | Sequence[str], **p
     decoder = _decoder(model, tokenizer, [_encode_prompt(tokenizer, p) for p in prompt], sp, chunk, draft, k)
     for dropped, kept in zip(decoder.dropped, decoder.prompts, strict=True):
         _warn_dropped(dropped, len(kept), model.config.context_length)
-    texts = [_TextAssembler(tokenizer, sp.stop) for _ in prompt]
+    texts = [TextAssembler(tokenizer, sp.stop) for _ in prompt]
     out = [""] * len(prompt)
     for step in decoder:
         for row, token in step.items():

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from ..cache import KVCache
-from ..generate import _TextAssembler
+from ..generate import TextAssembler
 from ..model import GPT2
 from ..threads import governor_for
 from ..tokenizer import Tokenizer
@@ -109,7 +109,7 @@ class _Row:
         self.index = index
         self.prompt = prompt
         self.params = params
-        self.text = _TextAssembler(tokenizer, params.stop)
+        self.text = TextAssembler(tokenizer, params.stop)
         self.sampling: RowSampling | None = None  # set when the row takes a slot
         self.slot = -1
         self.fed = 0  # prompt tokens in the cache

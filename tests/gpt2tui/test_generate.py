@@ -7,7 +7,7 @@ from gpt2tui import GPT2, GPT2Config, KVCache, SamplingParams, Tokenizer, genera
 from gpt2tui.generate import (
     Decoder,
     PromptTruncatedWarning,
-    _TextAssembler,
+    TextAssembler,
     generate_ids_nocache,
     process_logits,
 )
@@ -199,7 +199,7 @@ def test_invalid_sampling_params_say_which():
 
 
 def _assemble(tok, text, stop=()):
-    a = _TextAssembler(tok, stop)
+    a = TextAssembler(tok, stop)
     deltas = []
     for t in tok.encode(text):
         deltas.append(a.push(t))
@@ -219,7 +219,7 @@ def test_streaming_never_emits_half_a_utf8_character(tok):
 
 
 def test_unfinished_character_at_the_end_becomes_replacement(tok):
-    a = _TextAssembler(tok, ())
+    a = TextAssembler(tok, ())
     first = tok.encode("🤖")[0]  # the first byte(s) of a four-byte character
     assert a.push(first) == "" and a.flush() == "\ufffd"
 
