@@ -200,6 +200,14 @@ class GPT2(nn.Module):
             return (w @ h.reshape(rows, -1).T).T.reshape(*h.shape[:-1], -1)  # (..., V), a transposed view
         return F.linear(h, w)
 
+    def greedy(self, h: torch.Tensor) -> torch.Tensor:
+        """The most likely next token `(...)` int64 of hidden states `(..., C)`: the head's argmax, the first of equal
+        logits. A packed head (`quant.pack_model`) finds it without writing the logits."""
+        wte = self.transformer.wte
+        if isinstance(wte, QuantEmbedding) and wte.n == self.config.vocab_size:
+            return wte.argmax(h)
+        return self.head(h)[..., : self.config.vocab_size].argmax(-1)  # never a row `pad_vocab_` added
+
     def head_loss(self, h: torch.Tensor, targets: torch.Tensor, reduction: str = "mean", return_argmax: bool = False):
         """Cross-entropy of the head's logits of `h` `(B, T, C)` against `targets` `(B, T)` (-100 ignored): "mean",
         "sum" or "none" (per token, `(B, T)`); with `return_argmax` also the predicted ids `(B, T)`. A float head

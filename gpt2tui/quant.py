@@ -1,4 +1,5 @@
-"""Weight-only int8 and bfloat16 layers: the weights shrink, the activations stay float32.
+"""Weight-only int8 and bfloat16 layers: the weights shrink, the activations stay float32. And the same layout in
+float32, for batched decoding on the CPU.
 
 A one-token decode step reads every weight once, so on the CPU its speed is the weights' size over the memory
 bandwidth: int8 reads a quarter of float32's bytes, bfloat16 half. Only the weights change; LayerNorms, biases and the
@@ -8,6 +9,9 @@ position embedding stay float32, and every product accumulates in float32 (`csrc
   embedding is quantised by its rows, which are also the tied output head's output channels, so one scale per token
   serves both.
 - bfloat16: the float32 weight rounded to bfloat16, no scale.
+- float32 (`pack_model`, not a quantisation: no rounding): the server's batched decode steps multiply a few rows by
+  every weight, where torch's GEMM packs the weight anew on each call; the packed layout's kernels do not, and the
+  head's `argmax` finds a greedy row's next token without writing its 50257 logits.
 
 `QuantLinear` and `QuantEmbedding` hold the weight packed in blocks of 64 output channels (the layout the C++ kernels
 stream through, `gpt2tui._quant`); `linear` and `embedding` run them, through the native kernels on the CPU and through
@@ -30,11 +34,16 @@ try:
 except ImportError:  # not built (a source checkout without a compiler): the PyTorch twins run instead
     native = None
 
-KINDS = ("int8", "bfloat16")
+KINDS = ("int8", "bfloat16")  # the quantisations a user picks (`--quantize`)
+FLOAT = "float32"  # the packed layout without rounding (`pack_model`)
+PACKINGS = (*KINDS, FLOAT)  # every kind of packed weight the kernels read
 BLOCK = 64  # output channels per packed block (csrc/quant/packed.h)
 QUANTIZE_ROWS = 32 * 64  # rows per slice while quantising: whole blocks
 ENV_VAR = "GPT2TUI_QUANT_KERNEL"  # "native" (default where built) or "reference"
-_NATIVE_TYPE = {"int8": 0, "bfloat16": 1}  # packed.h's WeightType
+_NATIVE_TYPE = {"int8": 0, "bfloat16": 1, FLOAT: 2}  # packed.h's WeightType
+# How each kind's values are stored: as integers, so that `model.float()` or `model.to(dtype)` never converts them.
+_STORAGE = {"int8": torch.int8, "bfloat16": torch.int16, FLOAT: torch.int32}
+_VALUES = {torch.int16: torch.bfloat16, torch.int32: torch.float32}  # stored bits back to numbers
 
 
 class QuantizationError(ConfigError):
@@ -53,14 +62,15 @@ def check_kind(kind: str) -> str:
 def _quantized_slices(weight: torch.Tensor, kind: str):
     """`(first row, values, scale)` for slices of a float weight's rows. In slices, the float temporaries stay a few
     MB even for the 50257-row token embedding, so a quantising load holds little more than the packed model."""
-    check_kind(kind)
+    if kind != FLOAT:
+        check_kind(kind)
     weight = weight.detach()
     for r in range(0, weight.shape[0], QUANTIZE_ROWS):
         w = weight[r : r + QUANTIZE_ROWS].float()  # (n, K)
         if not torch.isfinite(w).all():  # checked here, slice by slice, so a loader need not read the tensor twice
             raise QuantizationError("the weight holds NaN or infinite values")
-        if kind == "bfloat16":
-            yield r, w.to(torch.bfloat16), torch.ones(w.shape[0], device=w.device)
+        if kind in ("bfloat16", FLOAT):
+            yield r, w.to(torch.bfloat16) if kind == "bfloat16" else w, torch.ones(w.shape[0], device=w.device)
             continue
         s = w.abs().amax(dim=1) / 127.0  # (n,)
         s = torch.where(s > 0, s, torch.ones_like(s))  # an all-zero row: any scale gives zeros
@@ -79,11 +89,11 @@ def quantize_packed(weight: torch.Tensor, kind: str, done=None) -> tuple[torch.T
     `(N, K)` copy); `done(first, end)` is told each slice of rows that has been read, so a loader can drop it."""
     N, K = weight.shape
     NB = -(-N // BLOCK)
-    packed = torch.zeros(NB, K, BLOCK, dtype=torch.int8 if kind == "int8" else torch.int16, device=weight.device)
+    packed = torch.zeros(NB, K, BLOCK, dtype=_STORAGE[kind], device=weight.device)
     scale = torch.zeros(NB * BLOCK, device=weight.device)
     for r, values, s in _quantized_slices(weight, kind):
         scale[r : r + values.shape[0]] = s
-        _fill(packed, r, values.view(torch.int16) if values.dtype == torch.bfloat16 else values)
+        _fill(packed, r, values.view(packed.dtype))
         if done is not None:
             done(r, r + values.shape[0])
     return packed, scale
@@ -117,8 +127,8 @@ def unpack(packed: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _values(stored: torch.Tensor) -> torch.Tensor:
-    """Stored values as numbers: int8 as is, bfloat16 from the int16 bits it is kept in."""
-    return stored.view(torch.bfloat16) if stored.dtype == torch.int16 else stored
+    """Stored values as numbers: int8 as is, bfloat16 and float32 from the int16 and int32 bits they are kept in."""
+    return stored.view(_VALUES[stored.dtype]) if stored.dtype in _VALUES else stored
 
 
 def _padded_scale(scale: torch.Tensor) -> torch.Tensor:
@@ -182,6 +192,29 @@ def _linear(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: to
     return y.view(*lead, n)
 
 
+def argmax_reference(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, n: int) -> torch.Tensor:
+    """The PyTorch twin of `argmax`: the whole product, then its argmax."""
+    return linear_reference(x, packed, scale, None, n).argmax(-1)
+
+
+def argmax(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, n: int) -> torch.Tensor:
+    """`x (..., K) → (...)` int64: the index of the largest of `linear(x, ...)`'s n outputs (the first of equal
+    ones), found block by block in the kernel without writing the outputs: a greedy decode step's next tokens from
+    the packed head. Where the native kernels do not run: the twin."""
+    if not (native_available(x.device) and _native_ok(packed, scale, None)):
+        return argmax_reference(x if x.dtype == torch.float64 else x.float(), packed, scale, n)
+    *lead, K = x.shape
+    if K != packed.shape[1]:
+        raise ValueError(f"input has {K} features, the packed weight takes {packed.shape[1]}")
+    x2 = x.reshape(-1, K).float().contiguous()  # (M, K)
+    out = torch.empty(x2.shape[0], dtype=torch.int64)  # (M,)
+    if x2.shape[0]:
+        _sync_threads()
+        native.argmax(x2.data_ptr(), packed.data_ptr(), scale.data_ptr(), 0, out.data_ptr(), x2.shape[0], n, K,
+                      _NATIVE_TYPE[_kind_of(packed)])
+    return out.view(*lead)
+
+
 def embedding_reference(ids: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Rows `ids` of the packed weight, dequantised: block `id // 64`, lane `id % 64`."""
     rows = _values(packed[ids // BLOCK, :, ids % BLOCK])  # (..., K)
@@ -233,8 +266,7 @@ def _(ids, packed, scale, n):
 
 
 def _kind_of(packed: torch.Tensor) -> str:
-    # bfloat16 values are kept as their int16 bits, so that `model.float()` or `model.to(dtype)` never converts them.
-    return "int8" if packed.dtype == torch.int8 else "bfloat16"
+    return next(kind for kind, dtype in _STORAGE.items() if dtype == packed.dtype)
 
 
 def _native_ok(packed: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> bool:
@@ -259,9 +291,9 @@ class _Packed(nn.Module):
 
     @classmethod
     def from_values(cls, values: torch.Tensor, scale: torch.Tensor, *args, done=None):
-        """From plain `(N, K)` values (int8 or bfloat16) and their `(N,)` scale, as a checkpoint stores them;
-        `done` as in `pack`."""
-        stored = values.view(torch.int16) if values.dtype == torch.bfloat16 else values
+        """From plain `(N, K)` values (int8, bfloat16 or float32) and their `(N,)` scale, as a checkpoint stores
+        them; `done` as in `pack`."""
+        stored = values.view(torch.int16 if values.dtype == torch.bfloat16 else torch.int32) if values.is_floating_point() else values
         return cls(pack(stored, done), _padded_scale(scale.float()), values.shape[0], *args)
 
     @property
@@ -269,7 +301,7 @@ class _Packed(nn.Module):
         return _kind_of(self.packed)
 
     def values(self) -> torch.Tensor:
-        """The stored `(N, K)` values: int8, or bfloat16."""
+        """The stored `(N, K)` values: int8, bfloat16 or float32."""
         return _values(unpack(self.packed, self.n))
 
     def dequantized(self) -> torch.Tensor:
@@ -323,6 +355,10 @@ class QuantEmbedding(_Packed):
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         return linear(h, self.packed, self.scale, None, self.n)
 
+    def argmax(self, h: torch.Tensor) -> torch.Tensor:
+        """`logits(h).argmax(-1)` without the logits."""
+        return argmax(h, self.packed, self.scale, self.n)
+
     def extra_repr(self) -> str:
         return f"{self.n}, {self.k}, kind={self.kind}"
 
@@ -339,10 +375,16 @@ def quantized_modules(model: nn.Module) -> list[str]:
     return [*blocks, EMBEDDING_NAME]
 
 
-def quantization_of(model: nn.Module) -> str | None:
-    """The kind a model's weights are packed in, or None for a plain model."""
+def packing_of(model: nn.Module) -> str | None:
+    """The kind a model's weights are packed in (int8, bfloat16 or float32), or None for a plain model."""
     wte = model.transformer.wte
     return wte.kind if isinstance(wte, QuantEmbedding) else None
+
+
+def quantization_of(model: nn.Module) -> str | None:
+    """The quantisation of a model's weights (int8 or bfloat16), or None for float weights, packed or not."""
+    kind = packing_of(model)
+    return kind if kind in KINDS else None
 
 
 def packed_layer(name: str, values: torch.Tensor, scale: torch.Tensor, done=None) -> _Packed:
@@ -373,8 +415,21 @@ def install(model: nn.Module, layers: dict[str, _Packed]) -> nn.Module:
 def quantize_model(model: nn.Module, kind: str) -> nn.Module:
     """Pack a float model's weights in place (`kind`: int8 or bfloat16); everything else becomes float32."""
     check_kind(kind)
-    if quantization_of(model) is not None:
-        raise QuantizationError(f"this model is already quantised ({quantization_of(model)})")
+    return _pack_model(model, kind)
+
+
+def pack_model(model: nn.Module) -> nn.Module:
+    """Pack a float32 model's weights in place in the float32 layout (no rounding), for batched decoding on the
+    CPU: the same numbers, multiplied by the packed kernels. It saves as the plain float model it was."""
+    if model.dtype != torch.float32:
+        raise QuantizationError(f"pack_model takes a float32 model, not {str(model.dtype).removeprefix('torch.')}")
+    return _pack_model(model, FLOAT)
+
+
+def _pack_model(model: nn.Module, kind: str) -> nn.Module:
+    now = packing_of(model)
+    if now is not None:
+        raise QuantizationError(f"this model is already {f'quantised ({now})' if now in KINDS else 'packed'}")
     layers = {name: quantized_layer(name, model.get_submodule(name).weight, kind) for name in quantized_modules(model)}
     install(model, layers)
     return model.float().eval()
@@ -382,7 +437,10 @@ def quantize_model(model: nn.Module, kind: str) -> nn.Module:
 
 def refuse_training(model: nn.Module, what: str) -> None:
     """Training needs float weights to take gradient steps on; say so instead of failing deep inside autograd."""
-    kind = quantization_of(model)
+    kind = packing_of(model)
+    if kind == FLOAT:
+        raise QuantizationError(f"{what} needs trainable weights, and this model's are packed for inference "
+                                "(pack_model): train the model as loaded, then pack it")
     if kind is not None:
         raise QuantizationError(f"{what} needs float weights, and this model's are quantised to {kind}: rounding "
                                 "makes them untrainable. Train the float model, then quantise the result")

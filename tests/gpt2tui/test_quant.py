@@ -1,4 +1,4 @@
-"""Packed int8/bfloat16 weights: the C++ kernels against their PyTorch twin in float64, quantisation itself, whole
+"""Packed int8/bfloat16/float32 weights: the C++ kernels against their PyTorch twin in float64, quantisation itself, whole
 models against their float originals, and quantised checkpoints saved and loaded."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def _error(out: torch.Tensor, exact: torch.Tensor) -> float:
 
 
 @needs_native
-@pytest.mark.parametrize("kind", quant.KINDS)
+@pytest.mark.parametrize("kind", quant.PACKINGS)
 @pytest.mark.parametrize("M,N,K", SHAPES)
 def test_native_linear_is_as_accurate_as_torch_float32(kind, M, N, K):
     """flash-attention's rule: against the float64 reference, within 2× of the error PyTorch's own float32 product
@@ -51,7 +51,7 @@ def test_native_linear_is_as_accurate_as_torch_float32(kind, M, N, K):
 
 
 @needs_native
-@pytest.mark.parametrize("kind", quant.KINDS)
+@pytest.mark.parametrize("kind", quant.PACKINGS)
 def test_every_instruction_set_and_thread_count_agrees(kind, monkeypatch):
     """The AVX-512, AVX2 and portable paths (those this CPU runs) against each other and the twin; threads split
     outputs, never a sum, so every thread count gives identical bits."""
@@ -114,7 +114,7 @@ def test_pack_and_unpack_are_inverse():
     assert packed[1, 4, 5] == values[64 + 5, 4]  # block 1, column 4, lane 5
 
 
-@pytest.mark.parametrize("kind", quant.KINDS)
+@pytest.mark.parametrize("kind", quant.PACKINGS)
 def test_embedding_rows_and_tied_head(kind):
     w = torch.randn(130, 24) * 0.05
     values, scale = quant.quantize_weight(w, kind)
