@@ -17,6 +17,7 @@ import torch
 
 from ..chat import build_prompt, template_for
 from ..model import GPT2
+from ..quant import native_available, pack_model, packing_of
 from ..tokenizer import Tokenizer
 from ..weights import load_model
 from .sampler import RowParams
@@ -39,6 +40,11 @@ class Engine:
         prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
         model_name: str | None = None,
     ):
+        if model.device.type == "cpu" and model.dtype == torch.float32 and packing_of(model) is None:
+            if native_available(model.device):
+                # Batched decode steps multiply a few rows by every weight: the packed layout's kernels do that
+                # 2-3x faster than torch's GEMM at 4-16 rows, with the same float32 numbers (`quant.pack_model`).
+                pack_model(model)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.model_id = model_id

@@ -57,6 +57,12 @@ class RowSampling:
         processing = SamplingParams(max_new_tokens=1, temperature=params.temperature, top_p=top_p)
         return cls(params, generator, counts, processing)
 
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy with nothing else asked (no log-probabilities, no penalties): the argmax alone decides."""
+        p = self.params
+        return p.temperature == 0 and p.logprobs is None and not p.penalised
+
     def record(self, token: int) -> None:
         if self.counts is not None:
             self.counts[token] += 1

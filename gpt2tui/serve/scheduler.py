@@ -164,6 +164,9 @@ class Scheduler:
         self.max_queue = max_queue
         self.prefill_chunk = prefill_chunk
         self.context_length = model.config.context_length
+        # The model's argmax may stand for sampling only where every row it could pick is a token (`sample_rows`
+        # masks a vocabulary padded past the tokenizer's).
+        self._greedy_head = model.config.vocab_size <= tokenizer.n_vocab
         self.metrics = Metrics()
         self.cache: KVCache | None = (
             None  # allocated by the thread, so a server starts before the memory is zeroed
@@ -319,9 +322,8 @@ class Scheduler:
                 ready.append((row, h[b, len(c) - 1]))
         if not ready:
             return
-        logits = self.model.head(torch.stack([x for _, x in ready]))  # (r, V)
         rows = [row for row, _ in ready]
-        self._accept(rows, sample_rows(logits, [r.sampling for r in rows], self.tokenizer.n_vocab))
+        self._accept(rows, self._sample(torch.stack([x for _, x in ready]), rows))
         for row in rows:
             self._swap(row.slot, self.n_dec)  # into the decoding region
             self.n_dec += 1
@@ -332,8 +334,15 @@ class Scheduler:
             return
         ids = torch.tensor([[row.next_token] for row in rows], device=self.model.device)  # (b, 1)
         view = self.cache.rows(0, self.n_dec)
-        logits = self.model.head(self.model.hidden(ids, view)[:, -1])  # (b, V)
-        self._accept(rows, sample_rows(logits, [r.sampling for r in rows], self.tokenizer.n_vocab))
+        self._accept(rows, self._sample(self.model.hidden(ids, view)[:, -1], rows))
+
+    def _sample(self, h: torch.Tensor, rows: list[_Row]) -> list[Sampled]:
+        """Each row's next token from its last hidden state `(b, C)`."""
+        samplings = [row.sampling for row in rows]
+        if self._greedy_head and all(s.plain_greedy for s in samplings):
+            # Only the argmax is wanted: a packed head finds it without writing b × 50257 logits.
+            return [Sampled(t) for t in self.model.greedy(h).tolist()]
+        return sample_rows(self.model.head(h), samplings, self.tokenizer.n_vocab)  # (b, V) logits
 
     def _accept(self, rows: list[_Row], sampled: list[Sampled]) -> None:
         accepted = 0

@@ -13,6 +13,8 @@ import threading
 import torch
 
 from gpt2tui import GPT2, GPT2Config, Tokenizer, generate
+from gpt2tui.quant import packing_of
+from gpt2tui.serve.engine import Engine
 from gpt2tui.serve.sampler import RowParams
 from gpt2tui.serve.scheduler import DoneEvent, Scheduler
 
@@ -105,3 +107,30 @@ def test_scheduler_rows_join_and_leave_in_float64():
         scheduler.stop()
     assert texts == [generate(model, tokenizer, p, max_new_tokens=n, temperature=0) for p, n in jobs]
     assert scheduler.running == 0 and scheduler.queue_depth == 0
+
+
+def test_the_engine_packs_a_cpu_model_and_greedy_rows_decode_as_generate_does():
+    """On the CPU the engine packs float32 weights (`quant.pack_model`); plain greedy steps take the packed head's
+    argmax, a step with a row that wants log-probabilities takes the logits: each output is `generate`'s on the
+    same packed model."""
+    torch.manual_seed(0)
+    model = GPT2(GPT2Config(n_layers=2, n_heads=2, emb_dim=32, context_length=64, drop_rate=0.0)).eval()
+    tokenizer = Tokenizer()
+    engine = Engine(model, tokenizer, max_batch=4, max_queue=32, prefill_chunk=7)
+    assert packing_of(engine.model) == "float32"
+    jobs = [(PROMPTS[i % len(PROMPTS)], 4 + 3 * i) for i in range(6)]
+
+    async def run() -> list[str]:
+        async def one(i: int, prompt: str, n: int) -> str:
+            params = RowParams(max_tokens=n, temperature=0, logprobs=0 if i == 2 else None)
+            ticket = engine.submit([tokenizer.encode(prompt)], [params])
+            return "".join([e.text async for e in ticket.events()])
+
+        return await asyncio.gather(*(one(i, p, n) for i, (p, n) in enumerate(jobs)))
+
+    engine.start()
+    try:
+        texts = asyncio.run(run())
+    finally:
+        engine.stop()
+    assert texts == [generate(engine.model, tokenizer, p, max_new_tokens=n, temperature=0) for p, n in jobs]
