@@ -12,18 +12,15 @@ rows than one batch holds (`n` times the prompts > `--max-batch`), more than fou
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
 
 from ..chat import AUTO_REPLY_CAP, ChatError
 from .choices import Choice, usage
 from .engine import Engine
-from .errors import APIError, error_body
+from .errors import APIError
 from .sampler import RowParams
 from .scheduler import QueueFull, SchedulerClosed, Ticket
 from .schemas import (
@@ -42,6 +39,7 @@ from .schemas import (
     ModelList,
     _Sampling,
 )
+from .streaming import chat_stream, completion_stream
 
 router = APIRouter()
 
@@ -165,24 +163,6 @@ async def _collect(request: Request, ticket: Ticket, choices: list[Choice]) -> N
         ticket.cancel()  # an error above leaves no row running for nobody
 
 
-def _sse(events: AsyncIterator[dict], ticket: Ticket) -> StreamingResponse:
-    async def body():
-        try:
-            async for chunk in events:
-                yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
-        except APIError as e:  # after the headers: the error goes in the stream, in OpenAI's shape
-            yield f"data: {json.dumps(error_body(e.message, e.type, e.param, e.code))}\n\n"
-        finally:
-            ticket.cancel()  # the client left (Starlette closes this generator), or all rows are done: a no-op
-        yield "data: [DONE]\n\n"
-
-    return StreamingResponse(
-        body(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-
-
 # -- completions ---------------------------------------------------------------------------------------------------
 
 
@@ -267,27 +247,10 @@ async def create_completion(body: CompletionRequest, request: Request):
             with_usage=True,
         )
 
-    async def chunks():
-        for c, echo in zip(choices, echoes, strict=True):
-            if echo:
-                yield response([CompletionChoice(text=echo, index=c.index)])
-        async for event in ticket.events():
-            c = choices[event.index]
-            seen = len(c.tokens)
-            text = c.push(event)
-            logprobs = c.completion_logprobs(engine, seen) if body.logprobs is not None else None
-            if text or c.finish_reason or (logprobs and logprobs.tokens):
-                yield response(
-                    [
-                        CompletionChoice(
-                            text=text, index=c.index, logprobs=logprobs, finish_reason=c.finish_reason
-                        )
-                    ]
-                )
-        if body.stream_options and body.stream_options.include_usage:
-            yield response([], with_usage=True)
-
-    return _sse(chunks(), ticket)
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return completion_stream(
+        ticket, engine, choices, echoes, response, body.logprobs is not None, include_usage
+    )
 
 
 # -- chat ----------------------------------------------------------------------------------------------------------
@@ -383,18 +346,4 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
             del data["usage"]  # OpenAI sends the field only when usage was asked for
         return data
 
-    async def chunks():
-        yield chunk([ChunkChoice(index=c.index, delta={"role": "assistant", "content": ""}) for c in choices])
-        async for event in ticket.events():
-            c = choices[event.index]
-            seen = len(c.tokens)
-            text = c.push(event)
-            logprobs = ChoiceLogprobs(content=c.chat_logprobs(engine, seen)) if body.logprobs else None
-            if text or (logprobs and logprobs.content):
-                yield chunk([ChunkChoice(index=c.index, delta={"content": text}, logprobs=logprobs)])
-            if c.finish_reason:
-                yield chunk([ChunkChoice(index=c.index, delta={}, finish_reason=c.finish_reason)])
-        if include_usage:
-            yield chunk([], with_usage=True)
-
-    return _sse(chunks(), ticket)
+    return chat_stream(ticket, engine, choices, chunk, bool(body.logprobs), include_usage)
