@@ -17,7 +17,21 @@ only the filled positions of one or two rows.
 
 from __future__ import annotations
 
+import math
+import mmap
+
 import torch
+
+
+def _zeros(shape: tuple[int, ...], device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
+    """Zeros. On the CPU, in anonymous memory, which reads as zeros and takes RAM only where it is written: a cache
+    sized for whole windows of many rows (the server's) costs what its rows have used, not 1.2 GB up front."""
+    n = math.prod(shape)
+    if torch.device(device).type != "cpu" or n == 0:
+        return torch.zeros(shape, device=device, dtype=dtype)
+    size = n * torch.empty((), dtype=dtype).element_size()
+    memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)  # the tensor keeps it alive
+    return torch.frombuffer(memory, dtype=dtype, count=n).view(shape)
 
 
 class KVCache:
@@ -32,8 +46,8 @@ class KVCache:
         dtype: torch.dtype = torch.float32,
     ):
         shape = (n_layers, batch_size, n_heads, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, H, T_max, D)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, H, T_max, D)
+        self.k = _zeros(shape, device, dtype)  # (L, B, H, T_max, D)
+        self.v = _zeros(shape, device, dtype)  # (L, B, H, T_max, D)
         self.max_len = max_len
         self.lens: list[int] = [0] * batch_size  # valid entries per row, host copy
         self._step: tuple[int, list[int]] | None = None  # (n, lengths before) while a forward is in flight

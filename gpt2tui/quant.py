@@ -430,8 +430,8 @@ def _pack_model(model: nn.Module, kind: str) -> nn.Module:
     now = packing_of(model)
     if now is not None:
         raise QuantizationError(f"this model is already {f'quantised ({now})' if now in KINDS else 'packed'}")
-    layers = {name: quantized_layer(name, model.get_submodule(name).weight, kind) for name in quantized_modules(model)}
-    install(model, layers)
+    for name in quantized_modules(model):  # one at a time: the float weight goes as its packed form comes
+        install(model, {name: quantized_layer(name, model.get_submodule(name).weight, kind)})
     return model.float().eval()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -55,3 +57,24 @@ def test_rows_prefill_and_decode_independently_through_views(model):
     torch.testing.assert_close(both[0], _last_logits(model, b + [23]))
     torch.testing.assert_close(both[1], _last_logits(model, a + [12]))
     assert cache.lens[:2] == [4, 8]
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status", encoding="ascii") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads Linux's /proc")
+def test_a_cpu_cache_reads_as_zeros_and_takes_memory_only_where_written():
+    """A server's cache holds whole windows for 16 rows (1.2 GB at the 124M shape); it costs what is used."""
+    before = _rss_mb()
+    cache = KVCache(n_layers=4, batch_size=16, n_heads=8, max_len=1024, head_dim=64)  # 2 x 128 MB
+    assert _rss_mb() - before < 32
+    assert cache.k[3, 15, 7, 1023].abs().sum() == 0 and cache.v.dtype == torch.float32
+    cache.begin(4)
+    cache.write(0, torch.ones(16, 8, 4, 64), torch.full((16, 8, 4, 64), 2.0))
+    cache.commit()
+    assert cache.k[0, :, :, :4].eq(1).all() and cache.v[0, :, :, :4].eq(2).all()
+    assert cache.k[0, :, :, 4:].eq(0).all() and cache.lens == [4] * 16
+    half = KVCache(n_layers=1, batch_size=1, n_heads=1, max_len=4, head_dim=2, dtype=torch.bfloat16)
+    assert half.k.dtype == torch.bfloat16 and half.k.sum() == 0
