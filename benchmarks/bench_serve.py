@@ -191,6 +191,16 @@ async def _run(url: str, clients: int, new_tokens: int, stream: bool) -> dict:
     return out
 
 
+def _peak_rss_mb(process: subprocess.Popen) -> float | None:
+    """The server process's peak resident memory so far (Linux's VmHWM), in MB."""
+    try:
+        with open(f"/proc/{process.pid}/status", encoding="ascii") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError):
+        return None
+    return round(kb / 1024, 1)
+
+
 def _report(key: tuple[str, str], runs: list[dict]) -> dict:
     """The median round of a case, with every round's aggregate beside it."""
     runs = sorted(runs, key=lambda r: r["aggregate_tokens_per_s"])
@@ -213,6 +223,8 @@ def test_gpt2tui_serve(benchmark, size, gpt2tui_server):
                 runs[c].append(asyncio.run(_run(gpt2tui_server.url, c, NEW_TOKENS[name], True)))
 
     benchmark.pedantic(rounds, rounds=1, iterations=1)
+    benchmark.extra_info["server_peak_rss_mb"] = _peak_rss_mb(gpt2tui_server.process)
+    print(f"\n{name}: gpt2tui serve peak RSS {benchmark.extra_info['server_peak_rss_mb']} MB")
     for c in counts:
         benchmark.extra_info[f"{c}_clients"] = _report((name, f"gpt2tui serve, {c} clients"), runs[c])
     ratio = (
@@ -236,6 +248,8 @@ def test_transformers_pipeline_naive(benchmark, size, naive_server):
         iterations=1,
     )
     benchmark.extra_info.update(_report((name, "transformers pipeline, naive"), runs))
+    benchmark.extra_info["server_peak_rss_mb"] = _peak_rss_mb(naive_server.process)
+    print(f"{name}: naive server peak RSS {benchmark.extra_info['server_peak_rss_mb']} MB")
 
 
 # -- the naive server: what a first attempt at serving a model with transformers looks like --------------------------
