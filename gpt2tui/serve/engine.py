@@ -67,7 +67,7 @@ class Engine:
         **scheduler,
     ) -> Engine:
         """A model by name, directory or checkpoint (`weights.load_model`), served as its folder's name."""
-        model, tokenizer = load_model(name, device=device, dtype=dtype, quantize=quantize)
+        model, tokenizer = load_model(name, device=device, dtype=dtype, quantize=quantize, pack=True)
         return cls(model, tokenizer, model_id=served_name(name), model_name=str(name), **scheduler)
 
     @property

@@ -9,7 +9,8 @@ import torch
 from gpt2tui import quant
 from gpt2tui.config import GPT2Config
 from gpt2tui.model import GPT2
-from gpt2tui.weights import load_weights, save_checkpoint
+from gpt2tui.weights import load_model, load_weights, save_checkpoint
+from gpt2tui_testkit.hf import write_hf_dir
 
 needs_native = pytest.mark.skipif(quant.native is None, reason="gpt2tui._quant is not built")
 ISAS = ("avx512", "avx2", "portable")
@@ -116,3 +117,17 @@ def test_packing_refuses_twice_other_dtypes_and_training():
         quant.pack_model(_tiny().to(torch.bfloat16))
     with pytest.raises(quant.QuantizationError, match="packed for inference"):
         quant.refuse_training(packed, "finetune")
+
+
+def test_a_load_with_pack_packs_float32_as_it_reads_and_leaves_quantised_checkpoints_alone(tmp_path):
+    hf = write_hf_dir(tmp_path / "hf", seed=0, n_embd=48, n_layer=2, n_head=4, n_positions=64)
+    packed, _ = load_model(hf, device="cpu", pack=True)
+    plain, _ = load_model(hf, device="cpu")
+    assert quant.packing_of(packed) == quant.FLOAT and quant.packing_of(plain) is None
+    ids = torch.randint(0, 50257, (2, 9))
+    with torch.no_grad():
+        assert torch.allclose(packed(ids), plain(ids), atol=1e-5)
+    save_checkpoint(quant.quantize_model(plain, "int8"), tmp_path / "q")
+    assert quant.packing_of(load_model(tmp_path / "q", device="cpu", pack=True)[0]) == "int8"
+    bf16, _ = load_model(hf, device="cpu", dtype=torch.bfloat16, pack=True)  # bfloat16 asked: bfloat16 it is
+    assert quant.packing_of(bf16) == "bfloat16"
