@@ -36,9 +36,10 @@ def _status(message: str):
         yield
 
 
-def _load(args):
+def _load(args, pack: bool = False):
     with _status(f"Loading {escape(args.model)}…"):
-        return load_model(args.model, device=args.device, dtype=_DTYPES.get(args.dtype), quantize=args.quantize)
+        return load_model(args.model, device=args.device, dtype=_DTYPES.get(args.dtype), quantize=args.quantize,
+                          pack=pack)
 
 
 def cmd_generate(args) -> int:
@@ -133,7 +134,7 @@ def cmd_serve(args) -> int:
         _err().print(f"[yellow]warning:[/] listening on {escape(args.host)} without --api-key: anyone who can reach "
                      "this address can use the model. The conversation history routes are off; pass --api-key KEY "
                      "(or set $GPT2TUI_API_KEY) to require a key.", soft_wrap=True)
-    model, tokenizer = _load(args)
+    model, tokenizer = _load(args, pack=True)  # packed as it is read: the engine would pack it anyway
     engine = Engine(model, tokenizer, model_id=served_name(args.model), max_batch=args.max_batch,
                     max_queue=args.max_queue, prefill_chunk=args.prefill_chunk, model_name=args.model)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
