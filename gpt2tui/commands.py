@@ -126,6 +126,9 @@ def cmd_serve(args) -> int:
         from .serve.server import run
         from .serve.settings import ServeSettings
     except ImportError as e:
+        if (e.name or "").startswith("gpt2tui."):  # our own module: the install is stale, not missing an extra
+            raise ConfigError(f"this gpt2tui install is incomplete ({e.name} is missing): install it again "
+                              "(pip install -e . in a checkout, or make install)") from None
         raise ConfigError(f"gpt2tui serve needs the serve extra ({e.name} is not installed): "
                           "pip install 'gpt2tui[serve]'") from None
     settings = ServeSettings(host=args.host, port=args.port, api_key=args.api_key or None,

@@ -102,3 +102,15 @@ def test_missing_serve_extra_is_one_clear_line(tiny_dir, monkeypatch, capsys):
     assert main(["serve", "--model", str(tiny_dir)]) == 1
     err = capsys.readouterr().err
     assert "pip install 'gpt2tui[serve]'" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "missing,says",
+    [("uvicorn", "needs the serve extra (uvicorn is not installed)"), ("gpt2tui.serve.server", "incomplete")],
+)
+def test_a_missing_module_is_named_as_a_missing_extra_or_a_stale_install(monkeypatch, capsys, missing, says):
+    monkeypatch.delitem(sys.modules, "gpt2tui.serve.server")  # imported again by the command
+    monkeypatch.setitem(sys.modules, missing, None)  # importing it now raises ImportError naming it
+    assert main(["serve", "--model", "nowhere"]) == 1
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err
