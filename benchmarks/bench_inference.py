@@ -5,7 +5,8 @@ For each case and batch size (1, 4, 16): time to first token (prefill + first to
 (the median step), tokens/s (batch × later tokens over their time), peak RSS (and peak VRAM on CUDA), and memory-bandwidth utilisation: the bytes one decode step reads (every
 weight once, plus the KV cache at its mean length over the run) over the step's time, as a fraction of the read
 bandwidth this machine measured in the same run. On the CPU, bfloat16 is `load_model(dtype=torch.bfloat16)`, which packs
-the weights to bfloat16 and computes in float32; on CUDA it is a plain bfloat16 model.
+the weights to bfloat16 and computes in float32; on CUDA it is a plain bfloat16 model. fp32-packed is
+`load_model(pack=True)`: float32 weights in the packed layout, what the commands load on the CPU.
 
 Each case is a fresh Python (this file run as a script), so its peak RSS is its own; every process runs with
 OMP_WAIT_POLICY=PASSIVE (gpt2tui's default) so that all engines wait for work the same way. The figures are in each
@@ -37,7 +38,7 @@ PROMPT_TOKENS = 512
 NEW_TOKENS = int(os.environ.get("BENCH_NEW_TOKENS", "32"))
 BATCHES = [int(b) for b in os.environ.get("BENCH_BATCHES", "1,4,16").split(",")]
 EOS = 50256
-KIND_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}
+KIND_DTYPE = {"fp32": torch.float32, "fp32-packed": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}
 BASELINE = {"cpu": "transformers-fp32", "cuda": "transformers-bf16"}  # what the table's ratios divide by
 
 
@@ -80,7 +81,8 @@ def _ours(path: str, kind: str, device: str):
     from gpt2tui import load_model
     from gpt2tui.quant import quantization_of
 
-    model, _ = load_model(path, device=device, dtype=KIND_DTYPE[kind], quantize="int8" if kind == "int8" else None)
+    model, _ = load_model(path, device=device, dtype=KIND_DTYPE[kind], quantize="int8" if kind == "int8" else None,
+                          pack=kind == "fp32-packed")
     # the packed weights are buffers; a float model has none, so this is every weight either way
     nbytes = _weight_bytes([*model.parameters(), *model.buffers()], model.transformer.wpe.weight)
     return model, nbytes, model.dtype.itemsize, quantization_of(model)
@@ -231,6 +233,7 @@ def summary(rows: dict[tuple[str, int, str], dict]) -> str:
 cuda = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 CASES = [
     pytest.param(("ours", "fp32", "cpu"), id="ours-fp32-cpu"),
+    pytest.param(("ours", "fp32-packed", "cpu"), id="ours-fp32-packed-cpu"),
     pytest.param(("ours", "bf16", "cpu"), id="ours-bf16-cpu"),
     pytest.param(("ours", "int8", "cpu"), id="ours-int8-cpu"),
     pytest.param(("transformers", "fp32", "cpu"), id="transformers-fp32-cpu"),

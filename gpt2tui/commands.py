@@ -36,10 +36,12 @@ def _status(message: str):
         yield
 
 
-def _load(args, pack: bool = False):
+def _load(args):
+    # pack: on the CPU float32 weights load in the packed layout, the same numbers decoded 1.7x faster at batch 1
+    # (benchmarks/RESULTS.md, inference).
     with _status(f"Loading {escape(args.model)}…"):
         return load_model(args.model, device=args.device, dtype=_DTYPES.get(args.dtype), quantize=args.quantize,
-                          pack=pack)
+                          pack=True)
 
 
 def cmd_generate(args) -> int:
@@ -75,7 +77,8 @@ def _draft(args, model):
         return None
     with _status(f"Loading the draft model {escape(args.draft)}…"):
         # The same precision flags as the target: an int8 target drafts with an int8 draft.
-        draft, _ = load_model(args.draft, device=model.device, dtype=_DTYPES.get(args.dtype), quantize=args.quantize)
+        draft, _ = load_model(args.draft, device=model.device, dtype=_DTYPES.get(args.dtype), quantize=args.quantize,
+                              pack=True)
     if draft.config.vocab_size != model.config.vocab_size:
         raise ConfigError(f"the draft model {args.draft} has a vocabulary of {draft.config.vocab_size:,} tokens and "
                           f"{args.model} one of {model.config.vocab_size:,}; a draft model must share its vocabulary")
@@ -137,7 +140,7 @@ def cmd_serve(args) -> int:
         _err().print(f"[yellow]warning:[/] listening on {escape(args.host)} without --api-key: anyone who can reach "
                      "this address can use the model. The conversation history routes are off; pass --api-key KEY "
                      "(or set $GPT2TUI_API_KEY) to require a key.", soft_wrap=True)
-    model, tokenizer = _load(args, pack=True)  # packed as it is read: the engine would pack it anyway
+    model, tokenizer = _load(args)  # packed as it is read: the engine would pack it anyway
     engine = Engine(model, tokenizer, model_id=served_name(args.model), max_batch=args.max_batch,
                     max_queue=args.max_queue, prefill_chunk=args.prefill_chunk, model_name=args.model)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
