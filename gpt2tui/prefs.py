@@ -13,7 +13,9 @@
     seed = 1                      # left out: a fresh draw each reply
     system_prompt = "You are terse."
 
-The app's settings dialog writes it (atomically, with tomli-w); people may edit it too. Precedence, highest first:
+The app's settings dialog writes it (atomically, with tomli-w); people may edit it too. A theme picked from the command
+palette and the conversation list shown or hidden with Ctrl+G are remembered in it as well (`remember`), unless the
+file was edited by hand: a rewrite would drop its comments and layout, so the app then says so and leaves it. Precedence, highest first:
 command-line flags, a conversation's own settings, this file, the built-in defaults. A file that cannot be read, or a
 key with a bad value, is one warning line naming the file and the key; the rest of the file still applies.
 """
@@ -23,7 +25,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -143,12 +145,45 @@ def load_prefs(path: str | os.PathLike | None = None) -> tuple[Prefs, list[str]]
     return parse_prefs(data, path)
 
 
+_HEADER = '# gpt2tui preferences, written by the app\'s settings dialog (Ctrl+S); see the README, "Preferences".\n'
+
+
+def _written_by_the_app(prefs: Prefs) -> str:
+    return _HEADER + tomli_w.dumps(prefs.to_toml())
+
+
 def save_prefs(prefs: Prefs, path: str | os.PathLike | None = None) -> Path:
     """Write `prefs` to `path` (default: `config_path()`), whole or not at all: into a temporary file, then renamed.
     Raises `OSError` (naming the file) when it cannot be written."""
     path = Path(path) if path is not None else config_path()
-    header = '# gpt2tui preferences, written by the app\'s settings dialog (Ctrl+S); see the README, "Preferences".\n'
-    return write_atomic(path, header + tomli_w.dumps(prefs.to_toml()))
+    return write_atomic(path, _written_by_the_app(prefs))
+
+
+def remember(path: str | os.PathLike | None = None, **changes: Any) -> str | None:
+    """Set top-level preferences (`theme`, `sidebar`) in the file, keeping the rest. None when the file holds them
+    now (written, or already so); else one line saying why the file was left as it is: it has problems a rewrite
+    would drop, it was edited by hand (a rewrite would drop its comments), or it cannot be written."""
+    path = Path(path) if path is not None else config_path()
+    prefs, problems = load_prefs(path)
+    if problems:
+        return f"{problems[0]}; so it was not rewritten"
+    new = replace(prefs, **changes)
+    if new == prefs:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = None
+    except (OSError, UnicodeDecodeError):
+        text = ""  # load_prefs read it a moment ago: treat a file that changed under us as someone else's
+    if text is not None and text != _written_by_the_app(prefs):
+        return (f"{_home_relative(path)} was edited by hand, so the app does not rewrite it on its own (its comments "
+                "would go); set this in the settings dialog (Ctrl+S) or in the file")
+    try:
+        save_prefs(new, path)
+    except OSError as e:
+        return f"Preferences not saved: {e.filename or _home_relative(path)}: {e.strerror or e}"
+    return None
 
 
 def shown_path(path: str | os.PathLike | None = None) -> str:

@@ -20,12 +20,14 @@ from textual.app import App
 from textual.message import Message
 
 from ..errors import GPT2TUIError, ModelNotFoundError
-from ..prefs import load_prefs
+from ..prefs import load_prefs, remember
 from ..store import ChatStore, DatabaseMovedWarning, StoreError
 from .keys import APP_KEYS, bindings
 from .screens import ChatScreen, HelpScreen, ModelChoice, NoModelScreen
 
 if TYPE_CHECKING:
+    from textual.theme import Theme
+
     from ..session import ChatSession
 
 
@@ -91,6 +93,7 @@ class ChatApp(App[None]):
         self.store: ChatStore | None = None
         self.session: ChatSession | None = None
         self.chat: ChatScreen | None = None
+        self._said_prefs = False  # a preference that could not be remembered is said once a session
 
     def on_mount(self) -> None:
         try:
@@ -112,12 +115,27 @@ class ChatApp(App[None]):
                             f"({', '.join(sorted(self.available_themes))}); the default applies")
         elif prefs.theme is not None:
             self.theme = prefs.theme
+        # After the file's theme is applied: a theme picked from the command palette is remembered in the file.
+        self.theme_changed_signal.subscribe(self, self._theme_changed)
         for problem in problems:
             self.notify(problem, title="Preferences", severity="warning", timeout=20)
         self.chat = ChatScreen(self.store, {**prefs.chat, **self.defaults}, short_name(self.model),
                                overrides=self.defaults, sidebar=prefs.sidebar is not False)
         self.push_screen(self.chat)
         self.load_model()
+
+    def _remember(self, **changes) -> None:
+        """Keep a preference changed outside the settings dialog in config.toml; if it cannot be, say why (once)."""
+        problem = remember(**changes)
+        if problem and not self._said_prefs:
+            self._said_prefs = True
+            self.notify(problem, title="Preference not remembered", severity="warning", timeout=15)
+
+    def _theme_changed(self, theme: Theme) -> None:
+        self._remember(theme=theme.name)
+
+    def on_chat_screen_sidebar_shown(self, event: ChatScreen.SidebarShown) -> None:
+        self._remember(sidebar=event.shown)
 
     @work(thread=True, exit_on_error=False, name="load model")
     def load_model(self) -> None:

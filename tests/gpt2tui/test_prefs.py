@@ -5,7 +5,7 @@ import pytest
 
 from gpt2tui.chat import AUTO_REPLY_CAP, ChatError, prompt_budget, reply_length
 from gpt2tui.model_files import QUANTIZATIONS
-from gpt2tui.prefs import Prefs, config_path, load_prefs, save_prefs
+from gpt2tui.prefs import Prefs, config_path, load_prefs, remember, save_prefs
 from gpt2tui.setting_fields import FIELDS
 
 
@@ -110,3 +110,19 @@ def test_a_chat_reply_without_max_new_tokens_gets_the_room_left():
     assert ChatSettings().sampling((), context_length=64, prompt_tokens=20).max_new_tokens == 44
     assert ChatSettings().sampling((), context_length=2048, prompt_tokens=20).max_new_tokens == AUTO_REPLY_CAP
     assert ChatSettings(max_new_tokens=7).sampling((), context_length=64, prompt_tokens=20).max_new_tokens == 7
+
+
+def test_remember_writes_what_the_app_wrote_and_leaves_other_files_alone(tmp_path):
+    path = tmp_path / "cfg" / "config.toml"
+    assert remember(path, theme="nord") is None  # no file yet: written
+    assert load_prefs(path)[0].theme == "nord"
+    assert remember(path, sidebar=False) is None  # the app's own file: rewritten with the rest kept
+    assert load_prefs(path)[0] == Prefs(theme="nord", sidebar=False)
+    written = path.read_text()
+    assert remember(path, sidebar=False) is None and path.read_text() == written  # nothing to change
+    path.write_text(written + "# mine\n")
+    assert "edited by hand" in remember(path, theme="gruvbox")
+    path.write_text("sidebar = 3\n")
+    said = remember(path, theme="gruvbox")
+    assert "sidebar must be true or false" in said and "not rewritten" in said
+    assert path.read_text() == "sidebar = 3\n"

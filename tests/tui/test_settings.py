@@ -157,3 +157,56 @@ def test_a_bad_config_file_is_a_warning_in_the_app_not_a_crash(make_app, isolate
     joined = " | ".join(notes)
     assert "config.toml: theme 'no-such-theme' is not one of Textual's themes" in joined
     assert "config.toml: chat.temperature is not usable (Temperature must be 0 to 2; got 100,000)" in joined
+
+
+def test_a_theme_from_the_command_palette_and_ctrl_g_are_remembered(make_app):
+    """Outside the settings dialog too: the next start has them."""
+    app = make_app()
+
+    async def body():
+        async with app.run_test(size=(100, 40)) as pilot:
+            await loaded(pilot)
+            app.theme = "nord"  # what the command palette's "Change theme" does
+            await pilot.pause()
+            await pilot.press("ctrl+g")
+            await pilot.pause()
+            assert not app.chat.query_one(Sidebar).display
+
+    run(body())
+    prefs, problems = load_prefs()
+    assert problems == [] and prefs.theme == "nord" and prefs.sidebar is False
+    again = make_app()
+
+    async def restart():
+        async with again.run_test(size=(100, 40)) as pilot:
+            await loaded(pilot)
+            assert again.theme == "nord" and not again.chat.query_one(Sidebar).display
+
+    run(restart())
+
+
+def test_a_hand_edited_config_file_is_left_as_it_is_and_the_app_says_so(make_app):
+    from textual.notifications import Notify
+
+    config_path().parent.mkdir(parents=True)
+    mine = '# my own notes\ntheme = "gruvbox"\n\n[chat]\ntemperature = 0.5  # warm\n'
+    config_path().write_text(mine)
+    notes = []
+    app = make_app()
+
+    def hook(message):
+        if isinstance(message, Notify):
+            notes.append(message.notification.message)
+
+    async def body():
+        async with app.run_test(size=(100, 40), message_hook=hook) as pilot:
+            await loaded(pilot)
+            await pilot.press("ctrl+g")
+            await pilot.pause()
+            await pilot.press("ctrl+g")
+            await pilot.pause()
+
+    run(body())
+    assert config_path().read_text() == mine  # comments and all
+    said = [n for n in notes if "edited by hand" in n]
+    assert len(said) == 1 and "settings dialog (Ctrl+S)" in said[0]

@@ -76,6 +76,13 @@ class ChatScreen(
             # Tokens/s since the first text, as `ReplyStats.tokens_per_s` counts it; None: too early.
             self.rate = rate
 
+    class SidebarShown(Message):
+        """The conversation list was shown or hidden with Ctrl+G: the app remembers it for the next start."""
+
+        def __init__(self, shown: bool) -> None:
+            super().__init__()
+            self.shown = shown
+
     class ReplyEnded(Message, bubble=False):
         def __init__(self, reply: ReplyStream, error: str | None) -> None:
             super().__init__()

@@ -164,6 +164,7 @@ class ConversationActions:
     def action_toggle_sidebar(self) -> None:
         sidebar = self.query_one(Sidebar)
         sidebar.display = not sidebar.display
+        self.post_message(self.SidebarShown(sidebar.display))
 
     def action_rename(self) -> None:
         def renamed(title: str | None) -> None:
