@@ -18,7 +18,6 @@ so a machine whose speed drifts (a shared VM) moves all three alike. Bounded in 
 # function, from the annotation itself.
 import asyncio
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import aiohttp
 import httpx
 import pytest
 
-from gpt2tui_testkit import ROOT, child_env
+from gpt2tui_testkit import ROOT, child_env, free_port
 from gpt2tui_testkit.hf import write_hf_dir
 
 REQUESTS = 16
@@ -41,12 +40,6 @@ MODELS = {
     "tiny": dict(n_embd=64, n_layer=2, n_head=4, n_positions=128),
 }
 RESULTS: dict[tuple[str, str], dict] = {}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_up(url: str, process: subprocess.Popen, timeout: float = 300.0) -> None:
@@ -65,7 +58,7 @@ def _wait_up(url: str, process: subprocess.Popen, timeout: float = 300.0) -> Non
 
 class _Server:
     def __init__(self, argv: list[str]):
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [*argv, "--port", str(self.port)],

@@ -4,7 +4,6 @@ SIGTERM that lets the reply in flight finish."""
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,13 +13,7 @@ import pytest
 from openai import OpenAI
 
 from gpt2tui.cli import main
-from gpt2tui_testkit import ROOT, child_env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from gpt2tui_testkit import ROOT, child_env, free_port
 
 
 def _wait_until_up(url: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -38,7 +31,7 @@ def _wait_until_up(url: str, process: subprocess.Popen, timeout: float = 120.0) 
 
 
 def test_serve_warns_when_exposed_and_finishes_streams_on_sigterm(long_dir, tmp_path):
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [
             sys.executable,

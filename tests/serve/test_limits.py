@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import httpx
 import openai
 import pytest
 
 from gpt2tui.serve.settings import ServeSettings
-from gpt2tui_testkit.serving import serve
-
-
-def _eventually(check, timeout: float = 30.0) -> None:
-    """Wait for a state the server reaches on its own (never a measure of speed: the limit is for hung tests)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("the server never reached the expected state")
-        time.sleep(0.01)
+from gpt2tui_testkit.serving import eventually, serve
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +55,7 @@ def test_a_full_queue_answers_429_with_retry_after(narrow):
         target=lambda: client.completions.create(model="m", prompt="Bell", max_tokens=2)
     )
     waiting.start()
-    _eventually(lambda: scheduler.queue_depth == 1)
+    eventually(lambda: scheduler.queue_depth == 1)
     with pytest.raises(openai.RateLimitError) as e:
         client.completions.create(model="m", prompt="Ships", max_tokens=2)
     assert e.value.status_code == 429
@@ -85,7 +75,7 @@ def test_a_streaming_client_that_disconnects_is_cancelled(narrow):
     chunks = iter(stream)
     next(chunks), next(chunks)
     stream.close()
-    _eventually(lambda: metrics.rows_finished["cancelled"] == before + 1)
+    eventually(lambda: metrics.rows_finished["cancelled"] == before + 1)
     assert narrow.engine.scheduler.running == 0
 
 
@@ -99,8 +89,8 @@ def test_a_waiting_client_that_disconnects_is_cancelled(narrow):
         # The one row is busy: this waits until the client gives up.
         httpx.post(narrow.url + "/v1/completions", json={"prompt": "Bell", "max_tokens": 5}, timeout=0.5)
     running.close()
-    _eventually(lambda: scheduler.metrics.rows_finished["cancelled"] == before + 2)
-    _eventually(lambda: scheduler.running == 0 and scheduler.queue_depth == 0)
+    eventually(lambda: scheduler.metrics.rows_finished["cancelled"] == before + 2)
+    eventually(lambda: scheduler.running == 0 and scheduler.queue_depth == 0)
 
 
 def test_bodies_over_the_limit_get_413(server):

@@ -20,7 +20,7 @@ import pytest
 from gpt2tui.serve.engine import Engine
 from gpt2tui.serve.settings import ServeSettings
 from gpt2tui.store import ChatStore
-from gpt2tui_testkit.serving import Served
+from gpt2tui_testkit.serving import Served, eventually
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -60,15 +60,6 @@ def browser():
         chromium = p.chromium.launch(executable_path=shutil.which("chromium"))
         yield chromium
         chromium.close()
-
-
-def _eventually(check, timeout: float = 30.0) -> None:
-    """Wait for a state the server reaches on its own (the limit is for hung tests, not a measure of speed)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("the server never reached the expected state")
-        time.sleep(0.01)
 
 
 class _Server:
@@ -146,7 +137,7 @@ def test_a_reply_streams_stops_and_is_there_after_a_reload(server, page):
     expect(stopped).to_have_attribute("data-finish", "cancelled")
     expect(stopped.locator(".note")).to_have_text("stopped")
     # The page closed the stream; the server cancelled the row instead of generating the rest for nobody.
-    _eventually(lambda: server.engine.scheduler.metrics.rows_finished["cancelled"] > cancelled)
+    eventually(lambda: server.engine.scheduler.metrics.rows_finished["cancelled"] > cancelled)
     server.slow.clear()
     expect(page.locator("#send")).to_be_visible()
 

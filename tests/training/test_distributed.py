@@ -1,19 +1,13 @@
 """The same pretraining command under torchrun with two CPU processes (gloo) matches one process step for step."""
 
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
+from gpt2tui_testkit import free_port
 from gpt2tui_testkit.training import metrics, pretrain_argv, run_cli, write_story
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_torchrun_two_processes_match_one(tmp_path, capsys):

@@ -19,7 +19,7 @@ from gpt2tui.training.lora import LoRAConfig, adapters_disabled, apply_lora
 from gpt2tui.training.preferences import PairBatch, collate_pairs, load_pairs
 from gpt2tui.training.synthetic import preference_records
 from gpt2tui.weights import load_weights, save_checkpoint
-from gpt2tui_testkit.training import TINY, metrics, run_cli, tiny_model_dir, write_jsonl
+from gpt2tui_testkit.training import TINY, dpo_argv, metrics, run_cli, tiny_model_dir, write_jsonl
 
 BETA = 0.1
 
@@ -147,29 +147,6 @@ def test_the_reference_of_a_lora_model_is_the_model_with_its_adapters_off():
     assert not torch.allclose(adapted, base)
     torch.testing.assert_close(off, base, rtol=0, atol=0)
     torch.testing.assert_close(again, adapted, rtol=0, atol=0)
-
-
-def dpo_argv(data, base, out, *extra):
-    return [
-        "dpo",
-        "--data",
-        data,
-        "--base",
-        base,
-        "--out",
-        out,
-        "--lr",
-        "3e-3",
-        "--batch-size",
-        "4",
-        "--warmup-steps",
-        "0",
-        "--eval-every",
-        "2",
-        "--max-new-tokens",
-        "2",
-        *extra,
-    ]
 
 
 @pytest.mark.slow  # ~25 s on two busy cores: three short runs of a tiny model and one evaluation

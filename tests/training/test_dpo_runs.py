@@ -2,7 +2,6 @@
 under torchrun take the steps one process takes."""
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -12,32 +11,12 @@ import torch
 from gpt2tui import GPT2, load_model
 from gpt2tui.training.lora import LoRALinear
 from gpt2tui.training.synthetic import preference_records
-from gpt2tui_testkit.training import metrics, run_cli, tiny_model_dir, write_jsonl
+from gpt2tui_testkit import free_port
+from gpt2tui_testkit.training import dpo_argv, metrics, run_cli, tiny_model_dir, write_jsonl
 
 
 def _argv(data, base, out, *extra) -> list:
-    return [
-        "dpo",
-        "--data",
-        data,
-        "--base",
-        base,
-        "--out",
-        out,
-        "--lr",
-        "3e-3",
-        "--batch-size",
-        "4",
-        "--warmup-steps",
-        "0",
-        "--eval-every",
-        "0",
-        "--max-new-tokens",
-        "1",
-        "--seed",
-        "7",
-        *extra,
-    ]
+    return dpo_argv(data, base, out, "--eval-every", "0", "--max-new-tokens", "1", "--seed", "7", *extra)
 
 
 def test_lora_dpo_with_merge_writes_a_plain_model_that_differs_from_its_base(tmp_path, capsys):
@@ -55,12 +34,6 @@ def test_lora_dpo_with_merge_writes_a_plain_model_that_differs_from_its_base(tmp
         assert not torch.allclose(merged(x), original(x))  # the adapters' steps are in the weights
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow  # two torchrun processes start torch and the tiny model each
 def test_torchrun_two_processes_take_the_steps_of_one(tmp_path, capsys):
     """One process accumulating two micro-batches of 2 and two processes with one each see the same pairs per step
@@ -68,12 +41,12 @@ def test_torchrun_two_processes_take_the_steps_of_one(tmp_path, capsys):
     base = tiny_model_dir(tmp_path / "base")
     data = write_jsonl(tmp_path / "prefs.jsonl", preference_records(24, seed=2))
     steps = ["--dropout", "0"]
-    single_argv = _argv(data, base, tmp_path / "single", *steps, "--grad-accum", "2")
-    single_argv[single_argv.index("--batch-size") + 1] = "2"
-    code, _, err = run_cli(capsys, *single_argv)
+    micro = ["--batch-size", "2"]
+    code, _, err = run_cli(
+        capsys, *_argv(data, base, tmp_path / "single", *steps, *micro, "--grad-accum", "2")
+    )
     assert code == 0, err
-    argv = [str(a) for a in _argv(data, base, tmp_path / "ddp", *steps)]
-    argv[argv.index("--batch-size") + 1] = "2"
+    argv = [str(a) for a in _argv(data, base, tmp_path / "ddp", *steps, *micro)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "XDG_DATA_HOME": str(tmp_path / "xdg")}
     proc = subprocess.run(
         [
@@ -82,7 +55,7 @@ def test_torchrun_two_processes_take_the_steps_of_one(tmp_path, capsys):
             "torch.distributed.run",
             "--nproc_per_node=2",
             "--master_addr=127.0.0.1",
-            f"--master_port={_free_port()}",
+            f"--master_port={free_port()}",
             "-m",
             "gpt2tui.cli",
             *argv,

@@ -10,6 +10,7 @@ Python gets the same path from `child_env`.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 SUPPORT = Path(__file__).resolve().parent.parent  # tests/support
@@ -22,3 +23,10 @@ def child_env(drop: tuple[str, ...] = (), **overrides: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SUPPORT), env.get("PYTHONPATH")]))
     env.update(overrides)
     return env
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now, for a server a test starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -3,6 +3,8 @@ a thread on a free loopback port) with a client for it."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -50,3 +52,12 @@ def serve(
     """Serve `model_dir` on a free loopback port; `engine` holds `Engine.load`'s keywords (max_batch, ...)."""
     settings = ServeSettings(port=0, api_key=api_key, cors_origins=cors_origins)
     return Served(Engine.load(str(model_dir), device="cpu", **engine), settings)
+
+
+def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Wait for a state the server reaches on its own (never a measure of speed: the limit is for hung tests)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("the server never reached the expected state")
+        time.sleep(0.01)

@@ -47,6 +47,12 @@ def pretrain_argv(data: Path, out: Path, *extra) -> list:
             "--sample-tokens", "0", "--eval-every", "0", *extra]
 
 
+def dpo_argv(data, base, out, *extra) -> list:
+    """`gpt2tui dpo` on a tiny run; options in `extra` come last and so win over these."""
+    return ["dpo", "--data", data, "--base", base, "--out", out, "--lr", "3e-3", "--batch-size", "4",
+            "--warmup-steps", "0", "--eval-every", "2", "--max-new-tokens", "2", *extra]
+
+
 # Instruction records: each name has its own one-word answer, so a model that answers them has learned them.
 ANSWERS = ["amber", "basalt", "cobalt", "dune", "ember", "fjord", "granite", "harbor", "indigo", "jasper",
            "kelp", "lagoon", "meadow", "nectar", "onyx", "pebble", "quartz", "river", "saffron", "tundra",
