@@ -29,8 +29,7 @@ def _zeros(shape: tuple[int, ...], device: torch.device | str, dtype: torch.dtyp
     n = math.prod(shape)
     if torch.device(device).type != "cpu" or n == 0:
         return torch.zeros(shape, device=device, dtype=dtype)
-    size = n * torch.empty((), dtype=dtype).element_size()
-    memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)  # the tensor keeps it alive
+    memory = mmap.mmap(-1, n * dtype.itemsize, flags=mmap.MAP_PRIVATE)  # the tensor keeps it alive
     return torch.frombuffer(memory, dtype=dtype, count=n).view(shape)
 
 

@@ -44,6 +44,7 @@ _NATIVE_TYPE = {"int8": 0, "bfloat16": 1, FLOAT: 2}  # packed.h's WeightType
 # How each kind's values are stored: as integers, so that `model.float()` or `model.to(dtype)` never converts them.
 _STORAGE = {"int8": torch.int8, "bfloat16": torch.int16, FLOAT: torch.int32}
 _VALUES = {torch.int16: torch.bfloat16, torch.int32: torch.float32}  # stored bits back to numbers
+_KIND_OF_VALUES = {torch.int8: "int8", torch.bfloat16: "bfloat16", torch.float32: FLOAT}
 
 
 class QuantizationError(ConfigError):
@@ -293,7 +294,7 @@ class _Packed(nn.Module):
     def from_values(cls, values: torch.Tensor, scale: torch.Tensor, *args, done=None):
         """From plain `(N, K)` values (int8, bfloat16 or float32) and their `(N,)` scale, as a checkpoint stores
         them; `done` as in `pack`."""
-        stored = values.view(torch.int16 if values.dtype == torch.bfloat16 else torch.int32) if values.is_floating_point() else values
+        stored = values.view(_STORAGE[_KIND_OF_VALUES[values.dtype]])  # int8 as is, floats as their bits
         return cls(pack(stored, done), _padded_scale(scale.float()), values.shape[0], *args)
 
     @property
